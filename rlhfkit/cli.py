@@ -1,0 +1,104 @@
+"""Argument parsing shared by the scripts: dataclass flags (``HfArgumentParser``) plus ``--config file.yaml``.
+
+The YAML file sets defaults; flags on the command line override them (TRL's ``TrlParser`` convention). Unlike
+``TrlParser``, a key the script does not know is an error naming the key, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from rlhfkit.errors import UserError
+
+
+def make_parser(dataclass_types: Iterable[type], description: str | None = None):
+    """Build the parser of a script from its argument dataclasses."""
+    from transformers import HfArgumentParser
+
+    class _Parser(HfArgumentParser):
+        def parse_args_and_config(self, args: Iterable[str] | None = None) -> tuple[Any, ...]:
+            argv = list(sys.argv[1:] if args is None else args)
+            config_path = _pop_config_flag(argv)
+            if config_path is not None:
+                self.set_defaults(**_read_config(config_path, self._known_dests()))
+            return self.parse_args_into_dataclasses(args=argv)
+
+        def _known_dests(self) -> set[str]:
+            return {action.dest for action in self._actions}
+
+    parser = _Parser(tuple(dataclass_types), description=description)
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="YAML file of flag defaults (keys are flag names without dashes); command-line flags override it.",
+    )
+    return parser
+
+
+def _pop_config_flag(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise UserError("--config needs a path to a YAML file")
+            path = argv[i + 1]
+            del argv[i : i + 2]
+            return path
+        if arg.startswith("--config="):
+            del argv[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _read_config(path: str, known: set[str]) -> dict[str, Any]:
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path} does not exist: pass the path of a YAML file to --config")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserError(f"config file {path} is not valid YAML{where}: fix the syntax") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise UserError(f"config file {path} must be a YAML mapping of flag names to values")
+    env = config.pop("env", None)
+    if env is not None:
+        if not isinstance(env, dict):
+            raise UserError(f"config file {path}: 'env' must be a mapping of environment variables")
+        for key, value in env.items():
+            os.environ[str(key)] = str(value)
+    unknown = sorted(key for key in config if key not in known)
+    if unknown:
+        raise UserError(
+            f"config file {path} has unknown key(s) {', '.join(unknown)}: remove them or check the names in --help"
+        )
+    # list-valued flags (nargs="+") arrive from YAML as lists already; tuples would surprise HfArgumentParser
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in config.items()}
+
+
+def setup_logging(level: int = logging.INFO) -> logging.Logger:
+    """Plain, timestamped log lines on stderr for our own messages; quieter third-party loggers."""
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        level=level,
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return logging.getLogger("rlhfkit")
+
+
+def dataclass_to_dict(obj: Any) -> dict[str, Any]:
+    """Plain dict of a dataclass instance, for logs and result files."""
+    return {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}

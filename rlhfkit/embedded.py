@@ -1,0 +1,167 @@
+"""The embedded default: a tiny Llama-style causal LM, a tokenizer trained offline, and the toy task data.
+
+Every script falls back to it when no ``--model_name_or_path`` / ``--dataset_name`` is given, so the whole
+pipeline runs offline. It is built on first use (a few seconds) into a cache folder, atomically: files are
+written to a temporary sibling folder that is renamed into place when complete, so an interrupted build
+never leaves a folder that looks finished. The model's weights are random (it is a *base* model that knows
+nothing); the tokenizer is a byte-level BPE trained on the toy task's own corpus, so any text encodes.
+
+Build it explicitly with ``python -m rlhfkit.embedded --output_dir DIR`` (prints the paths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+from rlhfkit import toy
+
+logger = logging.getLogger(__name__)
+
+VERSION = 1
+VOCAB_SIZE = 1024
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2: pad is distinct from EOS on purpose
+MODEL_CONFIG = dict(
+    hidden_size=192,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
+CACHE_ENV = "RLHFKIT_CACHE"
+
+
+def cache_root() -> str:
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "rlhfkit")
+
+
+def default_dir(seed: int = 0) -> str:
+    return os.path.join(cache_root(), f"embedded-v{VERSION}-seed{seed}")
+
+
+def model_dir(root: str) -> str:
+    return os.path.join(root, "model")
+
+
+def dataset_dir(root: str) -> str:
+    """The folder to pass as ``--dataset_name`` (with ``--subset data/finetune`` and friends)."""
+    return root
+
+
+def build_tokenizer(seed: int = 0):
+    """A byte-level BPE tokenizer trained on the toy corpus, as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(toy.corpus(seed), trainer=trainer)
+    bos = core.token_to_id("<s>")
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        model_max_length=MODEL_CONFIG["max_position_embeddings"],
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_model(tokenizer, seed: int = 0):
+    """A randomly initialised Llama model sized by :data:`MODEL_CONFIG` (about 2M parameters)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **MODEL_CONFIG,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def build(output_dir: str, seed: int = 0) -> str:
+    """Build model, tokenizer and data into ``output_dir`` atomically; returns ``output_dir``."""
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".embedded-", dir=parent)
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        tokenizer = build_tokenizer(seed)
+        model = build_model(tokenizer, seed)
+        model.save_pretrained(model_dir(staging), safe_serialization=True)
+        tokenizer.save_pretrained(model_dir(staging))
+        toy.write_dataset(staging, seed)
+        info = {
+            "version": VERSION,
+            "seed": seed,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "vocab_size": len(tokenizer),
+            "model": MODEL_CONFIG,
+            "splits": toy.SPLITS,
+        }
+        with open(os.path.join(staging, "BUILD_INFO.json"), "w", encoding="utf-8") as handle:
+            json.dump(info, handle, indent=2)
+        try:
+            os.rename(staging, output_dir)
+        except OSError:
+            if not is_built(output_dir):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # another process finished the same build first
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def is_built(root: str) -> bool:
+    return os.path.isfile(os.path.join(root, "BUILD_INFO.json"))
+
+
+def ensure(seed: int = 0) -> str:
+    """The cached embedded default, built on first use; returns its root folder."""
+    root = default_dir(seed)
+    if not is_built(root):
+        logger.info("building the embedded default (tiny Llama, offline tokenizer, toy data) in %s", root)
+        if os.path.exists(root):  # a foreign or incomplete folder; never finished by us
+            raise RuntimeError(f"{root} exists but is not a complete embedded build: remove it")
+        build(root, seed)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the embedded default model, tokenizer and toy dataset.")
+    parser.add_argument("--output_dir", help=f"where to build (default: the cache, ${CACHE_ENV} or ~/.cache/rlhfkit)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.output_dir:
+        if os.path.exists(args.output_dir):
+            raise SystemExit(f"error: {args.output_dir} already exists: choose a new --output_dir")
+        root = build(args.output_dir, args.seed)
+    else:
+        root = ensure(args.seed)
+    print(json.dumps({"root": root, "model": model_dir(root), "dataset": dataset_dir(root)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+"""Every dataset schema the seeds use, normalised to three canonical kinds.
+
+Canonical rows (tokenizer-independent; the prompt is always a list of chat messages ending with a user turn):
+
+* ``sft``:        ``{"prompt": [messages], "completion": str}``
+* ``preference``: ``{"prompt": [messages], "chosen": str, "rejected": str}``
+* ``prompt``:     ``{"prompt": [messages]}``
+
+:func:`render` then turns canonical rows into what TRL's trainers take for a given tokenizer: conversational
+message lists when the tokenizer has a chat template, otherwise the seed's plain ``Question: ...\\n\\nAnswer: ``
+text (multi-turn prompts as alternating Question/Answer blocks).
+
+Source schemas (checked in this order, by their columns):
+
+==================  ==================================================  =====================================
+name                columns                                             notes
+==================  ==================================================  =====================================
+stack_exchange      question, response_j, response_k                    lvwerra/stack-exchange-paired; j wins
+shp                 history, human_ref_A, human_ref_B, labels           Stanford SHP; labels=1 means A wins
+preference          prompt, chosen, rejected                            strings or message lists (UltraFeedback)
+hh_rlhf             chosen, rejected                                    Anthropic HH raw transcripts
+messages            messages                                            chat; the last assistant turn is the answer
+alpaca              instruction, (input), output                        Alpaca / LLaMA-Factory
+prompt_response     prompt, response
+prompt_chosen       prompt, chosen                                      chosen as the SFT answer
+query               query                                               seed 001: prompts only
+prompt_only         prompt                                              prompts only
+==================  ==================================================  =====================================
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rlhfkit.errors import UserError
+
+KINDS = ("sft", "preference", "prompt")
+CANONICAL_COLUMNS = {
+    "sft": ("prompt", "completion"),
+    "preference": ("prompt", "chosen", "rejected"),
+    "prompt": ("prompt",),
+}
+QUESTION_PREFIX = "Question: "
+ANSWER_PREFIX = "\n\nAnswer: "
+
+
+class InvalidRow(Exception):
+    """A row with an empty or missing field; dropped (and counted) or reported, by the caller's choice."""
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _text(row: dict, key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        raise InvalidRow(f"missing '{key}'")
+    if not isinstance(value, str):
+        raise InvalidRow(f"'{key}' is {type(value).__name__}, expected text")
+    if not value.strip():
+        raise InvalidRow(f"empty '{key}'")
+    return value
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def _check_messages(messages: Any, key: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRow(f"'{key}' is not a non-empty list of messages")
+    out = []
+    for message in messages:
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise InvalidRow(f"'{key}' holds an item that is not a {{role, content}} message")
+        if not isinstance(message["content"], str) or not message["content"].strip():
+            raise InvalidRow(f"empty message content in '{key}'")
+        out.append({"role": message["role"], "content": message["content"]})
+    return out
+
+
+def _split_last_assistant(messages: list[dict], key: str) -> tuple[list[dict], str]:
+    """(prompt messages, last assistant answer) of a conversation that ends with the assistant."""
+    if messages[-1]["role"] != "assistant":
+        raise InvalidRow(f"'{key}' does not end with an assistant message")
+    prompt = messages[:-1]
+    if not prompt or prompt[-1]["role"] != "user":
+        raise InvalidRow(f"'{key}' has no user message before its last assistant answer")
+    return prompt, messages[-1]["content"]
+
+
+def _prompt_messages(value: Any, key: str) -> list[dict]:
+    """A prompt given either as text or as messages; trailing assistant turns are not part of a prompt."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise InvalidRow(f"empty '{key}'")
+        return _user(value)
+    messages = _check_messages(value, key)
+    while messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if not messages or messages[-1]["role"] != "user":
+        raise InvalidRow(f"'{key}' has no user message")
+    return messages
+
+
+def _answer(value: Any, key: str) -> tuple[list[dict] | None, str]:
+    """An answer given as text, or as a message list whose last message is the assistant's answer.
+
+    Returns (the conversation before the answer, or None for text; the answer text).
+    """
+    if isinstance(value, str):
+        if not value.strip():
+            raise InvalidRow(f"empty '{key}'")
+        return None, value
+    messages = _check_messages(value, key)
+    if len(messages) == 1:
+        if messages[0]["role"] != "assistant":
+            raise InvalidRow(f"'{key}' holds no assistant answer")
+        return None, messages[0]["content"]
+    return _split_last_assistant(messages, key)
+
+
+# ------------------------------------------------------------------------------------------ HH-RLHF transcripts
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def parse_hh_transcript(text: str) -> list[dict]:
+    """Split an Anthropic HH transcript (``\\n\\nHuman: ...\\n\\nAssistant: ...``) into chat messages.
+
+    The final assistant turn may be empty (the data has such rows); content is stripped of the one space
+    that follows each role marker and of surrounding whitespace.
+    """
+    if not isinstance(text, str):
+        raise InvalidRow("HH transcript is not text")
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise InvalidRow("text is not an HH transcript (expected it to start with '\\n\\nHuman:')")
+    messages = []
+    for role, content in zip(parts[1::2], parts[2::2], strict=True):
+        messages.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
+    return messages
+
+
+def _hh_pair(row: dict) -> tuple[list[dict], str, str]:
+    """Prompt and answers of an implicit-prompt pair: raw HH transcripts, or (TRL style) two message lists."""
+    if isinstance(row.get("chosen"), list):
+        chosen = _check_messages(row.get("chosen"), "chosen")
+        rejected = _check_messages(row.get("rejected"), "rejected")
+    else:
+        chosen = parse_hh_transcript(row.get("chosen"))
+        rejected = parse_hh_transcript(row.get("rejected"))
+    for name, conv in (("chosen", chosen), ("rejected", rejected)):
+        if conv[-1]["role"] != "assistant":
+            raise InvalidRow(f"HH '{name}' transcript does not end with an Assistant turn")
+        if not conv[-1]["content"]:
+            raise InvalidRow(f"empty final Assistant turn in HH '{name}'")
+    prompt = chosen[:-1]
+    if prompt != rejected[:-1]:
+        raise InvalidRow("HH chosen and rejected transcripts do not share their conversation before the last turn")
+    if not prompt or prompt[-1]["role"] != "user" or any(not m["content"] for m in prompt):
+        raise InvalidRow("HH transcript has an empty turn before the final answer")
+    return prompt, chosen[-1]["content"], rejected[-1]["content"]
+
+
+# ----------------------------------------------------------------------------------------------- the schemas
+@dataclass(frozen=True)
+class Schema:
+    name: str
+    required: tuple[str, ...]
+    description: str
+    # each converter returns the canonical row for its kind, or raises InvalidRow; None: kind not available
+    sft: Callable[[dict], dict] | None = None
+    preference: Callable[[dict], dict] | None = None
+    prompt: Callable[[dict], dict] | None = None
+
+
+def _pref(prompt, chosen, rejected):
+    if chosen == rejected:
+        raise InvalidRow("chosen and rejected are identical")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _ufb_preference(row):
+    prompt_value = row.get("prompt")
+    chosen_conv, chosen = _answer(row.get("chosen"), "chosen")
+    rejected_conv, rejected = _answer(row.get("rejected"), "rejected")
+    if chosen_conv is not None:  # UltraFeedback: the message lists carry the conversation
+        if rejected_conv is not None and rejected_conv != chosen_conv:
+            raise InvalidRow("chosen and rejected conversations differ before the answer")
+        prompt = chosen_conv
+    else:
+        prompt = _prompt_messages(prompt_value, "prompt")
+    return _pref(prompt, chosen, rejected)
+
+
+def _shp_pair(row):
+    a, b = _text(row, "human_ref_A"), _text(row, "human_ref_B")
+    label = row.get("labels")
+    if label not in (0, 1):
+        raise InvalidRow("SHP 'labels' must be 0 or 1")
+    chosen, rejected = (a, b) if label == 1 else (b, a)
+    return _user(_text(row, "history")), chosen, rejected
+
+
+def _alpaca_prompt(row):
+    instruction = _text(row, "instruction")
+    extra = row.get("input")
+    if isinstance(extra, str) and extra.strip():
+        instruction = f"{instruction}\n\n{extra}"
+    return _user(instruction)
+
+
+def _messages_sft(row):
+    prompt, answer = _split_last_assistant(_check_messages(row.get("messages"), "messages"), "messages")
+    return {"prompt": prompt, "completion": answer}
+
+
+def _hh_sft(row):
+    prompt, chosen, _ = _hh_pair(row)
+    return {"prompt": prompt, "completion": chosen}
+
+
+SCHEMAS: tuple[Schema, ...] = (
+    Schema(
+        "stack_exchange",
+        ("question", "response_j", "response_k"),
+        "question / response_j / response_k (stack-exchange-paired; response_j preferred)",
+        sft=lambda r: {"prompt": _user(_text(r, "question")), "completion": _text(r, "response_j")},
+        preference=lambda r: _pref(_user(_text(r, "question")), _text(r, "response_j"), _text(r, "response_k")),
+        prompt=lambda r: {"prompt": _user(_text(r, "question"))},
+    ),
+    Schema(
+        "shp",
+        ("history", "human_ref_A", "human_ref_B", "labels"),
+        "history / human_ref_A / human_ref_B / labels (Stanford SHP)",
+        sft=lambda r: (lambda p, c, _: {"prompt": p, "completion": c})(*_shp_pair(r)),
+        preference=lambda r: _pref(*_shp_pair(r)),
+        prompt=lambda r: {"prompt": _user(_text(r, "history"))},
+    ),
+    Schema(
+        "preference",
+        ("prompt", "chosen", "rejected"),
+        "prompt / chosen / rejected, as text or message lists (UltraFeedback binarized)",
+        sft=lambda r: (lambda p: {"prompt": p["prompt"], "completion": p["chosen"]})(_ufb_preference(r)),
+        preference=_ufb_preference,
+        prompt=lambda r: {"prompt": _prompt_messages(r.get("prompt"), "prompt")},
+    ),
+    Schema(
+        "hh_rlhf",
+        ("chosen", "rejected"),
+        "chosen / rejected full '\\n\\nHuman: ... \\n\\nAssistant: ...' transcripts (Anthropic HH-RLHF)",
+        sft=_hh_sft,
+        preference=lambda r: _pref(*_hh_pair(r)),
+        prompt=lambda r: {"prompt": _hh_pair(r)[0]},
+    ),
+    Schema(
+        "messages",
+        ("messages",),
+        "messages: a chat as a list of {role, content} (its last assistant turn is the answer)",
+        sft=_messages_sft,
+        prompt=lambda r: {"prompt": _prompt_messages(r.get("messages"), "messages")},
+    ),
+    Schema(
+        "alpaca",
+        ("instruction", "output"),
+        "instruction / input / output (Alpaca)",
+        sft=lambda r: {"prompt": _alpaca_prompt(r), "completion": _text(r, "output")},
+        prompt=lambda r: {"prompt": _alpaca_prompt(r)},
+    ),
+    Schema(
+        "prompt_response",
+        ("prompt", "response"),
+        "prompt / response",
+        sft=lambda r: {"prompt": _prompt_messages(r.get("prompt"), "prompt"), "completion": _text(r, "response")},
+        prompt=lambda r: {"prompt": _prompt_messages(r.get("prompt"), "prompt")},
+    ),
+    Schema(
+        "prompt_chosen",
+        ("prompt", "chosen"),
+        "prompt / chosen (text; chosen is the answer)",
+        sft=lambda r: {"prompt": _prompt_messages(r.get("prompt"), "prompt"), "completion": _answer(r.get("chosen"), "chosen")[1]},
+        prompt=lambda r: {"prompt": _prompt_messages(r.get("prompt"), "prompt")},
+    ),
+    Schema(
+        "query",
+        ("query",),
+        "query (seed 001: a JSON list of {\"query\": ...}; prompts only)",
+        prompt=lambda r: {"prompt": _user(_text(r, "query"))},
+    ),
+    Schema(
+        "prompt_only",
+        ("prompt",),
+        "prompt (prompts only)",
+        prompt=lambda r: {"prompt": _prompt_messages(r.get("prompt"), "prompt")},
+    ),
+)
+SCHEMA_BY_NAME = {schema.name: schema for schema in SCHEMAS}
+
+
+def accepted_schemas(kind: str) -> str:
+    return "; ".join(s.description for s in SCHEMAS if getattr(s, kind) is not None)
+
+
+def detect_schema(columns: list[str] | tuple[str, ...], kind: str, source: str = "dataset") -> Schema:
+    """The first schema whose required columns are all present and that can produce ``kind``.
+
+    Raises :class:`UserError` listing the columns found and the schemas accepted for ``kind``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    present = set(columns)
+    matching = [s for s in SCHEMAS if set(s.required) <= present]
+    for schema in matching:
+        if getattr(schema, kind) is not None:
+            return schema
+    found = ", ".join(sorted(present)) or "none"
+    if matching:
+        raise UserError(
+            f"{source} has the {matching[0].name} schema ({matching[0].description}), which has no {kind} data; "
+            f"{kind} needs one of: {accepted_schemas(kind)}"
+        )
+    raise UserError(f"{source} has columns [{found}], which match no known schema; {kind} accepts: {accepted_schemas(kind)}")
+
+
+def convert_row(schema: Schema, kind: str, row: dict) -> dict:
+    """The canonical row of ``kind`` for one source row (raises :class:`InvalidRow`)."""
+    return getattr(schema, kind)(row)
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+def messages_to_text(messages: list[dict]) -> str:
+    """The seed's plain prompt format for models without a chat template.
+
+    A single question gives ``Question: {q}\\n\\nAnswer: ``; earlier turns come first as
+    ``Question: ...\\n\\nAnswer: ...`` blocks separated by a blank line; a system message leads as its own
+    paragraph.
+    """
+    parts: list[str] = []
+    for message in messages:
+        role, content = message["role"], message["content"]
+        if role == "system":
+            parts.append(content + "\n\n")
+        elif role == "user":
+            parts.append(QUESTION_PREFIX + content + ANSWER_PREFIX)
+        else:
+            parts.append(content + "\n\n")
+    return "".join(parts)
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_row(row: dict, kind: str, conversational: bool) -> dict:
+    """Canonical row -> TRL's input format: conversational (chat template) or plain text."""
+    if conversational:
+        out = {"prompt": row["prompt"]}
+        for key in CANONICAL_COLUMNS[kind][1:]:
+            out[key] = [{"role": "assistant", "content": row[key]}]
+        return out
+    out = {"prompt": messages_to_text(row["prompt"])}
+    for key in CANONICAL_COLUMNS[kind][1:]:
+        out[key] = row[key]
+    return out

@@ -1,0 +1,154 @@
+"""The embedded toy task: short product reviews, judged by a rule (the *gold judge*) no model ever sees.
+
+A question names an item (``Question: What do you think of the red bicycle?``); an answer is one to three
+short sentences about it built from a small vocabulary with positive, negative and neutral adjectives. The
+gold judge scores an answer in [-1, 1]:
+
+* **off topic** (the item's noun is not mentioned, or the answer is empty): -1;
+* otherwise the **sentiment balance** of the distinct adjectives used: (positive - negative) / all, 0 when
+  there are none (so repeating "great great great" earns nothing over one "great");
+* answers longer than :data:`MAX_WORDS` words lose 0.5 (rambling without stopping).
+
+The data follows the stack-exchange-paired schema (``question`` / ``response_j`` / ``response_k``, ``j``
+preferred) in the seed's sub-folders ``data/finetune``, ``data/reward``, ``data/evaluation`` and ``data/rl``.
+Answers are written with a random *positivity*, so the finetune split holds answers of mixed quality: SFT
+learns the format and the topic, a reward model can learn the preference from pairs ordered by the gold
+judge, and PPO has room to raise the gold score above the SFT model's. Everything is deterministic given
+the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+
+ITEMS = (
+    "bicycle", "camera", "garden", "hotel", "kettle", "lamp", "movie", "museum", "novel", "park", "phone",
+    "piano", "pizza", "restaurant", "river", "sandwich", "school", "sofa", "song", "train", "umbrella", "watch",
+    "bakery", "beach", "castle", "concert", "forest", "guitar", "jacket", "library", "market", "painting",
+)
+COLOURS = ("red", "blue", "green", "old", "new", "little", "big", "yellow")
+POSITIVE = (
+    "great", "lovely", "wonderful", "excellent", "fun", "bright", "friendly", "amazing", "delightful",
+    "superb", "charming", "perfect",
+)
+NEGATIVE = (
+    "awful", "boring", "dull", "terrible", "broken", "ugly", "noisy", "rude", "horrible", "poor", "dreadful",
+    "sad",
+)
+NEUTRAL = ("small", "large", "quiet", "simple", "plain", "busy", "heavy", "light")
+POLARITY = {**{w: 1 for w in POSITIVE}, **{w: -1 for w in NEGATIVE}}
+MAX_WORDS = 40
+
+QUESTIONS = (
+    "What do you think of the {item}?",
+    "Write a short review of the {item}.",
+    "How was the {item}?",
+    "Tell me about the {item}.",
+    "Describe the {item}.",
+)
+SENTENCES = (
+    "The {item} is {a}.",
+    "The {item} is {a} and {b}.",
+    "I think the {item} was very {a}.",
+    "It was {a}.",
+    "I found it {a} and {b}.",
+    "My friends say the {item} is {a}.",
+    "Overall a {a} {item}.",
+)
+SPLITS = {"finetune": 2000, "reward": 2000, "evaluation": 300, "rl": 1000}
+_QUESTION_ITEM = re.compile(r"the ((?:\w+ )?(\w+))[?.]\s*$")
+
+
+def item_of(question: str) -> str | None:
+    """The item's noun named by a toy question (``"bicycle"`` for "... the red bicycle?"), or None."""
+    match = _QUESTION_ITEM.search(question.strip())
+    if not match or match.group(2) not in ITEMS:
+        return None
+    return match.group(2)
+
+
+def gold_score(question: str, response: str) -> float:
+    """The gold judge: a score in [-1, 1] for ``response`` to a toy ``question`` (see the module doc)."""
+    item = item_of(question)
+    words = re.findall(r"[a-z]+", response.lower())
+    if not words or item is None or item not in words:
+        return -1.0
+    seen = list(dict.fromkeys(w for w in words if w in POLARITY))
+    score = sum(POLARITY[w] for w in seen) / len(seen) if seen else 0.0
+    if len(words) > MAX_WORDS:
+        score -= 0.5
+    return max(-1.0, min(1.0, score))
+
+
+def _adjective(rng: random.Random, positivity: float) -> str:
+    draw = rng.random()
+    if draw < 0.15:
+        return rng.choice(NEUTRAL)
+    return rng.choice(POSITIVE) if rng.random() < positivity else rng.choice(NEGATIVE)
+
+
+def make_question(rng: random.Random) -> str:
+    item = rng.choice(ITEMS)
+    if rng.random() < 0.5:
+        item = f"{rng.choice(COLOURS)} {item}"
+    return rng.choice(QUESTIONS).format(item=item)
+
+
+def make_answer(rng: random.Random, question: str, positivity: float) -> str:
+    """An answer of random length whose adjectives are positive with probability ``positivity``."""
+    item = item_of(question) or rng.choice(ITEMS)
+    if rng.random() < 0.08:  # a slice of off-topic answers: about another item
+        item = rng.choice([i for i in ITEMS if i != item])
+    sentences = []
+    for _ in range(rng.choice((1, 1, 2, 2, 3))):
+        template = rng.choice(SENTENCES)
+        sentences.append(template.format(item=item, a=_adjective(rng, positivity), b=_adjective(rng, positivity)))
+    if not any(item in s for s in sentences):
+        sentences[0] = f"The {item} is {_adjective(rng, positivity)}."
+    return " ".join(sentences)
+
+
+def make_pair(rng: random.Random) -> dict:
+    """One stack-exchange-paired row: two answers of different gold score, the better as ``response_j``."""
+    question = make_question(rng)
+    while True:
+        first = make_answer(rng, question, rng.random())
+        second = make_answer(rng, question, rng.random())
+        s1, s2 = gold_score(question, first), gold_score(question, second)
+        if abs(s1 - s2) > 1e-9:
+            break
+    if s1 < s2:
+        first, second, s1, s2 = second, first, s2, s1
+    return {"question": question, "response_j": first, "response_k": second, "gold_j": s1, "gold_k": s2}
+
+
+def generate(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, list[dict]]:
+    """Rows of every split, deterministic given ``seed`` (each split has its own random stream)."""
+    sizes = dict(SPLITS if sizes is None else sizes)
+    return {name: [make_pair(random.Random(f"{seed}/{name}/{i}")) for i in range(n)] for name, n in sizes.items()}
+
+
+def write_dataset(root: str, seed: int = 0, sizes: dict[str, int] | None = None) -> str:
+    """Write ``root/data/<split>/train.jsonl`` for each split; returns ``root``."""
+    for name, rows in generate(seed, sizes).items():
+        folder = os.path.join(root, "data", name)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "train.jsonl"), "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+    return root
+
+
+def corpus(seed: int = 0, n: int = 4000) -> list[str]:
+    """Text to train the embedded tokenizer on: questions and answers in the seed's prompt format."""
+    rng = random.Random(f"{seed}/tokenizer")
+    texts = []
+    for _ in range(n):
+        question = make_question(rng)
+        texts.append(f"Question: {question}\n\nAnswer: {make_answer(rng, question, rng.random())}")
+    # every word of the vocabulary at least once, whatever the draw
+    texts.append(" ".join(ITEMS + COLOURS + POSITIVE + NEGATIVE + NEUTRAL))
+    return texts
