@@ -26,7 +26,9 @@ def make_parser(dataclass_types: Iterable[type], description: str | None = None)
             config_path = _pop_config_flag(argv)
             if config_path is not None:
                 self.set_defaults(**_read_config(config_path, self._known_dests()))
-            return self.parse_args_into_dataclasses(args=argv)
+            outputs = self.parse_args_into_dataclasses(args=argv)
+            # the last output is the namespace holding --config (already consumed above)
+            return tuple(o for o in outputs if dataclasses.is_dataclass(o))
 
         def _known_dests(self) -> set[str]:
             return {action.dest for action in self._actions}
