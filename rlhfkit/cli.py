@@ -16,8 +16,13 @@ from typing import Any
 from rlhfkit.errors import UserError
 
 
-def make_parser(dataclass_types: Iterable[type], description: str | None = None):
-    """Build the parser of a script from its argument dataclasses."""
+def make_parser(dataclass_types: Iterable[type], description: str | None = None, prepare=None, defaults=None):
+    """Build the parser of a script from its argument dataclasses.
+
+    ``defaults`` replaces dataclass defaults (a YAML config and the command line still override them).
+    ``prepare(namespace)`` runs after parsing and before the dataclasses are built, so it can settle values
+    their validation depends on (the device switch sets ``use_cpu`` and precision this way).
+    """
     from transformers import HfArgumentParser
 
     class _Parser(HfArgumentParser):
@@ -25,13 +30,22 @@ def make_parser(dataclass_types: Iterable[type], description: str | None = None)
             argv = list(sys.argv[1:] if args is None else args)
             config_path = _pop_config_flag(argv)
             if config_path is not None:
-                self.set_defaults(**_read_config(config_path, self._known_dests()))
-            outputs = self.parse_args_into_dataclasses(args=argv)
-            # the last output is the namespace holding --config (already consumed above)
-            return tuple(o for o in outputs if dataclasses.is_dataclass(o))
-
-        def _known_dests(self) -> set[str]:
-            return {action.dest for action in self._actions}
+                config = _read_config(config_path, {action.dest for action in self._actions})
+                self.set_defaults(**config)
+                for action in self._actions:  # a required flag that the YAML file sets is required no more
+                    if action.dest in config:
+                        action.required = False
+            namespace = self.parse_args(argv)
+            if prepare is not None:
+                prepare(namespace)
+            outputs = []
+            for dtype in self.dataclass_types:
+                names = {f.name for f in dataclasses.fields(dtype) if f.init}
+                try:
+                    outputs.append(dtype(**{k: v for k, v in vars(namespace).items() if k in names}))
+                except ValueError as err:  # the configs' own validation (TrainingArguments and friends)
+                    raise UserError(f"invalid arguments: {str(err).strip()}") from None
+            return tuple(outputs)
 
     parser = _Parser(tuple(dataclass_types), description=description)
     parser.add_argument(
@@ -39,6 +53,8 @@ def make_parser(dataclass_types: Iterable[type], description: str | None = None)
         metavar="FILE.yaml",
         help="YAML file of flag defaults (keys are flag names without dashes); command-line flags override it.",
     )
+    if defaults:
+        parser.set_defaults(**defaults)
     return parser
 
 

@@ -102,7 +102,9 @@ def find_json_error(path: str) -> str | None:
             return None
         except json.JSONDecodeError as err:
             return f"line {err.lineno}: {err.msg}"
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only, as the JSON Lines reader does: str.splitlines() also breaks at U+2028, \x85, \x0c...
+    # (legal inside JSON strings), which would shift every line number after such a character
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -130,6 +132,8 @@ def _load_files(files: list[str], source: str):
         if builder == "json":
             for path in files:
                 problem = find_json_error(path)
+                if problem == "the file is empty":
+                    raise UserError(f"dataset file {path} is empty: point --dataset_name at a file with rows") from None
                 if problem:
                     raise UserError(f"malformed JSON in {path}, {problem}: fix or remove that line") from None
         raise UserError(f"could not read {source} as {builder}: {_short(err)}") from None
@@ -266,7 +270,7 @@ def token_lengths(rendered, kind: str, tokenizer) -> list[int]:
     for row in rendered:
         if conversational:
             texts = [row["prompt"] + row[a] for a in answers] or [row["prompt"]]
-            counts = [len(tokenizer.apply_chat_template(t, tokenize=True)) for t in texts]
+            counts = [len(tokenizer.apply_chat_template(t, tokenize=True, return_dict=False)) for t in texts]
         else:
             texts = [row["prompt"] + row[a] for a in answers] or [row["prompt"]]
             counts = [len(tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts]

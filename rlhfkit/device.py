@@ -172,13 +172,14 @@ def torch_dtype(name: str):
 
 
 def configure_training_args(training_args, device_args: DeviceArguments) -> DeviceInfo:
-    """Apply the device switch to a transformers/TRL ``TrainingArguments`` before the trainer is built.
+    """Apply the device switch to a transformers/TRL ``TrainingArguments`` (or to the parsed namespace it is
+    built from, which has both sets of fields: pass it as both arguments) before the trainer is built.
 
     CPU is forced with ``use_cpu``; the precision flags are checked (and fall back) as in
     :func:`resolve_precision`. Returns the resolved device.
     """
     info = resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
-    precision = resolve_precision(info, training_args.bf16, training_args.fp16)
+    precision = resolve_precision(info, bool(training_args.bf16), bool(training_args.fp16))
     training_args.bf16 = precision == "bfloat16"
     training_args.fp16 = precision == "float16"
     if info.type == "cpu":

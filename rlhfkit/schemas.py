@@ -353,13 +353,17 @@ def has_chat_template(tokenizer) -> bool:
 
 
 def render_row(row: dict, kind: str, conversational: bool) -> dict:
-    """Canonical row -> TRL's input format: conversational (chat template) or plain text."""
+    """Canonical row -> TRL's input format: conversational (chat template) or plain text.
+
+    In plain text the prompt ends on a token boundary: the seed's ``Answer: `` trailing space moves to the
+    start of each answer (``"...Answer:"`` + ``" The ..."``). The joined text is the seed's format exactly,
+    but tokenizers merge a space into the next word, so a prompt ending in a bare space would be tokenized
+    differently alone (at generation time) than inside prompt + answer (in training).
+    """
+    answers = CANONICAL_COLUMNS[kind][1:]
     if conversational:
-        out = {"prompt": row["prompt"]}
-        for key in CANONICAL_COLUMNS[kind][1:]:
-            out[key] = [{"role": "assistant", "content": row[key]}]
-        return out
-    out = {"prompt": messages_to_text(row["prompt"])}
-    for key in CANONICAL_COLUMNS[kind][1:]:
-        out[key] = row[key]
-    return out
+        return {"prompt": row["prompt"], **{key: [{"role": "assistant", "content": row[key]}] for key in answers}}
+    text = messages_to_text(row["prompt"])
+    prompt = text.rstrip(" ")
+    gap = text[len(prompt) :]
+    return {"prompt": prompt, **{key: gap + row[key] for key in answers}}

@@ -1,0 +1,106 @@
+"""Batched generation shared by run_generation.py, the comparison script and the tests.
+
+Prompts are left-padded with an explicit attention mask, so batched greedy decoding gives the same text as
+one prompt at a time. Prompt text follows the training format: the chat template (with the generation
+prompt) when the tokenizer has one, else the seed's ``Question: ...\\n\\nAnswer:`` (see
+:func:`rlhfkit.schemas.render_row` for why the trailing space is not part of the prompt).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rlhfkit import schemas
+
+
+@dataclass
+class GenerationResult:
+    prompts: list[str]
+    completions: list[list[str]]  # completions[i] holds num_return_sequences texts for prompts[i]
+    new_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def format_prompt(tokenizer, prompt) -> str:
+    """Prompt text for generation from a question (text) or a message list."""
+    messages = schemas._prompt_messages(prompt, "prompt")
+    if schemas.has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return schemas.messages_to_text(messages).rstrip(" ")
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Generation needs a pad token for batches; reuse EOS when there is none (masks make it harmless here)."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    num_return_sequences: int = 1,
+    use_cache: bool = True,
+    progress=None,
+) -> GenerationResult:
+    """Generate for already formatted ``prompts`` in batches; returns the new text only.
+
+    Stops at the model's EOS; special tokens are dropped from the decoded text. ``progress`` is called with
+    the number of prompts done after each batch.
+    """
+    import torch
+
+    ensure_pad_token(tokenizer)
+    device = next(model.parameters()).device
+    add_special = not schemas.has_chat_template(tokenizer)  # a chat template writes its own BOS
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    settings = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=use_cache,
+                    num_return_sequences=num_return_sequences, pad_token_id=tokenizer.pad_token_id)
+    if do_sample:
+        settings.update(temperature=temperature, top_p=top_p, top_k=top_k)
+    else:
+        settings.update(temperature=None, top_p=None, top_k=None)
+    completions: list[list[str]] = []
+    new_tokens = 0
+    start = time.perf_counter()
+    model.eval()
+    try:
+        for first in range(0, len(prompts), batch_size):
+            batch = prompts[first : first + batch_size]
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=add_special).to(device)
+            with torch.no_grad():
+                out = model.generate(**enc, **settings)
+            generated = out[:, enc["input_ids"].shape[1] :]
+            eos = _eos_ids(model, tokenizer)
+            for row in range(generated.shape[0]):
+                ids = generated[row].tolist()
+                cut = next((i for i, t in enumerate(ids) if t in eos), len(ids))
+                new_tokens += cut + (1 if cut < len(ids) else 0)
+                if row % num_return_sequences == 0:
+                    completions.append([])
+                completions[-1].append(tokenizer.decode(ids[:cut], skip_special_tokens=True).strip())
+            if progress is not None:
+                progress(min(first + batch_size, len(prompts)))
+    finally:
+        tokenizer.padding_side = old_side
+    return GenerationResult(list(prompts), completions, new_tokens, time.perf_counter() - start)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids

@@ -1,0 +1,84 @@
+"""Atomic writes: nothing half-written that looks complete.
+
+A file is written to a temporary sibling, flushed to disk, then renamed over its target (rename is atomic
+on POSIX). A model folder is written to a staging folder and its files moved in one by one with the config
+files *last*: a folder without ``config.json`` / ``adapter_config.json`` is not loadable, so a crash in the
+middle never leaves something that ``from_pretrained`` would take for a finished model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+LAST_FILES = ("config.json", "adapter_config.json")
+
+
+def write_json(path: str, payload, indent: int = 2) -> None:
+    """Write JSON atomically (temp file in the same folder, fsync, rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=indent, sort_keys=True, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def staging_dir(final_dir: str):
+    """A temporary folder beside ``final_dir`` to save into; on success its files are published into
+    ``final_dir`` (created if needed, other contents kept), config files last. Removed on failure."""
+    final_dir = os.path.abspath(final_dir)
+    parent = os.path.dirname(final_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.saving-", dir=parent)
+    try:
+        yield staging
+        publish(staging, final_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging: str, final_dir: str) -> None:
+    """Move every file of ``staging`` into ``final_dir``, the files named in :data:`LAST_FILES` last."""
+    os.makedirs(final_dir, exist_ok=True)
+    for name in LAST_FILES:  # an older config must not vouch for new, partly moved weights
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.exists(os.path.join(staging, name)):
+                os.unlink(os.path.join(final_dir, name))
+    names = sorted(os.listdir(staging), key=lambda n: (n in LAST_FILES, n))
+    for name in names:
+        source, target = os.path.join(staging, name), os.path.join(final_dir, name)
+        if os.path.isdir(source):
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            os.replace(source, target)
+        else:
+            _fsync_file(source)
+            os.replace(source, target)
+    _fsync_dir(final_dir)
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

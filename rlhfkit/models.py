@@ -1,0 +1,146 @@
+"""Loading models and tokenizers: hub ids or local folders, full models or PEFT adapters, with clear errors.
+
+* ``None`` as a model name means the embedded default (:mod:`rlhfkit.embedded`).
+* A local folder must hold a model (``config.json``) or an adapter (``adapter_config.json``); an adapter is
+  loaded onto the base model it records.
+* ``trust_remote_code`` is off unless the caller passes it; weights are read from safetensors, and pickle
+  ``.bin`` weights only load with ``allow_pickle=True`` (a warning names the risk).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from rlhfkit.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def resolve_name(name: str | None) -> str:
+    """The model to load: ``name`` itself, or the embedded default's model folder when ``name`` is None."""
+    if name:
+        return name
+    from rlhfkit import embedded
+
+    path = embedded.model_dir(embedded.ensure())
+    logger.info("no model given: using the embedded default tiny Llama at %s", path)
+    return path
+
+
+def _looks_local(name: str) -> bool:
+    return os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def is_adapter(name: str) -> bool:
+    return os.path.isfile(os.path.join(name, ADAPTER_CONFIG))
+
+
+def check_model_source(name: str, what: str = "model") -> None:
+    """Refuse, with a one-line error, a local path that is missing or holds no model or adapter."""
+    if not _looks_local(name):
+        return
+    path = os.path.expanduser(name)
+    if not os.path.exists(path):
+        raise UserError(f"{what} path {name} does not exist: check the path, or pass a hub id")
+    if not os.path.isdir(path):
+        raise UserError(f"{what} path {name} is a file: pass the folder written by save_pretrained")
+    if not (os.path.isfile(os.path.join(path, "config.json")) or is_adapter(path)):
+        raise UserError(
+            f"{name} is not a model folder (no config.json or {ADAPTER_CONFIG}): "
+            "pass a folder written by save_pretrained, or a hub id"
+        )
+
+
+def adapter_base(name: str) -> str:
+    """The base model an adapter folder records (``base_model_name_or_path``)."""
+    with open(os.path.join(name, ADAPTER_CONFIG), encoding="utf-8") as handle:
+        base = json.load(handle).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"adapter {name} does not record its base model: pass the base with --base_model_name")
+    return base
+
+
+def _hub_error(name: str, err: Exception, what: str) -> UserError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    if _looks_local(name):
+        return UserError(f"could not load {what} from {name}: {first}")
+    return UserError(
+        f"could not load {what} '{name}' from the hub ({first}), and no local folder has that name: "
+        "pass a local folder, or check network access and HF_TOKEN"
+    )
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False, padding_side: str | None = None):
+    """A tokenizer from a hub id or folder (an adapter folder falls back to its base's tokenizer)."""
+    from transformers import AutoTokenizer
+
+    check_model_source(name, "tokenizer")
+    source = name
+    if _looks_local(name) and is_adapter(name) and not os.path.isfile(os.path.join(name, "tokenizer_config.json")):
+        source = adapter_base(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _hub_error(source, err, "tokenizer") from None
+    if padding_side:
+        tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def _check_weights_format(name: str, allow_pickle: bool) -> None:
+    if not _looks_local(name) or not os.path.isdir(name):
+        return
+    files = os.listdir(name)
+    if any(f.endswith(".safetensors") for f in files):
+        return
+    if any(f.endswith((".bin", ".pt", ".pth")) for f in files):
+        if not allow_pickle:
+            raise UserError(
+                f"{name} holds pickle weights (.bin), which can run code when loaded: "
+                "convert them to safetensors, or pass --allow_pickle if you trust the source"
+            )
+        logger.warning("loading pickle weights from %s (--allow_pickle): only do this for sources you trust", name)
+
+
+def load_causal_lm(
+    name: str,
+    dtype=None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    merge_adapter: bool = False,
+):
+    """A causal LM from a hub id or a folder; an adapter folder loads its base plus the adapter.
+
+    With ``merge_adapter`` the adapter is folded into the weights (plain model back); otherwise an adapter
+    comes back as a ``PeftModel``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    check_model_source(name)
+    base = adapter_base(name) if _looks_local(name) and is_adapter(name) else name
+    if base != name:
+        check_model_source(base, "adapter's base model")
+    _check_weights_format(base, allow_pickle)
+    kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": None if allow_pickle else True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _hub_error(base, err, "model") from None
+    if base != name:
+        from peft import PeftModel
+
+        logger.info("loading adapter %s onto its base %s", name, base)
+        model = PeftModel.from_pretrained(model, name)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    return model
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

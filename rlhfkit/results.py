@@ -1,0 +1,30 @@
+"""Result files every script writes: ``<split>_results.json`` and ``all_results.json`` (transformers'
+names), atomically, plus the throughput figures the Trainer does not compute itself."""
+
+from __future__ import annotations
+
+import os
+
+from rlhfkit.io import write_json
+
+
+def tokens_per_second(log_history: list[dict], runtime: float | None) -> dict:
+    """Trained tokens and tokens/s from TRL's cumulative ``num_tokens`` log (non-padding tokens)."""
+    counts = [entry["num_tokens"] for entry in log_history if "num_tokens" in entry]
+    if not counts or not runtime:
+        return {}
+    tokens = float(counts[-1])
+    return {"train_tokens": tokens, "train_tokens_per_second": tokens / runtime}
+
+
+def write_results(output_dir: str, split: str, metrics: dict) -> str:
+    """Write ``{split}_results.json`` in ``output_dir`` (merging into an existing ``all_results.json``)."""
+    import json
+
+    path = os.path.join(output_dir, f"{split}_results.json")
+    payload = dict(metrics)
+    if split == "all" and os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            payload = {**json.load(handle), **payload}
+    write_json(path, payload)
+    return path

@@ -1,0 +1,179 @@
+#!/usr/bin/env python
+"""Supervised fine-tuning (stage 1 of the pipeline) with TRL's SFTTrainer.
+
+Trains a causal LM on prompt/completion data from any SFT schema the toolkit reads (stack-exchange-paired
+``question``/``response_j``, chat ``messages``, Alpaca, ``prompt``/``response``, ...), with LoRA by default
+(``--use_peft False`` for full fine-tuning) and the loss on the completion only. Writes an adapter or a full
+model (safetensors) plus the tokenizer to ``--output_dir``, TensorBoard logs, and ``all_results.json``
+(runtime, tokens/s, train loss, eval loss and perplexity).
+
+With no ``--model_name_or_path`` / ``--dataset_name`` it trains the embedded tiny Llama on the toy task,
+offline. Seed 000's command works as written (a local path in place of the hub id off-hub):
+
+    python sft.py --model_name_or_path google/gemma-3-270m --dataset_name lvwerra/stack-exchange-paired \\
+        --output_dir ./sft_sanity --do_train --max_steps 50 --per_device_train_batch_size 2 \\
+        --gradient_accumulation_steps 2 --learning_rate 3e-5 \\
+        --lora_target_modules q_proj k_proj v_proj o_proj --bf16 [--use_habana --use_lazy_mode]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+
+from rlhfkit.cli import make_parser, setup_logging
+from rlhfkit.data import DatasetArguments
+from rlhfkit.device import DeviceArguments, configure_training_args
+from rlhfkit.errors import UserError, cli_entry
+from rlhfkit.modelargs import ModelArguments
+
+logger = logging.getLogger("sft")
+
+
+@dataclass
+class ScriptArguments(DatasetArguments):
+    eval_split: str | None = field(
+        default=None,
+        metadata={"help": "Split to evaluate on with --do_eval; default: hold out --size_valid_set training rows."},
+    )
+    size_valid_set: str = field(
+        default="5%",
+        metadata={"help": "Rows held out for --do_eval when there is no --eval_split: a count (200) or a share (5%)."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+
+
+# Our defaults where TRL's suit large GPU runs but not a toolkit that must also run small models on CPU:
+# precision is explicit (--bf16/--fp16), gradient checkpointing is opt-in, TensorBoard logs are on.
+SCRIPT_DEFAULTS = {"bf16": False, "gradient_checkpointing": False, "report_to": ["tensorboard"], "logging_steps": 10}
+
+
+def make_parser_for_sft():
+    from trl import SFTConfig
+
+    return make_parser(
+        (ScriptArguments, ModelArguments, DeviceArguments, SFTConfig),
+        description=__doc__,
+        prepare=lambda ns: configure_training_args(ns, ns),
+        defaults=SCRIPT_DEFAULTS,
+    )
+
+
+def held_out_size(spec: str, total: int) -> int:
+    """Rows to hold out from ``total`` for a ``--size_valid_set`` of ``"200"`` or ``"5%"`` (at least one)."""
+    text = spec.strip()
+    try:
+        count = math.ceil(total * float(text[:-1]) / 100) if text.endswith("%") else int(text)
+    except ValueError:
+        raise UserError(f"--size_valid_set {spec} is neither a row count nor a percentage like 5%") from None
+    if not 0 < count < total:
+        raise UserError(f"--size_valid_set {spec} leaves no rows to train on or evaluate ({total} rows): change it")
+    return count
+
+
+def load_data(script_args: ScriptArguments, training_args, tokenizer):
+    from rlhfkit import data, defaults
+
+    name, subset = defaults.dataset_for("finetune", script_args.dataset_name, script_args.subset)
+    strict = script_args.error_on_invalid_rows
+    limit = script_args.max_train_samples
+    if training_args.do_eval and not script_args.eval_split and limit is not None:
+        limit += held_out_size(script_args.size_valid_set, limit) + 1
+    rows = data.load_canonical(name, "sft", subset, script_args.split, strict=strict, limit=limit)
+    eval_rows = None
+    if training_args.do_eval:
+        if script_args.eval_split:
+            eval_rows = data.load_canonical(name, "sft", subset, script_args.eval_split, strict=strict)
+        else:
+            parts = rows.train_test_split(test_size=held_out_size(script_args.size_valid_set, len(rows)),
+                                          seed=training_args.seed)
+            rows, eval_rows = parts["train"], parts["test"]
+    if script_args.max_train_samples is not None:
+        rows = rows.select(range(min(script_args.max_train_samples, len(rows))))
+    train = data.render(rows, "sft", tokenizer)
+    evaluation = data.render(eval_rows, "sft", tokenizer) if eval_rows is not None else None
+    logger.info("training rows: %d, evaluation rows: %s", len(train), len(evaluation) if evaluation else 0)
+    return train, evaluation
+
+
+def resolve_resume(training_args) -> str | None:
+    """``--resume_from_checkpoint`` as a path, or ``true``/``last`` for the newest checkpoint in output_dir."""
+    value = training_args.resume_from_checkpoint
+    if value is None:
+        return None
+    if value.lower() in ("true", "last", "latest"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            raise UserError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {training_args.output_dir}")
+        return last
+    if not os.path.isdir(value):
+        raise UserError(f"--resume_from_checkpoint {value} is not a folder: pass a checkpoint-* folder or 'last'")
+    return value
+
+
+def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    from rlhfkit import device, io, models
+    from rlhfkit.results import tokens_per_second, write_results
+
+    if not training_args.output_dir:
+        raise UserError("--output_dir is required: where to write the trained model")
+    info = configure_training_args(training_args, device_args)
+    set_seed(training_args.seed)
+    do_train = training_args.do_train or not training_args.do_eval
+    resume = resolve_resume(training_args)
+
+    model_name = models.resolve_name(model_args.model_name_or_path)
+    tokenizer = models.load_tokenizer(model_args.tokenizer_name_or_path or model_name,
+                                   training_args.trust_remote_code)
+    train_dataset, eval_dataset = load_data(script_args, training_args, tokenizer)
+    model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,
+                                  allow_pickle=model_args.allow_pickle, merge_adapter=True)
+    peft_config = model_args.lora_config("CAUSAL_LM")
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainable = models.count_parameters(trainer.model, trainable_only=True)
+    logger.info("model %s: %d parameters, %d trainable (%s)", model_name, models.count_parameters(trainer.model),
+                trainable, "LoRA" if peft_config else "full fine-tuning")
+
+    results = {"device": device.describe(info), "model": model_name, "use_peft": bool(peft_config)}
+    if do_train:
+        train_result = trainer.train(resume_from_checkpoint=resume)
+        metrics = dict(train_result.metrics)
+        metrics.update(tokens_per_second(trainer.state.log_history, metrics.get("train_runtime")))
+        with io.staging_dir(training_args.output_dir) as staging:
+            trainer.save_model(staging)
+        trainer.save_state()
+        write_results(training_args.output_dir, "train", metrics)
+        results.update(metrics)
+    if eval_dataset is not None:
+        metrics = trainer.evaluate()
+        if "eval_loss" in metrics:
+            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+        write_results(training_args.output_dir, "eval", metrics)
+        results.update(metrics)
+    write_results(training_args.output_dir, "all", results)
+    logger.info("done: %s", {k: v for k, v in results.items() if "loss" in k or "per_second" in k})
+    return results
+
+
+@cli_entry
+def cli(argv: list[str] | None = None):
+    setup_logging()
+    return main(*make_parser_for_sft().parse_args_and_config(argv))
+
+
+if __name__ == "__main__":
+    cli()
