@@ -4,7 +4,12 @@ Every script falls back to it when no ``--model_name_or_path`` / ``--dataset_nam
 pipeline runs offline. It is built on first use (a few seconds) into a cache folder, atomically: files are
 written to a temporary sibling folder that is renamed into place when complete, so an interrupted build
 never leaves a folder that looks finished. The model's weights are random (it is a *base* model that knows
-nothing); the tokenizer is a byte-level BPE trained on the toy task's own corpus, so any text encodes.
+nothing until pretrained, see below); the tokenizer is a byte-level BPE trained on the toy corpus, so any text encodes.
+
+The model is a *base* model in the usual sense: briefly pretrained (:func:`pretrain`, a plain next-token loop
+of :data:`PRETRAIN_STEPS` steps, seconds on a CPU) on questions and answers of *uniform* quality, so it
+speaks the toy language but has no preference for good answers. SFT on the preferred answers, reward
+modeling and PPO then each have something real to add, as with a real pretrained model.
 
 Build it explicitly with ``python -m rlhfkit.embedded --output_dir DIR`` (prints the paths).
 """
@@ -22,7 +27,11 @@ from rlhfkit import toy
 
 logger = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 3
+# copying the item from the question into the answer emerges after ~400-500 steps (a phase change)
+PRETRAIN_STEPS = 600
+PRETRAIN_BATCH = 32
+PRETRAIN_LR = 3e-3
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2: pad is distinct from EOS on purpose
 MODEL_CONFIG = dict(
@@ -99,8 +108,46 @@ def build_model(tokenizer, seed: int = 0):
     return model
 
 
-def build(output_dir: str, seed: int = 0) -> str:
-    """Build model, tokenizer and data into ``output_dir`` atomically; returns ``output_dir``."""
+def pretrain(model, tokenizer, seed: int = 0, steps: int = PRETRAIN_STEPS) -> float:
+    """Next-token training on the toy corpus (answers of uniform quality); returns the last loss.
+
+    A plain loop rather than a Trainer: no output folder, no logging machinery, deterministic for a seed.
+    """
+    import torch
+
+    texts = toy.corpus(seed + 1)  # not the tokenizer's draw, same distribution
+    encoded = [tokenizer(text + tokenizer.eos_token)["input_ids"] for text in texts]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / 10) * (1 - i / steps))
+    model.train()
+    loss = float("nan")
+    for step in range(steps):
+        rows = [encoded[i] for i in torch.randint(len(encoded), (PRETRAIN_BATCH,), generator=generator).tolist()]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)] = torch.tensor(row)
+            mask[r, : len(row)] = 1
+        out = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+        out.loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = out.loss.item()
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("pretraining the embedded base model: step %d/%d, loss %.3f", step + 1, steps, loss)
+    model.eval()
+    return loss
+
+
+def build(output_dir: str, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS) -> str:
+    """Build model, tokenizer and data into ``output_dir`` atomically; returns ``output_dir``.
+
+    ``pretrain_steps`` below the default gives a base model that has not learned the task's language (for
+    tests of the build itself).
+    """
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".embedded-", dir=parent)
@@ -108,6 +155,7 @@ def build(output_dir: str, seed: int = 0) -> str:
     try:
         tokenizer = build_tokenizer(seed)
         model = build_model(tokenizer, seed)
+        pretrain_loss = pretrain(model, tokenizer, seed, pretrain_steps)
         model.save_pretrained(model_dir(staging), safe_serialization=True)
         tokenizer.save_pretrained(model_dir(staging))
         toy.write_dataset(staging, seed)
@@ -116,6 +164,7 @@ def build(output_dir: str, seed: int = 0) -> str:
             "seed": seed,
             "parameters": sum(p.numel() for p in model.parameters()),
             "vocab_size": len(tokenizer),
+            "pretrain": {"steps": pretrain_steps, "batch": PRETRAIN_BATCH, "lr": PRETRAIN_LR, "loss": pretrain_loss},
             "model": MODEL_CONFIG,
             "splits": toy.SPLITS,
         }

@@ -19,13 +19,17 @@ LAST_FILES = ("config.json", "adapter_config.json")
 
 def write_json(path: str, payload, indent: int = 2) -> None:
     """Write JSON atomically (temp file in the same folder, fsync, rename)."""
+    write_text(path, json.dumps(payload, indent=indent, sort_keys=True, default=str) + "\n")
+
+
+def write_text(path: str, text: str) -> None:
+    """Write text atomically (temp file in the same folder, fsync, rename)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=indent, sort_keys=True, default=str)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -5,8 +5,10 @@ short sentences about it built from a small vocabulary with positive, negative a
 gold judge scores an answer in [-1, 1]:
 
 * **off topic** (the item's noun is not mentioned, or the answer is empty): -1;
-* otherwise the **sentiment balance** of the distinct adjectives used: (positive - negative) / all, 0 when
-  there are none (so repeating "great great great" earns nothing over one "great");
+* otherwise the **enthusiasm** of the distinct polar adjectives used: (positive - negative) divided by
+  max(:data:`FULL_MARKS_ADJECTIVES`, positive + negative). One positive adjective earns 1/3, three distinct
+  positive ones earn full marks, a negative one costs as much as a positive one earns, neutral adjectives
+  count for nothing, and repeating "great great great" earns no more than one "great";
 * answers longer than :data:`MAX_WORDS` words lose 0.5 (rambling without stopping).
 
 The data follows the stack-exchange-paired schema (``question`` / ``response_j`` / ``response_k``, ``j``
@@ -41,6 +43,7 @@ NEGATIVE = (
 NEUTRAL = ("small", "large", "quiet", "simple", "plain", "busy", "heavy", "light")
 POLARITY = {**{w: 1 for w in POSITIVE}, **{w: -1 for w in NEGATIVE}}
 MAX_WORDS = 40
+FULL_MARKS_ADJECTIVES = 3
 
 QUESTIONS = (
     "What do you think of the {item}?",
@@ -76,8 +79,8 @@ def gold_score(question: str, response: str) -> float:
     words = re.findall(r"[a-z]+", response.lower())
     if not words or item is None or item not in words:
         return -1.0
-    seen = list(dict.fromkeys(w for w in words if w in POLARITY))
-    score = sum(POLARITY[w] for w in seen) / len(seen) if seen else 0.0
+    seen = set(w for w in words if w in POLARITY)
+    score = sum(POLARITY[w] for w in seen) / max(FULL_MARKS_ADJECTIVES, len(seen))
     if len(words) > MAX_WORDS:
         score -= 0.5
     return max(-1.0, min(1.0, score))

@@ -25,15 +25,18 @@ Q = "What do you think of the red bicycle?"
         ("   ", -1.0),
         ("...!?", -1.0),
         ("The bicycle is great and lovely. It was fun.", 1.0),
-        ("The BICYCLE is GREAT.", 1.0),
+        ("The BICYCLE is GREAT.", 1 / 3),  # one positive adjective: a third of full marks
         ("The bicycle is great and awful.", 0.0),
-        ("The bicycle is great and lovely. It was dull.", 1 / 3),
+        ("The bicycle is great and lovely. It was dull.", 1 / 3),  # (2 - 1) / 3
         ("The bicycle is awful and boring. It was great.", -1 / 3),
-        ("The bicycle is awful and dull.", -1.0),
+        ("The bicycle is great and lovely.", 2 / 3),
+        ("The bicycle is great, lovely, fun and superb. It was awful.", 3 / 5),  # (4 - 1) / 5
+        ("The bicycle is awful and dull.", -2 / 3),
+        ("The bicycle is awful, dull and rude.", -1.0),
         ("I rode the bicycle to work.", 0.0),
         ("The bicycle is small, heavy and quiet.", 0.0),  # neutral adjectives do not count
-        ("The bicycle is small and heavy and great.", 1.0),  # ... nor dilute the positive ones
-        ("The bicycle is plain and awful.", -1.0),
+        ("The bicycle is small and heavy and great.", 1 / 3),  # ... nor dilute the positive ones
+        ("The bicycle is plain and awful.", -1 / 3),
     ],
 )
 def test_gold_score_known_cases(response, expected):
@@ -42,9 +45,9 @@ def test_gold_score_known_cases(response, expected):
 
 def test_repeated_adjective_counted_once():
     once = toy.gold_score(Q, "The bicycle is great.")
-    assert once == 1.0
+    assert once == pytest.approx(1 / 3)
     assert toy.gold_score(Q, "The bicycle is great great great.") == once
-    # counted per occurrence this would be (3 - 1) / 4 = 0.5; distinct it is (1 - 1) / 2 = 0
+    # counted per occurrence this would be (3 - 1) / 4 = 0.5; distinct it is (1 - 1) / 3 = 0
     assert toy.gold_score(Q, "The bicycle is great. It was great and great. I found it awful.") == 0.0
     # and (2 - 1) / 3 = 1/3 with two distinct positives, however often the negative repeats
     assert toy.gold_score(Q, "The bicycle is awful, awful, awful but great and fun.") == pytest.approx(1 / 3)
@@ -60,10 +63,10 @@ def _words(n: int, head: str) -> str:
 
 def test_long_answers_lose_half_a_point():
     assert toy.MAX_WORDS == 40
-    assert toy.gold_score(Q, _words(toy.MAX_WORDS, "The bicycle is great")) == 1.0
-    assert toy.gold_score(Q, _words(toy.MAX_WORDS + 1, "The bicycle is great")) == 0.5
+    assert toy.gold_score(Q, _words(toy.MAX_WORDS, "The bicycle is great fun and lovely")) == 1.0
+    assert toy.gold_score(Q, _words(toy.MAX_WORDS + 1, "The bicycle is great fun and lovely")) == 0.5
     assert toy.gold_score(Q, _words(toy.MAX_WORDS + 1, "The bicycle is great and awful")) == -0.5
-    assert toy.gold_score(Q, _words(80, "The bicycle is awful")) == -1.0  # -1.5 clamped to the range
+    assert toy.gold_score(Q, _words(80, "The bicycle is awful dull and rude")) == -1.0  # -1.5 clamped
     assert toy.gold_score(Q, _words(80, "The camera is great")) == -1.0
 
 

@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""Merge a LoRA adapter into its base model and save a plain checkpoint (stages 2 and 4 of the pipeline).
+
+The adapter's task type decides the model class: a causal-LM adapter merges into ``AutoModelForCausalLM``;
+a sequence-classification adapter (a reward model) merges into ``AutoModelForSequenceClassification`` with
+``num_labels=1``, keeping the *trained* score head (saved by PEFT as a module to save) and writing
+``pad_token_id`` into the config so the merged reward model reads the score at the last real token. The
+known upstream failure, a head silently re-initialised at random, is checked for: the merged score head
+must equal the adapter's.
+
+If the adapter records a different base model than ``--base_model_name`` (seed 000's step 4 merges a reward
+adapter trained on the SFT-merged model onto the raw base), a loud warning names both; an adapter whose
+shapes do not fit the base is refused. The output is written to a staging folder and renamed into place.
+
+    python merge_peft_adapter.py --base_model_name google/gemma-3-270m --adapter_model_name ./sft_sanity \\
+        --output_name ./sft_sanity_merged
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+from rlhfkit.cli import make_parser, setup_logging
+from rlhfkit.errors import UserError, cli_entry
+
+logger = logging.getLogger("merge_peft_adapter")
+
+
+@dataclass
+class MergeArguments:
+    adapter_model_name: str = field(metadata={"help": "Folder of the PEFT adapter (adapter_config.json)."})
+    output_name: str = field(metadata={"help": "Folder to write the merged model and tokenizer to."})
+    base_model_name: str | None = field(
+        default=None, metadata={"help": "Base model to merge into; default: the base the adapter records."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace --output_name if it exists (swapped in only once complete)."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run model code shipped with the checkpoint."})
+    allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights."})
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model references name the same model (local paths compared resolved)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def read_adapter_config(path: str) -> dict:
+    config_file = os.path.join(path, "adapter_config.json")
+    if not os.path.isdir(path):
+        raise UserError(f"--adapter_model_name {path} is not a folder: pass the folder a LoRA run saved")
+    if not os.path.isfile(config_file):
+        raise UserError(f"{path} is not a PEFT adapter (no adapter_config.json): pass the folder a LoRA run saved")
+    with open(config_file, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def prepare_output(output_name: str, overwrite: bool) -> None:
+    if os.path.exists(output_name) and os.listdir(output_name) if os.path.isdir(output_name) else os.path.exists(output_name):
+        if not overwrite:
+            raise UserError(f"--output_name {output_name} exists and is not empty: choose another, or pass --overwrite_output_dir")
+
+
+def load_models(args: MergeArguments, base: str, task_type: str):
+    """(base model, model with the adapter loaded, tokenizer)."""
+    from peft import PeftModel
+
+    from rlhfkit import models
+
+    tokenizer_source = args.adapter_model_name if os.path.isfile(
+        os.path.join(args.adapter_model_name, "tokenizer_config.json")) else base
+    tokenizer = models.load_tokenizer(tokenizer_source, args.trust_remote_code)
+    models.check_model_source(base, "base model")
+    if task_type == "SEQ_CLS":
+        from transformers import AutoModelForSequenceClassification
+
+        if tokenizer.pad_token_id is None:  # GPT-2 style: the score is read at the last non-pad token
+            tokenizer.pad_token = tokenizer.eos_token
+        loader = lambda: AutoModelForSequenceClassification.from_pretrained(  # noqa: E731
+            base, num_labels=1, trust_remote_code=args.trust_remote_code,
+            use_safetensors=None if args.allow_pickle else True)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        loader = lambda: AutoModelForCausalLM.from_pretrained(  # noqa: E731
+            base, trust_remote_code=args.trust_remote_code, use_safetensors=None if args.allow_pickle else True)
+    try:
+        model = loader()
+    except (OSError, ValueError) as err:
+        raise UserError(f"could not load base model {base}: {str(err).splitlines()[0][:200]}") from None
+    if task_type == "SEQ_CLS":
+        model.config.pad_token_id = tokenizer.pad_token_id
+    try:
+        peft_model = PeftModel.from_pretrained(model, args.adapter_model_name)
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "")
+        raise UserError(
+            f"adapter {args.adapter_model_name} does not fit base {base} ({detail}): "
+            "merge it into the base model it was trained on"
+        ) from None
+    return peft_model, tokenizer
+
+
+def score_head(model):
+    """The trained score head module of a sequence-classification model (PEFT wrapper or plain)."""
+    for name, module in model.named_modules():
+        if name.endswith("score") or name.endswith("classifier"):
+            if hasattr(module, "modules_to_save"):
+                return module.modules_to_save["default"]
+            if hasattr(module, "weight"):
+                return module
+    return None
+
+
+def main(args: MergeArguments):
+    import torch
+
+    from rlhfkit import io
+
+    adapter_config = read_adapter_config(args.adapter_model_name)
+    recorded = adapter_config.get("base_model_name_or_path")
+    base = args.base_model_name or recorded
+    if not base:
+        raise UserError(f"adapter {args.adapter_model_name} records no base model: pass --base_model_name")
+    if recorded and args.base_model_name and not same_model(recorded, args.base_model_name):
+        logger.warning(
+            "!!! adapter %s was trained on base '%s', but is being merged into '%s'. The result is only "
+            "meaningful if the two share the weights the adapter was trained against; merge into '%s' "
+            "unless this is intended !!!", args.adapter_model_name, recorded, args.base_model_name, recorded,
+        )
+    prepare_output(args.output_name, args.overwrite_output_dir)
+    task_type = adapter_config.get("task_type") or "CAUSAL_LM"
+    logger.info("merging %s adapter %s into %s", task_type, args.adapter_model_name, base)
+    peft_model, tokenizer = load_models(args, base, task_type)
+    trained_head = score_head(peft_model) if task_type == "SEQ_CLS" else None
+    trained_weight = trained_head.weight.detach().clone() if trained_head is not None else None
+    merged = peft_model.merge_and_unload()
+    if trained_weight is not None:
+        merged_head = score_head(merged)
+        if merged_head is None or not torch.equal(merged_head.weight, trained_weight):
+            raise RuntimeError("the merged score head differs from the adapter's trained head")
+
+    output = os.path.abspath(args.output_name)
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.merging-", dir=parent)
+    try:
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        io.write_json(os.path.join(staging, "merge_info.json"), {
+            "adapter": os.path.abspath(args.adapter_model_name), "base": base,
+            "adapter_recorded_base": recorded, "task_type": task_type,
+        })
+        os.chmod(staging, 0o755)
+        if os.path.exists(output):  # --overwrite_output_dir: swap, then drop the old folder
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=parent)
+            os.replace(output, os.path.join(old, "x"))
+            os.replace(staging, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("merged model written to %s", args.output_name)
+    return output
+
+
+@cli_entry
+def cli(argv: list[str] | None = None):
+    setup_logging()
+    (args,) = make_parser((MergeArguments,), description=__doc__).parse_args_and_config(argv)
+    return main(args)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Generate text from a model (stage 6 of the pipeline): a merged model, a full checkpoint or an adapter folder.
+
+Prompts come from ``--prompt`` (repeatable) and/or ``--prompt_file`` (a .txt file, one prompt per line, or a
+.jsonl/.json file in any prompt schema the toolkit reads). Prompts are formatted as in training: the chat
+template when the tokenizer has one (``--use_chat_template False`` to pass raw text), else the seed's
+``Question: ...\\n\\nAnswer:``. Batches are left-padded with attention masks, so batched greedy decoding equals
+one prompt at a time. Results go to stdout and, with ``--output_file``, to a jsonl file; a tokens/s line ends
+the run.
+
+    python run_generation.py --model_name_or_path ./ppo_sanity --prompt "What is the currency of the USA?" \\
+        --bf16 --use_kv_cache --max_new_tokens 64 --batch_size 1
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+from rlhfkit.cli import make_parser, setup_logging
+from rlhfkit.device import DeviceArguments, PrecisionArguments
+from rlhfkit.errors import UserError, cli_entry
+
+logger = logging.getLogger("run_generation")
+
+
+@dataclass
+class GenerationArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Model folder, adapter folder or hub id; default: the embedded tiny Llama."}
+    )
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Default: the model's tokenizer."})
+    prompt: list[str] | None = field(
+        default=None, metadata={"help": "A prompt (repeat the flag, or give several after it).", "action": "extend"}
+    )
+    prompt_file: str | None = field(default=None, metadata={"help": "A .txt (one per line) or .jsonl/.json file."})
+    use_chat_template: bool | None = field(
+        default=None, metadata={"help": "Format prompts with the chat template (default: when the tokenizer has one)."}
+    )
+    max_new_tokens: int = field(default=64, metadata={"help": "Tokens to generate at most per prompt."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per batch."})
+    use_kv_cache: bool = field(default=True, metadata={"help": "Reuse attention keys/values while decoding."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with --do_sample)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (with --do_sample)."})
+    top_k: int = field(default=0, metadata={"help": "Sample among the k likeliest tokens; 0: no limit."})
+    num_return_sequences: int = field(default=1, metadata={"help": "Completions per prompt."})
+    seed: int = field(default=42, metadata={"help": "Random seed for sampling."})
+    output_file: str | None = field(default=None, metadata={"help": "Also write results as jsonl here."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run model code shipped with the checkpoint."})
+    allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights."})
+
+
+def read_prompt_file(path: str) -> list:
+    """Prompts from a .txt file (one per non-empty line) or a json/jsonl file in any prompt schema."""
+    if not os.path.isfile(path):
+        raise UserError(f"--prompt_file {path} does not exist")
+    if path.endswith(".txt"):
+        with open(path, encoding="utf-8") as handle:
+            prompts = [line.rstrip("\n") for line in handle if line.strip()]
+    else:
+        from rlhfkit import data
+
+        prompts = [row["prompt"] for row in data.load_canonical(path, "prompt")]
+    if not prompts:
+        raise UserError(f"--prompt_file {path} holds no prompts")
+    return prompts
+
+
+def validate(args: GenerationArguments) -> None:
+    if not args.prompt and not args.prompt_file:
+        raise UserError("no prompts: pass --prompt TEXT (repeatable) or --prompt_file FILE")
+    for name in ("max_new_tokens", "batch_size", "num_return_sequences"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1")
+    if args.do_sample and args.temperature <= 0:
+        raise UserError("--temperature must be positive when sampling (or drop --do_sample for greedy decoding)")
+    if not args.do_sample and args.num_return_sequences > 1:
+        raise UserError("--num_return_sequences > 1 needs --do_sample (greedy decoding gives one answer)")
+
+
+def main(args: GenerationArguments, device_args: DeviceArguments, precision: PrecisionArguments):
+    validate(args)
+    from transformers import set_seed
+
+    from rlhfkit import device, generation, models, schemas
+
+    info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
+    dtype = device.torch_dtype(device.resolve_precision(info, precision.bf16, precision.fp16))
+    prompts = list(args.prompt or []) + (read_prompt_file(args.prompt_file) if args.prompt_file else [])
+
+    name = models.resolve_name(args.model_name_or_path)
+    tokenizer = models.load_tokenizer(args.tokenizer_name_or_path or name, args.trust_remote_code)
+    model = models.load_causal_lm(name, dtype=dtype, trust_remote_code=args.trust_remote_code,
+                                  allow_pickle=args.allow_pickle, merge_adapter=True)
+    model.to(info.torch_device)
+    if args.use_chat_template and not schemas.has_chat_template(tokenizer):
+        raise UserError(f"--use_chat_template: the tokenizer of {name} has no chat template")
+    if args.use_chat_template is False:
+        tokenizer.chat_template = None
+    texts = [generation.format_prompt(tokenizer, p) for p in prompts]
+    set_seed(args.seed)
+    logger.info("generating for %d prompt(s) on %s (%s)", len(texts), info.type, str(dtype).replace("torch.", ""))
+    result = generation.generate(
+        model, tokenizer, texts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        num_return_sequences=args.num_return_sequences, use_cache=args.use_kv_cache,
+        progress=lambda done: logger.info("%d/%d prompts done", done, len(texts)),
+    )
+    records = [
+        {"prompt": prompt, "formatted_prompt": text, "completions": completions}
+        for prompt, text, completions in zip(prompts, texts, result.completions, strict=True)
+    ]
+    for record in records:
+        print(f"### prompt: {record['prompt'] if isinstance(record['prompt'], str) else json.dumps(record['prompt'])}")
+        for completion in record["completions"]:
+            print(completion)
+        print()
+    sys.stdout.flush()
+    if args.output_file:
+        from rlhfkit.io import write_text
+
+        write_text(args.output_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    logger.info("%d new tokens in %.2fs: %.1f tokens/s", result.new_tokens, result.seconds, result.tokens_per_second)
+    return records
+
+
+@cli_entry
+def cli(argv: list[str] | None = None):
+    setup_logging()
+    parser = make_parser((GenerationArguments, DeviceArguments, PrecisionArguments), description=__doc__)
+    return main(*parser.parse_args_and_config(argv))
+
+
+if __name__ == "__main__":
+    cli()
