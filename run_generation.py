@@ -3,8 +3,8 @@
 
 Prompts come from ``--prompt`` (repeatable) and/or ``--prompt_file`` (a .txt file, one prompt per line, or a
 .jsonl/.json file in any prompt schema the toolkit reads). Prompts are formatted as in training: the chat
-template when the tokenizer has one (``--use_chat_template False`` to pass raw text), else the seed's
-``Question: ...\\n\\nAnswer:``. Batches are left-padded with attention masks, so batched greedy decoding equals
+template when the tokenizer has one, else the seed's ``Question: ...\\n\\nAnswer:`` (``--prompt_format raw``
+passes the text as it is, for base models). Batches are left-padded with attention masks, so batched greedy decoding equals
 one prompt at a time. Results go to stdout and, with ``--output_file``, to a jsonl file; a tokens/s line ends
 the run.
 
@@ -37,8 +37,13 @@ class GenerationArguments:
         default=None, metadata={"help": "A prompt (repeat the flag, or give several after it).", "action": "extend"}
     )
     prompt_file: str | None = field(default=None, metadata={"help": "A .txt (one per line) or .jsonl/.json file."})
-    use_chat_template: bool | None = field(
-        default=None, metadata={"help": "Format prompts with the chat template (default: when the tokenizer has one)."}
+    prompt_format: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: the chat template if the tokenizer has one, else qa; chat: the chat template; "
+            "qa: the seed's 'Question: ...\\n\\nAnswer:'; raw: the prompt text as it is.",
+            "choices": ("auto", "chat", "qa", "raw"),
+        },
     )
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens to generate at most per prompt."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per batch."})
@@ -86,7 +91,7 @@ def main(args: GenerationArguments, device_args: DeviceArguments, precision: Pre
     validate(args)
     from transformers import set_seed
 
-    from rlhfkit import device, generation, models, schemas
+    from rlhfkit import device, generation, models
 
     info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
     dtype = device.torch_dtype(device.resolve_precision(info, precision.bf16, precision.fp16))
@@ -97,11 +102,7 @@ def main(args: GenerationArguments, device_args: DeviceArguments, precision: Pre
     model = models.load_causal_lm(name, dtype=dtype, trust_remote_code=args.trust_remote_code,
                                   allow_pickle=args.allow_pickle, merge_adapter=True)
     model.to(info.torch_device)
-    if args.use_chat_template and not schemas.has_chat_template(tokenizer):
-        raise UserError(f"--use_chat_template: the tokenizer of {name} has no chat template")
-    if args.use_chat_template is False:
-        tokenizer.chat_template = None
-    texts = [generation.format_prompt(tokenizer, p) for p in prompts]
+    texts = [generation.format_prompt(tokenizer, p, args.prompt_format) for p in prompts]
     set_seed(args.seed)
     logger.info("generating for %d prompt(s) on %s (%s)", len(texts), info.type, str(dtype).replace("torch.", ""))
     result = generation.generate(

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from rlhfkit import schemas
+from rlhfkit.errors import UserError
 
 
 @dataclass
@@ -26,10 +27,28 @@ class GenerationResult:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def format_prompt(tokenizer, prompt) -> str:
-    """Prompt text for generation from a question (text) or a message list."""
-    messages = schemas._prompt_messages(prompt, "prompt")
-    if schemas.has_chat_template(tokenizer):
+PROMPT_FORMATS = ("auto", "chat", "qa", "raw")
+
+
+def format_prompt(tokenizer, prompt, prompt_format: str = "auto") -> str:
+    """Prompt text for generation from a question (text) or a message list.
+
+    ``auto``: the chat template when the tokenizer has one, else ``qa``; ``chat``: the chat template (an
+    error without one); ``qa``: the seed's ``Question: ...\\n\\nAnswer:``; ``raw``: text as given.
+    """
+    if prompt_format not in PROMPT_FORMATS:
+        raise UserError(f"prompt format {prompt_format} is not one of {', '.join(PROMPT_FORMATS)}")
+    if prompt_format == "raw":
+        if not isinstance(prompt, str):
+            raise UserError("prompt format raw needs text prompts, not message lists: use auto, chat or qa")
+        return prompt
+    try:
+        messages = schemas.prompt_messages(prompt, "prompt")
+    except schemas.InvalidRow as err:
+        raise UserError(f"bad prompt {prompt!r}: {err}") from None
+    if prompt_format == "chat" or (prompt_format == "auto" and schemas.has_chat_template(tokenizer)):
+        if not schemas.has_chat_template(tokenizer):
+            raise UserError("prompt format chat: this tokenizer has no chat template (use qa or raw)")
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return schemas.messages_to_text(messages).rstrip(" ")
 

@@ -90,7 +90,7 @@ def _split_last_assistant(messages: list[dict], key: str) -> tuple[list[dict], s
     return prompt, messages[-1]["content"]
 
 
-def _prompt_messages(value: Any, key: str) -> list[dict]:
+def prompt_messages(value: Any, key: str) -> list[dict]:
     """A prompt given either as text or as messages; trailing assistant turns are not part of a prompt."""
     if isinstance(value, str):
         if not value.strip():
@@ -190,7 +190,7 @@ def _ufb_preference(row):
             raise InvalidRow("chosen and rejected conversations differ before the answer")
         prompt = chosen_conv
     else:
-        prompt = _prompt_messages(prompt_value, "prompt")
+        prompt = prompt_messages(prompt_value, "prompt")
     return _pref(prompt, chosen, rejected)
 
 
@@ -244,7 +244,7 @@ SCHEMAS: tuple[Schema, ...] = (
         "prompt / chosen / rejected, as text or message lists (UltraFeedback binarized)",
         sft=lambda r: (lambda p: {"prompt": p["prompt"], "completion": p["chosen"]})(_ufb_preference(r)),
         preference=_ufb_preference,
-        prompt=lambda r: {"prompt": _prompt_messages(r.get("prompt"), "prompt")},
+        prompt=lambda r: {"prompt": prompt_messages(r.get("prompt"), "prompt")},
     ),
     Schema(
         "hh_rlhf",
@@ -259,7 +259,7 @@ SCHEMAS: tuple[Schema, ...] = (
         ("messages",),
         "messages: a chat as a list of {role, content} (its last assistant turn is the answer)",
         sft=_messages_sft,
-        prompt=lambda r: {"prompt": _prompt_messages(r.get("messages"), "messages")},
+        prompt=lambda r: {"prompt": prompt_messages(r.get("messages"), "messages")},
     ),
     Schema(
         "alpaca",
@@ -272,15 +272,15 @@ SCHEMAS: tuple[Schema, ...] = (
         "prompt_response",
         ("prompt", "response"),
         "prompt / response",
-        sft=lambda r: {"prompt": _prompt_messages(r.get("prompt"), "prompt"), "completion": _text(r, "response")},
-        prompt=lambda r: {"prompt": _prompt_messages(r.get("prompt"), "prompt")},
+        sft=lambda r: {"prompt": prompt_messages(r.get("prompt"), "prompt"), "completion": _text(r, "response")},
+        prompt=lambda r: {"prompt": prompt_messages(r.get("prompt"), "prompt")},
     ),
     Schema(
         "prompt_chosen",
         ("prompt", "chosen"),
         "prompt / chosen (text; chosen is the answer)",
-        sft=lambda r: {"prompt": _prompt_messages(r.get("prompt"), "prompt"), "completion": _answer(r.get("chosen"), "chosen")[1]},
-        prompt=lambda r: {"prompt": _prompt_messages(r.get("prompt"), "prompt")},
+        sft=lambda r: {"prompt": prompt_messages(r.get("prompt"), "prompt"), "completion": _answer(r.get("chosen"), "chosen")[1]},
+        prompt=lambda r: {"prompt": prompt_messages(r.get("prompt"), "prompt")},
     ),
     Schema(
         "query",
@@ -292,7 +292,7 @@ SCHEMAS: tuple[Schema, ...] = (
         "prompt_only",
         ("prompt",),
         "prompt (prompts only)",
-        prompt=lambda r: {"prompt": _prompt_messages(r.get("prompt"), "prompt")},
+        prompt=lambda r: {"prompt": prompt_messages(r.get("prompt"), "prompt")},
     ),
 )
 SCHEMA_BY_NAME = {schema.name: schema for schema in SCHEMAS}
