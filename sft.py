@@ -130,6 +130,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     resume = resolve_resume(training_args)
 
     model_name = models.resolve_name(model_args.model_name_or_path)
+    models.check_model_source(model_name)
     tokenizer = models.load_tokenizer(model_args.tokenizer_name_or_path or model_name,
                                    training_args.trust_remote_code)
     train_dataset, eval_dataset = load_data(script_args, training_args, tokenizer)

@@ -48,6 +48,11 @@ def make_parser(dataclass_types: Iterable[type], description: str | None = None,
             return tuple(outputs)
 
     parser = _Parser(tuple(dataclass_types), description=description)
+    from transformers.hf_argparser import string_to_bool
+
+    for action in parser._actions:  # `bool | None` fields (TRL's bf16) want a value; let `--bf16` alone mean True
+        if action.type is string_to_bool and action.nargs is None and action.option_strings:
+            action.nargs, action.const = "?", True
     parser.add_argument(
         "--config",
         metavar="FILE.yaml",

@@ -1,0 +1,259 @@
+"""sft.py end to end on the embedded default: LoRA and full fine-tuning, --config, --do_eval, refused input.
+
+Each training run is a module-scoped fixture (a subprocess, as a user runs it), so several tests read the
+same outputs. The one long run (300 LoRA steps, ~35 s) is checked against the toy task's gold judge: the
+SFT model must answer the evaluation questions clearly better than the base model it started from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import REPO, assert_user_error, run_script
+
+SFT = str(REPO / "sft.py")
+LORA_MODULES = ["--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj"]
+QUIET = ["--save_strategy", "no", "--disable_tqdm", "True"]
+GOLD_QUESTIONS = 100
+GOLD_MARGIN = 0.15
+MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.json", "model.safetensors")
+
+
+def _ok(result) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _mean_gold(model, tokenizer, questions: list[str]) -> float:
+    from rlhfkit import toy
+    from rlhfkit.generation import format_prompt, generate
+
+    prompts = [format_prompt(tokenizer, q) for q in questions]
+    result = generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=50)
+    assert len(result.completions) == len(questions)
+    return sum(toy.gold_score(q, c[0]) for q, c in zip(questions, result.completions, strict=True)) / len(questions)
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def lora_run(embedded_root, tmp_path_factory):
+    """The measured LoRA run on the embedded default (no model or dataset flags): 300 steps."""
+    out = tmp_path_factory.mktemp("sft-lora") / "sft"
+    result = run_script(
+        SFT, "--output_dir", str(out), "--do_train", "--max_steps", "300", "--per_device_train_batch_size", "16",
+        "--learning_rate", "2e-3", *LORA_MODULES, *QUIET,
+    )
+    return result, out
+
+
+@pytest.fixture(scope="module")
+def full_run(embedded_root, tmp_path_factory):
+    """Full fine-tuning, 20 steps, with --do_eval on 50 held-out rows."""
+    out = tmp_path_factory.mktemp("sft-full") / "full"
+    result = run_script(
+        SFT, "--output_dir", str(out), "--use_peft", "False", "--do_train", "--do_eval", "--size_valid_set", "50",
+        "--max_steps", "20", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", *QUIET,
+    )
+    return result, out
+
+
+CONFIG_SETTINGS = {
+    "do_train": True,
+    "max_steps": 5,
+    "per_device_train_batch_size": 4,
+    "learning_rate": 0.002,
+    "seed": 1234,
+    "lora_r": 4,
+    "lora_target_modules": ["q_proj", "v_proj"],
+    "save_strategy": "no",
+    "disable_tqdm": True,
+}
+
+
+@pytest.fixture(scope="module")
+def flag_and_config_runs(embedded_root, tmp_path_factory):
+    """The same short LoRA run twice (in parallel): once from flags, once from a YAML --config file."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("sft-config")
+    config = folder / "sft.yaml"
+    config.write_text(yaml.safe_dump(CONFIG_SETTINGS), encoding="utf-8")
+    assert "save_strategy: 'no'" in config.read_text()  # a bare `no` would be YAML's False
+    flags = []
+    for key, value in CONFIG_SETTINGS.items():
+        flags += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+    by_flags, by_config = folder / "flags", folder / "config"
+    with ThreadPoolExecutor(2) as pool:
+        flag_future = pool.submit(run_script, SFT, "--output_dir", str(by_flags), *flags)
+        config_future = pool.submit(run_script, SFT, "--output_dir", str(by_config), "--config", str(config))
+        return (flag_future.result(), by_flags), (config_future.result(), by_config)
+
+
+# ------------------------------------------------------------------------------------------------- LoRA
+def test_lora_run_writes_adapter_tokenizer_and_results(lora_run, embedded_root):
+    result, out = lora_run
+    _ok(result)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), f"{name} missing from {sorted(p.name for p in out.iterdir())}"
+    assert not (out / "model.safetensors").exists()  # an adapter, not a full model
+    pickled = [p.name for p in out.rglob("*.bin") if p.name != "training_args.bin"]
+    assert pickled == [], f"pickle weights written: {pickled}"
+    adapter = _read_json(out / "adapter_config.json")
+    assert adapter["task_type"] == "CAUSAL_LM"
+    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert Path(adapter["base_model_name_or_path"]).resolve() == (embedded_root / "model").resolve()
+    results = _read_json(out / "all_results.json")
+    for key in ("train_runtime", "train_loss", "train_tokens_per_second"):
+        assert isinstance(results[key], float) and results[key] > 0, (key, results.get(key))
+    assert results["use_peft"] is True
+    assert math.isfinite(results["train_loss"])
+    assert list(out.glob("checkpoint-*")) == []  # --save_strategy no
+
+
+def test_lora_training_loss_decreases(lora_run):
+    result, out = lora_run
+    _ok(result)
+    state = _read_json(out / "trainer_state.json")
+    assert state["global_step"] == 300
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) >= 10, state["log_history"]
+    assert losses[0] > losses[-1], losses
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses
+
+
+def test_lora_sft_beats_base_on_gold_judge(lora_run, embedded_root):
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+
+    result, out = lora_run
+    _ok(result)
+    rows = [json.loads(line) for line in (embedded_root / "data/evaluation/train.jsonl").read_text().splitlines()]
+    questions = [row["question"] for row in rows[:GOLD_QUESTIONS]]
+    assert len(questions) == GOLD_QUESTIONS
+    base_dir = str(embedded_root / "model")
+    tokenizer = load_tokenizer(base_dir)
+    base_score = _mean_gold(load_causal_lm(base_dir), tokenizer, questions)
+    sft_model = load_causal_lm(str(out), merge_adapter=True)
+    assert not hasattr(sft_model, "peft_config")  # merged: a plain model back
+    sft_score = _mean_gold(sft_model, load_tokenizer(str(out)), questions)
+    assert sft_score >= base_score + GOLD_MARGIN, f"base {base_score:.3f}, SFT {sft_score:.3f}"
+
+
+# ------------------------------------------------------------------------------------ full fine-tuning
+def test_full_finetuning_writes_a_full_model(full_run, embedded_root):
+    import torch
+
+    result, out = full_run
+    _ok(result)
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert not (out / "adapter_config.json").exists() and not (out / "adapter_model.safetensors").exists()
+    assert (out / "tokenizer.json").is_file()
+    trained = _safetensors(out / "model.safetensors")
+    base = _safetensors(embedded_root / "model" / "model.safetensors")
+    assert set(trained) == set(base)
+    changed = [name for name in base if not torch.equal(base[name], trained[name])]
+    assert len(changed) > len(base) // 2, f"only {len(changed)} of {len(base)} tensors changed"
+    results = _read_json(out / "all_results.json")
+    assert results["use_peft"] is False and results["train_loss"] > 0
+
+
+def test_do_eval_writes_eval_loss_and_perplexity(full_run):
+    result, out = full_run
+    _ok(result)
+    from rlhfkit import toy
+
+    rows = toy.SPLITS["finetune"]
+    assert re.search(rf"training rows: {rows - 50}, evaluation rows: 50\b", result.stderr), result.stderr[-3000:]
+    metrics = _read_json(out / "eval_results.json")
+    assert 0 < metrics["eval_loss"] < 10
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-9)
+    all_results = _read_json(out / "all_results.json")
+    assert all_results["eval_loss"] == metrics["eval_loss"]
+    assert "train_loss" in all_results  # eval results are merged in, not written over the training ones
+
+
+# ------------------------------------------------------------------------------------------- --config
+def test_yaml_config_run_equals_flag_run(flag_and_config_runs):
+    import torch
+
+    (flag_result, by_flags), (config_result, by_config) = flag_and_config_runs
+    _ok(flag_result)
+    _ok(config_result)
+    for out in (by_flags, by_config):  # the settings really applied (not the defaults, in both runs)
+        adapter = _read_json(out / "adapter_config.json")
+        assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
+        state = _read_json(out / "trainer_state.json")
+        assert state["global_step"] == 5 and state["max_steps"] == 5
+        assert state["train_batch_size"] == 4
+        assert list(out.glob("checkpoint-*")) == []
+    flag_weights = _safetensors(by_flags / "adapter_model.safetensors")
+    config_weights = _safetensors(by_config / "adapter_model.safetensors")
+    assert set(flag_weights) == set(config_weights) and flag_weights
+    for name, tensor in flag_weights.items():
+        assert torch.equal(tensor, config_weights[name]), name
+    flag_loss = _read_json(by_flags / "all_results.json")["train_loss"]
+    assert flag_loss == _read_json(by_config / "all_results.json")["train_loss"]
+
+
+# ----------------------------------------------------------------------------------------- bad input
+def _assert_no_model_written(out: Path) -> None:
+    if out.exists():
+        left = [p.name for p in out.rglob("*") if p.name in MODEL_FILES]
+        assert left == [], f"model files written to {out}: {left}"
+
+
+@pytest.fixture(scope="module")
+def refused_runs(embedded_root, tmp_path_factory):
+    """Three refused runs, in parallel: missing model, unknown dataset schema, unknown YAML key."""
+    folder = tmp_path_factory.mktemp("sft-bad")
+    missing = folder / "no-such-model"
+    data = folder / "foobar.jsonl"
+    data.write_text('{"foo": "a", "bar": "b"}\n{"foo": "c", "bar": "d"}\n', encoding="utf-8")
+    config = folder / "bad.yaml"
+    config.write_text("max_steps: 3\nlearning_rate_typo: 0.1\n", encoding="utf-8")
+    runs = {
+        "model": (["--model_name_or_path", str(missing)], folder / "out-model"),
+        "schema": (["--dataset_name", str(data)], folder / "out-schema"),
+        "yaml": (["--config", str(config)], folder / "out-yaml"),
+    }
+    with ThreadPoolExecutor(3) as pool:
+        futures = {
+            name: pool.submit(run_script, SFT, "--output_dir", str(out), "--do_train", "--max_steps", "2", *args)
+            for name, (args, out) in runs.items()
+        }
+        return {name: (futures[name].result(), runs[name][1]) for name in runs}, missing, data, config
+
+
+def test_nonexistent_model_is_a_user_error(refused_runs):
+    runs, missing, _, _ = refused_runs
+    result, out = runs["model"]
+    assert_user_error(result, str(missing), "does not exist")
+    _assert_no_model_written(out)
+
+
+def test_unknown_dataset_schema_is_a_user_error(refused_runs):
+    runs, _, data, _ = refused_runs
+    result, out = runs["schema"]
+    assert_user_error(result, str(data), "[bar, foo]", "match no known schema", "question / response_j / response_k")
+    _assert_no_model_written(out)
+
+
+def test_unknown_yaml_key_is_a_user_error(refused_runs):
+    runs, _, _, config = refused_runs
+    result, out = runs["yaml"]
+    assert_user_error(result, str(config), "unknown key", "learning_rate_typo")
+    assert "max_steps" not in result.stderr.splitlines()[-1]  # only the bad key is named
+    assert not out.exists()
