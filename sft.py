@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 
 from rlhfkit.cli import make_parser, setup_logging
@@ -28,6 +27,7 @@ from rlhfkit.data import DatasetArguments
 from rlhfkit.device import DeviceArguments, configure_training_args
 from rlhfkit.errors import UserError, cli_entry
 from rlhfkit.modelargs import ModelArguments
+from rlhfkit.training import TRAINER_DEFAULTS, resolve_resume, train_and_save
 
 logger = logging.getLogger("sft")
 
@@ -45,11 +45,6 @@ class ScriptArguments(DatasetArguments):
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
 
 
-# Our defaults where TRL's suit large GPU runs but not a toolkit that must also run small models on CPU:
-# precision is explicit (--bf16/--fp16), gradient checkpointing is opt-in, TensorBoard logs are on.
-SCRIPT_DEFAULTS = {"bf16": False, "gradient_checkpointing": False, "report_to": ["tensorboard"], "logging_steps": 10}
-
-
 def make_parser_for_sft():
     from trl import SFTConfig
 
@@ -57,7 +52,7 @@ def make_parser_for_sft():
         (ScriptArguments, ModelArguments, DeviceArguments, SFTConfig),
         description=__doc__,
         prepare=lambda ns: configure_training_args(ns, ns),
-        defaults=SCRIPT_DEFAULTS,
+        defaults=TRAINER_DEFAULTS,
     )
 
 
@@ -98,36 +93,19 @@ def load_data(script_args: ScriptArguments, training_args, tokenizer):
     return train, evaluation
 
 
-def resolve_resume(training_args) -> str | None:
-    """``--resume_from_checkpoint`` as a path, or ``true``/``last`` for the newest checkpoint in output_dir."""
-    value = training_args.resume_from_checkpoint
-    if value is None:
-        return None
-    if value.lower() in ("true", "last", "latest"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if last is None:
-            raise UserError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {training_args.output_dir}")
-        return last
-    if not os.path.isdir(value):
-        raise UserError(f"--resume_from_checkpoint {value} is not a folder: pass a checkpoint-* folder or 'last'")
-    return value
-
-
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):
     from transformers import set_seed
     from trl import SFTTrainer
 
-    from rlhfkit import device, io, models
-    from rlhfkit.results import tokens_per_second, write_results
+    from rlhfkit import device, models
+    from rlhfkit.results import write_results
 
     if not training_args.output_dir:
         raise UserError("--output_dir is required: where to write the trained model")
     info = configure_training_args(training_args, device_args)
     set_seed(training_args.seed)
     do_train = training_args.do_train or not training_args.do_eval
-    resume = resolve_resume(training_args)
+    resolve_resume(training_args)  # a bad --resume_from_checkpoint fails before any work
 
     model_name = models.resolve_name(model_args.model_name_or_path)
     models.check_model_source(model_name)
@@ -151,14 +129,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
 
     results = {"device": device.describe(info), "model": model_name, "use_peft": bool(peft_config)}
     if do_train:
-        train_result = trainer.train(resume_from_checkpoint=resume)
-        metrics = dict(train_result.metrics)
-        metrics.update(tokens_per_second(trainer.state.log_history, metrics.get("train_runtime")))
-        with io.staging_dir(training_args.output_dir) as staging:
-            trainer.save_model(staging)
-        trainer.save_state()
-        write_results(training_args.output_dir, "train", metrics)
-        results.update(metrics)
+        results.update(train_and_save(trainer, training_args))
     if eval_dataset is not None:
         metrics = trainer.evaluate()
         if "eval_loss" in metrics:

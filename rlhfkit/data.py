@@ -262,8 +262,11 @@ def render(dataset, kind: str, tokenizer):
     )
 
 
-def token_lengths(rendered, kind: str, tokenizer) -> list[int]:
-    """Tokens in each rendered row: prompt plus its longest answer (chosen or rejected for pairs)."""
+def token_lengths(rendered, kind: str, tokenizer, add_eos: bool = False) -> list[int]:
+    """Tokens in each rendered row: prompt plus its longest answer (chosen or rejected for pairs).
+
+    ``add_eos`` counts the EOS token a trainer appends to plain-text answers (chat templates write their own).
+    """
     answers = schemas.CANONICAL_COLUMNS[kind][1:]
     conversational = schemas.has_chat_template(tokenizer)
     lengths = []
@@ -273,14 +276,15 @@ def token_lengths(rendered, kind: str, tokenizer) -> list[int]:
             counts = [len(tokenizer.apply_chat_template(t, tokenize=True, return_dict=False)) for t in texts]
         else:
             texts = [row["prompt"] + row[a] for a in answers] or [row["prompt"]]
-            counts = [len(tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts]
+            counts = [len(tokenizer(t, add_special_tokens=True)["input_ids"]) + int(add_eos) for t in texts]
         lengths.append(max(counts))
     return lengths
 
 
-def filter_by_token_length(rendered, kind: str, tokenizer, max_length: int, source: str = "dataset"):
+def filter_by_token_length(rendered, kind: str, tokenizer, max_length: int, source: str = "dataset",
+                           add_eos: bool = False):
     """Drop rows longer than ``max_length`` tokens (never characters), with a count; none left is an error."""
-    lengths = token_lengths(rendered, kind, tokenizer)
+    lengths = token_lengths(rendered, kind, tokenizer, add_eos=add_eos)
     keep = [i for i, n in enumerate(lengths) if n <= max_length]
     if not keep:
         raise UserError(

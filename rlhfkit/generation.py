@@ -53,12 +53,6 @@ def format_prompt(tokenizer, prompt, prompt_format: str = "auto") -> str:
     return schemas.messages_to_text(messages).rstrip(" ")
 
 
-def ensure_pad_token(tokenizer) -> None:
-    """Generation needs a pad token for batches; reuse EOS when there is none (masks make it harmless here)."""
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
-
 def generate(
     model,
     tokenizer,
@@ -80,7 +74,9 @@ def generate(
     """
     import torch
 
-    ensure_pad_token(tokenizer)
+    from rlhfkit.models import ensure_pad_token
+
+    ensure_pad_token(tokenizer)  # batches need one; masks make EOS as pad harmless here
     device = next(model.parameters()).device
     add_special = not schemas.has_chat_template(tokenizer)  # a chat template writes its own BOS
     old_side = tokenizer.padding_side

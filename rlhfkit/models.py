@@ -144,3 +144,51 @@ def load_causal_lm(
 
 def count_parameters(model, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def load_sequence_classifier(
+    name: str,
+    dtype=None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    pad_token_id: int | None = None,
+):
+    """A scalar-score model (``AutoModelForSequenceClassification``, ``num_labels=1``) for reward modeling.
+
+    A causal-LM checkpoint gets a new, randomly initialised score head (the usual start of reward
+    training); a reward-model adapter folder loads onto its base with its trained head. ``pad_token_id`` is
+    written into the config: the score is read at the last non-pad token.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    check_model_source(name, "reward model")
+    base = adapter_base(name) if _looks_local(name) and is_adapter(name) else name
+    if base != name:
+        check_model_source(base, "adapter's base model")
+    _check_weights_format(base, allow_pickle)
+    kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": None if allow_pickle else True,
+              "num_labels": 1}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _hub_error(base, err, "reward model") from None
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    if base != name:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, name).merge_and_unload()
+    return model
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Give a tokenizer without a pad token (GPT-2 style) EOS as its pad, saying so; masks make it safe for
+    SFT, reward modeling, DPO and generation (PPO needs a distinct pad and adds its own)."""
+    if tokenizer.pad_token_id is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise UserError("the tokenizer has neither a pad nor an EOS token: pass a tokenizer that has one")
+    logger.warning("the tokenizer has no pad token: padding with EOS (%r)", tokenizer.eos_token)
+    tokenizer.pad_token = tokenizer.eos_token
