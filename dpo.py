@@ -46,9 +46,10 @@ def make_dpo_parser():
 
 
 def held_out_metrics(trainer, prefix: str) -> dict:
-    """TRL's evaluation metrics renamed by ``prefix``: rewards/accuracies, rewards/margins, logps, loss."""
-    metrics = trainer.evaluate(metric_key_prefix=prefix)
-    return {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
+    """TRL's evaluation metrics (rewards/accuracies, rewards/margins, logps, loss) with ``eval_`` replaced by
+    ``prefix``; TRL attaches its reward metrics only under the plain ``eval`` prefix, hence the renaming."""
+    metrics = trainer.evaluate()
+    return {prefix + k[len("eval"):]: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
 
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):

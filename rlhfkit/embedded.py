@@ -27,7 +27,7 @@ from rlhfkit import toy
 
 logger = logging.getLogger(__name__)
 
-VERSION = 3
+VERSION = 6
 # copying the item from the question into the answer emerges after ~400-500 steps (a phase change)
 PRETRAIN_STEPS = 600
 PRETRAIN_BATCH = 32

@@ -43,6 +43,9 @@ NEGATIVE = (
 NEUTRAL = ("small", "large", "quiet", "simple", "plain", "busy", "heavy", "light")
 POLARITY = {**{w: 1 for w in POSITIVE}, **{w: -1 for w in NEGATIVE}}
 MAX_WORDS = 40
+# pairs: a quarter of answers miss the item, most by naming none, some by naming another one
+PAIR_OFF_TOPIC = 0.25
+PAIR_EVASIVE = 0.8
 FULL_MARKS_ADJECTIVES = 3
 
 QUESTIONS = (
@@ -61,7 +64,7 @@ SENTENCES = (
     "My friends say the {item} is {a}.",
     "Overall a {a} {item}.",
 )
-SPLITS = {"finetune": 2000, "reward": 2000, "evaluation": 300, "rl": 1000}
+SPLITS = {"finetune": 2000, "reward": 5000, "evaluation": 500, "rl": 1000}
 _QUESTION_ITEM = re.compile(r"the ((?:\w+ )?(\w+))[?.]\s*$")
 
 
@@ -100,10 +103,19 @@ def make_question(rng: random.Random) -> str:
     return rng.choice(QUESTIONS).format(item=item)
 
 
-def make_answer(rng: random.Random, question: str, positivity: float) -> str:
-    """An answer of random length whose adjectives are positive with probability ``positivity``."""
+def make_answer(rng: random.Random, question: str, positivity: float, off_topic: float = 0.08,
+                evasive: float = 0.0) -> str:
+    """An answer of random length whose adjectives are positive with probability ``positivity``.
+
+    With probability ``off_topic`` it misses the item: with probability ``evasive`` (of those) it names no
+    item at all ("It was great."), otherwise it is about another item.
+    """
     item = item_of(question) or rng.choice(ITEMS)
-    if rng.random() < 0.08:  # a slice of off-topic answers: about another item
+    if rng.random() < off_topic:
+        if rng.random() < evasive:
+            templates = [t for t in SENTENCES if "{item}" not in t]
+            return " ".join(rng.choice(templates).format(a=_adjective(rng, positivity), b=_adjective(rng, positivity))
+                            for _ in range(rng.choice((1, 2))))
         item = rng.choice([i for i in ITEMS if i != item])
     sentences = []
     for _ in range(rng.choice((1, 1, 2, 2, 3))):
@@ -117,9 +129,9 @@ def make_answer(rng: random.Random, question: str, positivity: float) -> str:
 def make_pair(rng: random.Random) -> dict:
     """One stack-exchange-paired row: two answers of different gold score, the better as ``response_j``."""
     question = make_question(rng)
-    while True:
-        first = make_answer(rng, question, rng.random())
-        second = make_answer(rng, question, rng.random())
+    while True:  # off-topic answers are common in pairs, so a reward model sees the rule being applied
+        first = make_answer(rng, question, rng.random(), PAIR_OFF_TOPIC, PAIR_EVASIVE)
+        second = make_answer(rng, question, rng.random(), PAIR_OFF_TOPIC, PAIR_EVASIVE)
         s1, s2 = gold_score(question, first), gold_score(question, second)
         if abs(s1 - s2) > 1e-9:
             break
