@@ -38,8 +38,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 test: install ## run the test suite (CPU, offline)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-lint: install ## ruff over the whole tree
+lint: install ## ruff over the whole tree, shellcheck over the shell scripts (when installed)
 	$(VENV)/bin/ruff check .
+	@if command -v shellcheck >/dev/null; then shellcheck *.sh && echo "shellcheck: ok"; \
+	else echo "shellcheck not installed: shell scripts not checked"; fi
 
 default: install ## build the embedded default (tiny model, offline tokenizer, toy data) into the cache
 	$(PY) -m rlhfkit.embedded

@@ -2,13 +2,15 @@
 # The pipeline sanity run (seed 000's ppo_pipeline_sanity.sh) on the embedded default, offline, on CPU:
 #   0. build the embedded default (tiny pretrained Llama, offline tokenizer, toy data) if not cached
 #   1. SFT with LoRA (sft.py)            2. merge the SFT adapter (merge_peft_adapter.py)
+#   3. reward model with LoRA (reward_modeling.py)   4. merge the reward adapter
 #   6. generation sanity check (run_generation.py)
-# Stages 3-5 (reward model, its merge, PPO) and the comparison join as their scripts land.
+# Stage 5 (PPO) and the comparison join as their scripts land. Unlike seed 000's step 4, the reward
+# adapter is merged into the model it was trained on (the SFT-merged model), not the raw base.
 #
 # Every stage logs to the terminal and to ppo_pipeline_sanity.log. A stage that finished writes
 # <workdir>/<stage>/.stage_done last; a rerun skips finished stages (--force reruns all).
 # Knobs (environment): WORKDIR (default ./runs/sanity), MODEL (default: the embedded model), DATASET
-# (default: the embedded toy data), DEVICE (auto|cpu|cuda|hpu), SFT_STEPS, PYTHON.
+# (default: the embedded toy data), DEVICE (auto|cpu|cuda|hpu), SFT_STEPS, RM_EPOCHS, PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,6 +27,7 @@ PYTHON=${PYTHON:-python}
 WORKDIR=${WORKDIR:-runs/sanity}
 DEVICE=${DEVICE:-auto}
 SFT_STEPS=${SFT_STEPS:-300}
+RM_EPOCHS=${RM_EPOCHS:-2}
 LOG=${LOG:-ppo_pipeline_sanity.log}
 mkdir -p "$WORKDIR"
 : > "$LOG"
@@ -68,6 +71,15 @@ run_stage sft "$WORKDIR/sft" "$PYTHON" sft.py \
 
 run_stage merge_sft "$WORKDIR/sft_merged" "$PYTHON" merge_peft_adapter.py \
   --base_model_name "$MODEL" --adapter_model_name "$WORKDIR/sft" --output_name "$WORKDIR/sft_merged"
+
+run_stage reward_model "$WORKDIR/rm" "$PYTHON" reward_modeling.py \
+  --model_name_or_path "$WORKDIR/sft_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/rm" \
+  --device "$DEVICE" --optim adamw_torch --per_device_train_batch_size 32 --gradient_accumulation_steps 1 \
+  --num_train_epochs "$RM_EPOCHS" --learning_rate 5e-3 --lora_r 32 --lora_alpha 64 --max_length 128 \
+  --logging_steps 50 --save_strategy no --disable_tqdm True
+
+run_stage merge_rm "$WORKDIR/rm_merged" "$PYTHON" merge_peft_adapter.py \
+  --base_model_name "$WORKDIR/sft_merged" --adapter_model_name "$WORKDIR/rm" --output_name "$WORKDIR/rm_merged"
 
 run_stage generation "$WORKDIR/generation" "$PYTHON" run_generation.py \
   --model_name_or_path "$WORKDIR/sft_merged" --device "$DEVICE" --use_kv_cache --max_new_tokens 48 \
