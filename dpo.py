@@ -47,9 +47,11 @@ def make_dpo_parser():
 
 def held_out_metrics(trainer, prefix: str) -> dict:
     """TRL's evaluation metrics (rewards/accuracies, rewards/margins, logps, loss) with ``eval_`` replaced by
-    ``prefix``; TRL attaches its reward metrics only under the plain ``eval`` prefix, hence the renaming."""
+    ``prefix``; TRL attaches its reward metrics only under the plain ``eval`` prefix, hence the renaming. Keys
+    without the ``eval_`` prefix (``epoch``) are left out: they are not held-out metrics."""
     metrics = trainer.evaluate()
-    return {prefix + k[len("eval"):]: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
+    return {prefix + k[len("eval"):]: v for k, v in metrics.items()
+            if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))}
 
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):

@@ -1,4 +1,5 @@
-"""Seed 000's README commands for steps 1 (SFT), 2 (merge) and 6 (generation), run as written.
+"""Seed 000's README commands for steps 1 (SFT), 2 (merge), 3 (reward modeling), 4 (merge of the reward
+adapter) and 6 (generation), run as written.
 
 The commands below are copied literally from the seed README. Only these substitutions are made (see
 ``_as_run``), because this machine is offline and has no Gaudi:
@@ -10,6 +11,11 @@ The commands below are copied literally from the seed README. Only these substit
 * step 6's ``./ppo_sanity`` -> ``./sft_sanity_merged``: PPO (step 5) lands in a later issue, so the
   generation sanity check runs on the merged SFT model instead.
 
+Step 3 names no dataset, so it trains on the embedded toy pairs (``data/reward``, held-out
+``data/evaluation``), as the seed's script defaults to stack-exchange-paired's. Step 4 merges the reward
+adapter into the raw base, not into ``./sft_sanity_merged`` that it was trained on: the README's command
+is run as written, and the merge must say so loudly.
+
 The relative output paths (``./sft_sanity`` ...) are kept: the commands run with ``cwd`` = a temporary folder.
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import REPO, run_script
@@ -41,6 +48,26 @@ STEP2 = [
     "--base_model_name", "google/gemma-3-270m",
     "--adapter_model_name", "./sft_sanity",
     "--output_name", "./sft_sanity_merged",
+]
+STEP3 = [
+    "python", "reward_modeling.py",
+    "--model_name_or_path", "./sft_sanity_merged",
+    "--tokenizer_name_or_path", "google/gemma-3-270m",
+    "--output_dir", "./rm_sanity",
+    "--optim", "adamw_torch",
+    "--per_device_train_batch_size", "2",
+    "--gradient_accumulation_steps", "2",
+    "--num_train_epochs", "1",
+    "--train_subset", "500",
+    "--eval_subset", "100",
+    "--max_length", "384",
+    "--bf16",
+]
+STEP4 = [
+    "python", "merge_peft_adapter.py",
+    "--base_model_name", "google/gemma-3-270m",
+    "--adapter_model_name", "./rm_sanity",
+    "--output_name", "./rm_sanity_merged",
 ]
 STEP6 = [
     "python", "run_generation.py",
@@ -67,7 +94,8 @@ def _ok(result) -> None:
 
 @pytest.fixture(scope="module")
 def pipeline(embedded_root, tmp_path_factory):
-    """Steps 1, 2 and 6 in order, in one working folder; a failed step leaves the later ones unrun."""
+    """Steps 1 and 2, then 3-4 and 6 side by side, in one working folder; a failed step leaves the steps that
+    need its output unrun."""
     cwd = tmp_path_factory.mktemp("seed000")
     replacements = {
         "google/gemma-3-270m": str(embedded_root / "model"),
@@ -75,10 +103,20 @@ def pipeline(embedded_root, tmp_path_factory):
         "./ppo_sanity": "./sft_sanity_merged",  # PPO (step 5) lands in a later issue
     }
     results = {}
-    for name, command in (("step1", STEP1), ("step2", STEP2), ("step6", STEP6)):
-        results[name] = run_script(*_as_run(command, replacements), cwd=cwd)
-        if results[name].returncode != 0:
-            break
+
+    def run_in_order(*steps):
+        for name, command in steps:
+            results[name] = run_script(*_as_run(command, replacements), cwd=cwd)
+            if results[name].returncode != 0:
+                break
+
+    run_in_order(("step1", STEP1), ("step2", STEP2))
+    if "step2" in results and results["step2"].returncode == 0:
+        # steps 3-4 (reward model, its merge) and step 6 (generation) each need only step 2's output
+        with ThreadPoolExecutor(2) as pool:
+            for future in [pool.submit(run_in_order, ("step3", STEP3), ("step4", STEP4)),
+                           pool.submit(run_in_order, ("step6", STEP6))]:
+                future.result()
     return results, cwd
 
 
@@ -116,6 +154,52 @@ def test_step2_merge(pipeline):
     assert logits.shape[-1] == model.config.vocab_size and torch.isfinite(logits).all()
 
 
+def test_step3_reward_modeling(pipeline):
+    import json
+
+    from safetensors.torch import load_file
+
+    results, cwd = pipeline
+    _ok(results["step3"])
+    out = cwd / "rm_sanity"
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "SEQ_CLS"
+    assert adapter["base_model_name_or_path"].rstrip("/").endswith("sft_sanity_merged")
+    assert any("score" in name for name in load_file(str(out / "adapter_model.safetensors")))
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 500 // (2 * 2) and state["train_batch_size"] == 2  # 1 epoch of 500 pairs
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert metrics["eval_pairs"] == 100 and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    all_results = json.loads((out / "all_results.json").read_text())
+    assert all_results["train_loss"] > 0 and all_results["use_peft"] is True
+    assert "data/reward" in results["step3"].stderr and "data/evaluation" in results["step3"].stderr
+
+
+def test_step4_merges_reward_adapter_into_raw_base_with_a_warning(pipeline, embedded_root):
+    import json
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    results, cwd = pipeline
+    _ok(results["step4"])
+    warnings = [line for line in results["step4"].stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, results["step4"].stderr
+    assert "sft_sanity_merged" in warnings[0] and str(embedded_root / "model") in warnings[0]
+    merged = cwd / "rm_sanity_merged"
+    assert not (merged / "adapter_config.json").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(str(merged)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(merged))
+    assert model.config.num_labels == 1 and model.score.weight.shape[0] == 1
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    with torch.no_grad():
+        scores = model(**tokenizer(["Question: How was the pizza?\n\nAnswer: The pizza is great.</s>"],
+                                   return_tensors="pt")).logits
+    assert scores.shape == (1, 1) and torch.isfinite(scores).all()
+    info = json.loads((merged / "merge_info.json").read_text())
+    assert info["task_type"] == "SEQ_CLS" and info["base"] == str(embedded_root / "model")
+
+
 def test_step6_generation(pipeline):
     results, _ = pipeline
     result = results["step6"]
@@ -134,5 +218,5 @@ def test_commands_match_the_seed_readme():
         pytest.skip("seed 000's README is not available here")
     text = seeds[0].read_text(encoding="utf-8")
     blocks = [shlex.split(block.replace("\\\n", " ")) for block in re.findall(r"```bash\n(.*?)```", text, re.S)]
-    for command in (STEP1, STEP2, STEP6):
+    for command in (STEP1, STEP2, STEP3, STEP4, STEP6):
         assert command in blocks, command
