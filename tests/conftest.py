@@ -44,7 +44,7 @@ def embedded_root(embedded_cache):
     return Path(embedded.ensure())
 
 
-def run_script(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
+def run_script(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 1800):
     """Run a repo script or module (``-m name``) in a fresh interpreter; returns CompletedProcess."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [sys.executable, *args]
