@@ -2,7 +2,7 @@
 
 Each training run is a module-scoped fixture (a subprocess, as a user runs it), so several tests read the
 same outputs. The one long run (300 LoRA steps, ~35 s) is checked against the toy task's gold judge: the
-SFT model must answer the evaluation questions clearly better than the base model it started from.
+SFT model's sampled answers must score clearly better than the base model's.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ SFT = str(REPO / "sft.py")
 LORA_MODULES = ["--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj"]
 QUIET = ["--save_strategy", "no", "--disable_tqdm", "True"]
 GOLD_QUESTIONS = 100
-GOLD_MARGIN = 0.15
+GOLD_SAMPLES = 4
+GOLD_MARGIN = 0.1  # measured: base -0.30, SFT -0.09 (400 samples each, std of a mean ~0.03)
 MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.json", "model.safetensors")
 
 
@@ -39,13 +40,24 @@ def _safetensors(path: Path) -> dict:
 
 
 def _mean_gold(model, tokenizer, questions: list[str]) -> float:
+    """Mean gold score of sampled answers (temperature 1, GOLD_SAMPLES per question, fixed seed).
+
+    Sampled rather than greedy: the greedy answer of a model this small is one string per question whose
+    score hinges on which adjective happens to be the mode, while the sampled mean measures the distribution
+    SFT actually moves (fewer off-topic answers, more positive adjectives).
+    """
+    import torch
+
     from rlhfkit import toy
     from rlhfkit.generation import format_prompt, generate
 
+    torch.manual_seed(0)
     prompts = [format_prompt(tokenizer, q) for q in questions]
-    result = generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=50)
-    assert len(result.completions) == len(questions)
-    return sum(toy.gold_score(q, c[0]) for q, c in zip(questions, result.completions, strict=True)) / len(questions)
+    result = generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=50, do_sample=True,
+                      num_return_sequences=GOLD_SAMPLES)
+    assert [len(c) for c in result.completions] == [GOLD_SAMPLES] * len(questions)
+    scores = [toy.gold_score(q, c) for q, cs in zip(questions, result.completions, strict=True) for c in cs]
+    return sum(scores) / len(scores)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
