@@ -24,13 +24,18 @@ def write_json(path: str, payload, indent: int = 2) -> None:
 
 def write_text(path: str, text: str) -> None:
     """Write text atomically (temp file in the same folder, fsync, rename)."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str, payload: bytes) -> None:
+    """Write bytes atomically (temp file in the same folder, fsync, rename)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; results are ordinary files
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -1,0 +1,248 @@
+#!/usr/bin/env python
+"""PPO for RLHF (stage 5 of the pipeline) on our own engine (``rlhfkit.ppo``): TRL no longer ships a PPOTrainer.
+
+The policy starts from a full or merged SFT model or a PEFT adapter folder; by default it trains a LoRA
+adapter whose disabled state is the reference (one copy of the base weights) and a value head on its trunk.
+Scores come from a reward model (``--reward_model_name``; its own tokenizer is handled) or a rule
+(``--reward_function``). Prompts come from any prompt schema the toolkit reads (seed 001's ``query`` JSON
+included); by default the ``data/rl`` split of the embedded toy task.
+
+    PT_HPU_LAZY_MODE=1 python ppo.py --model_name_or_path ./sft_sanity_merged --reward_model_name ./rm_sanity_merged \\
+        --tokenizer_name_or_path google/gemma-3-270m --output_dir ./ppo_sanity --batch_size 2 --mini_batch_size 1 \\
+        --gradient_accumulation_steps 1 --ppo_epochs 1 --steps 64 --input_max_length 256 --output_max_length 64 \\
+        --learning_rate 1.4e-5 --early_stopping True --batched_gen True --max_train_samples 256
+
+Multi-device: ``accelerate launch --num_processes N ppo.py ...`` (``--multi_gpu``, or ``--cpu`` for CPU
+processes; a DeepSpeed ZeRO-2 config file via ``--config_file``). Writes the policy (merged, or the adapter
+with ``--save_merged False``) and tokenizer to ``--output_dir``, with ``training_log.csv`` (every episode),
+TensorBoard logs, ``trainer_state.json``, ``all_results.json`` and ``ppo_curves.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from rlhfkit.cli import make_parser, setup_logging
+from rlhfkit.data import DatasetArguments
+from rlhfkit.device import DeviceArguments, PrecisionArguments
+from rlhfkit.errors import UserError, cli_entry
+from rlhfkit.modelargs import ModelArguments
+from rlhfkit.ppo.config import PPOArguments
+
+logger = logging.getLogger("ppo")
+
+
+def policy_tokenizer(name: str, trust_remote_code: bool, stop_ids_of):
+    """The policy's tokenizer, left-padding, with a pad token distinct from every stop token (one is added
+    when the tokenizer has none, or pads with EOS: masks built from pad ids would otherwise hide EOS)."""
+    from rlhfkit import models
+
+    tokenizer = models.load_tokenizer(name, trust_remote_code, padding_side="left")
+    stops = stop_ids_of(tokenizer)
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in stops:
+        reason = "has no pad token" if tokenizer.pad_token_id is None else "pads with a stop token"
+        tokenizer.add_special_tokens({"pad_token": "<|ppo_pad|>"})
+        logger.warning("the tokenizer %s: added a distinct pad token %r (id %d)", reason, tokenizer.pad_token,
+                       tokenizer.pad_token_id)
+    return tokenizer
+
+
+def stop_token_ids(spec: str | None, tokenizer, generation_config=None) -> list[int]:
+    """Token ids that end a response: EOS (and the model's own end-of-turn ids), one token, or none."""
+    if spec is None or spec.lower() == "none":
+        return []
+    if spec.lower() == "eos":
+        ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+        extra = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+        for token in [extra] if isinstance(extra, int) else (extra or []):
+            if token not in ids:
+                ids.append(token)
+        if not ids:
+            raise UserError("--stop_token eos: the tokenizer has no EOS token; name one with --stop_token TOKEN")
+        return ids
+    token_id = tokenizer.convert_tokens_to_ids(spec)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        encoded = tokenizer(spec, add_special_tokens=False)["input_ids"]
+        if len(encoded) != 1:
+            raise UserError(f"--stop_token {spec!r} is not one token of this tokenizer ({len(encoded)} tokens)")
+        token_id = encoded[0]
+    return [token_id]
+
+
+def load_prompts(data_args: DatasetArguments, args: PPOArguments, tokenizer):
+    """(prompt texts, token ids of the formatted prompts), prompts over --input_max_length dropped."""
+    from rlhfkit import data, defaults, schemas
+    from rlhfkit.generation import format_prompt
+    from rlhfkit.ppo.trainer import _prompt_text
+
+    name, subset = defaults.dataset_for("rl", data_args.dataset_name, data_args.subset)
+    rows = data.load_canonical(name, "prompt", subset, data_args.split, strict=data_args.error_on_invalid_rows,
+                               limit=args.max_train_samples)
+    prompts = [row["prompt"] for row in rows]
+    formatted = [format_prompt(tokenizer, p, args.prompt_format) for p in prompts]
+    chat = args.prompt_format == "chat" or (args.prompt_format == "auto" and schemas.has_chat_template(tokenizer))
+    ids = tokenizer(formatted, add_special_tokens=not chat)["input_ids"]
+    keep = [i for i, row in enumerate(ids) if len(row) <= args.input_max_length]
+    if not keep:
+        shortest = min(len(r) for r in ids)
+        raise UserError(f"every prompt is longer than --input_max_length {args.input_max_length} tokens (the shortest "
+                        f"has {shortest}): raise --input_max_length")
+    if len(keep) < len(ids):
+        logger.warning("dropped %d of %d prompts longer than --input_max_length %d tokens", len(ids) - len(keep),
+                       len(ids), args.input_max_length)
+    return [_prompt_text(prompts[i]) for i in keep], [ids[i] for i in keep]
+
+
+def reward_tokenizer(args: PPOArguments, model_args: ModelArguments, policy_tok):
+    """--reward_tokenizer_name, else the tokenizer saved with the reward model, else the policy's."""
+    from rlhfkit import models
+
+    name = args.reward_tokenizer_name
+    if name is None:
+        folder = os.path.expanduser(args.reward_model_name)
+        has_own = any(os.path.isfile(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+        if os.path.isdir(folder) and not has_own:
+            return policy_tok
+        name = args.reward_model_name
+    tokenizer = models.load_tokenizer(name, args.trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def validate(args: PPOArguments, model_args: ModelArguments) -> None:
+    args.validate()
+    from rlhfkit import models
+
+    if args.reward_model_name:
+        models.check_model_source(args.reward_model_name, "reward model")
+    if model_args.model_name_or_path:
+        models.check_model_source(model_args.model_name_or_path, "policy")
+        if (model_args.use_peft and not args.save_merged and models.is_adapter(model_args.model_name_or_path)):
+            raise UserError("--save_merged False with an adapter folder as the policy: the new adapter would sit on the "
+                            "merged SFT model, not on the base its config names; merge the SFT adapter first "
+                            "(merge_peft_adapter.py) or keep --save_merged True")
+    if args.resume_from_checkpoint and args.resume_from_checkpoint.lower() not in ("last", "true", "latest"):
+        if not os.path.isdir(args.resume_from_checkpoint):
+            raise UserError(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a folder: pass a "
+                            "checkpoint-* folder or 'last'")
+
+
+def save_policy(trainer, args: PPOArguments, model_args: ModelArguments, tokenizer) -> None:
+    """The final policy into output_dir, atomically: merged full model (default) or the LoRA adapter."""
+    from rlhfkit import io
+
+    acc = trainer.accelerator
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return
+    policy = acc.unwrap_model(trainer.model).policy
+    if model_args.use_peft and args.save_merged:
+        policy = policy.merge_and_unload()
+    with io.staging_dir(args.output_dir) as staging:
+        policy.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    logger.info("saved the %s policy to %s", "LoRA adapter" if model_args.use_peft and not args.save_merged
+                else "full", args.output_dir)
+
+
+def write_outputs(trainer, args: PPOArguments, summary: dict, info) -> None:
+    from rlhfkit import device
+    from rlhfkit.io import write_json
+    from rlhfkit.ppo.plots import plot_curves
+    from rlhfkit.results import write_results
+
+    if not trainer.accelerator.is_main_process:
+        return
+    write_json(os.path.join(args.output_dir, "trainer_state.json"),
+               {"global_step": trainer.step_index, "episode": trainer.episodes_done, "log_history": trainer.log_history})
+    summary = {**summary, "num_processes": trainer.world, "device": device.describe(info)}
+    write_results(args.output_dir, "train", summary)
+    write_results(args.output_dir, "all", summary)
+    plot_curves(trainer.log_history, os.path.join(args.output_dir, "ppo_curves.png"))
+
+
+def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArguments, device_args: DeviceArguments,
+         precision: PrecisionArguments):
+    validate(args, model_args)
+    import torch
+    from accelerate import Accelerator
+    from transformers import set_seed
+
+    from rlhfkit import device, models
+    from rlhfkit.ppo import policy as policy_lib
+    from rlhfkit.ppo import scoring
+    from rlhfkit.ppo.trainer import PPOTrainer, newest_checkpoint
+
+    info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
+    dtype = device.torch_dtype(device.resolve_precision(info, precision.bf16, precision.fp16))
+    accelerator = Accelerator(cpu=info.type == "cpu")
+    set_seed(args.seed + accelerator.process_index)  # sampling differs per process
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+
+    name = models.resolve_name(model_args.model_name_or_path)
+    tokenizer = policy_tokenizer(model_args.tokenizer_name_or_path or name, args.trust_remote_code,
+                                 lambda tok: stop_token_ids(args.stop_token, tok))
+    prompts, queries = load_prompts(data_args, args, tokenizer)
+    total_steps = args.resolve_steps(len(prompts), accelerator.num_processes)
+
+    module, ref_model = policy_lib.build(model_args, args, dtype, tokenizer, args.reward_model_name)
+    stop_ids = stop_token_ids(args.stop_token, tokenizer, module.policy.generation_config)
+    if args.reward_model_name:
+        reward_tok = reward_tokenizer(args, model_args, tokenizer)
+        reward_model = models.load_sequence_classifier(args.reward_model_name, dtype=dtype,
+                                                       trust_remote_code=args.trust_remote_code,
+                                                       allow_pickle=model_args.allow_pickle,
+                                                       pad_token_id=reward_tok.pad_token_id)
+        reward_model.requires_grad_(False)
+        reward_model.eval()
+        policy_lib.disable_dropout(reward_model)
+        reward_model.to(accelerator.device)
+        scorer = scoring.RewardModelScorer(reward_model, reward_tok, tokenizer, batch_size=args.batch_size)
+    else:
+        scorer = scoring.load_rule(args.reward_function)
+    if ref_model is not None:
+        ref_model.to(accelerator.device)
+
+    trainer = PPOTrainer(args, accelerator, module, ref_model, scorer, tokenizer, prompts, queries, stop_ids,
+                         total_steps)
+    if args.resume_from_checkpoint:
+        path = args.resume_from_checkpoint
+        if path.lower() in ("last", "true", "latest"):
+            path = newest_checkpoint(args.output_dir)
+            if path is None:
+                raise UserError(f"--resume_from_checkpoint last: no complete checkpoint-* in {args.output_dir}")
+        trainer.load_checkpoint(path)
+    trainable, total = models.count_parameters(module, True), models.count_parameters(module)
+    logger.info(
+        "PPO on %s x %d process(es): %d prompts, %d steps of %d episodes (%d per process), %d PPO epochs, "
+        "%s trainable of %s parameters, reference: %s, values: %s, scores: %s",
+        info.type, accelerator.num_processes, len(prompts), total_steps, args.batch_size * accelerator.num_processes,
+        args.batch_size, args.ppo_epochs, f"{trainable:,}", f"{total:,}",
+        "adapter disabled" if ref_model is None else "frozen copy", args.value_model,
+        args.reward_model_name or args.reward_function,
+    )
+    torch.set_grad_enabled(True)
+    summary = trainer.train()
+    save_policy(trainer, args, model_args, tokenizer)
+    write_outputs(trainer, args, summary, info)
+    logger.info("done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()})
+    accelerator.end_training()
+    return summary
+
+
+def build_parser():
+    return make_parser((PPOArguments, ModelArguments, DatasetArguments, DeviceArguments, PrecisionArguments),
+                       description=__doc__)
+
+
+@cli_entry
+def cli(argv: list[str] | None = None):
+    setup_logging()
+    return main(*build_parser().parse_args_and_config(argv))
+
+
+if __name__ == "__main__":
+    cli()

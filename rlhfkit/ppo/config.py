@@ -1,0 +1,180 @@
+"""The arguments of ``ppo.py``: seed 000's step-5 flags, seed 002's TRL names, and the PPO knobs.
+
+Batch vocabulary (old TRL's, which seed 000 uses): each PPO step generates ``batch_size`` episodes per
+process; the update runs ``ppo_epochs`` passes over them, one optimizer step per
+``mini_batch_size * gradient_accumulation_steps`` episodes (``gradient_accumulation_steps`` micro-batches of
+``mini_batch_size``). ``steps`` PPO steps in all, or as many as ``total_episodes`` needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from rlhfkit.errors import UserError
+from rlhfkit.ppo.core import KL_ESTIMATORS
+
+
+@dataclass
+class PPOArguments:
+    """PPO settings; the policy and LoRA flags come from :class:`rlhfkit.modelargs.ModelArguments` (the policy
+    may be a full or merged SFT model, or an adapter folder, merged into its base at load: that is the
+    reference)."""
+
+    # -------------------------------------------------------------------------------------------- models
+    reward_model_name: str | None = field(
+        default=None,
+        metadata={"help": "Reward model (sequence classifier with a scalar score head, or its adapter folder)."},
+    )
+    reward_tokenizer_name: str | None = field(
+        default=None,
+        metadata={"help": "The reward model's tokenizer; default: the one saved with the reward model, else the "
+                  "policy's. A different tokenizer is handled by decoding and re-tokenising."},
+    )
+    reward_function: str | None = field(
+        default=None,
+        metadata={"help": "A rule instead of a reward model: MODULE:FUNCTION or FILE.py:FUNCTION, called as "
+                  "f(prompt, response) -> float. 'toy' is the embedded toy task's gold judge."},
+    )
+    value_model: str = field(
+        default="head",
+        metadata={"help": "head: a value head on the policy trunk (no extra model); reward: a separate critic "
+                  "initialised from the reward model (TRL's choice, one more model in memory).",
+                  "choices": ("head", "reward")},
+    )
+    # ---------------------------------------------------------------------------------------------- data
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many prompts."})
+    input_max_length: int = field(default=256, metadata={"help": "Prompts longer than this (tokens) are dropped."})
+    output_max_length: int = field(default=64, metadata={"help": "Tokens to generate at most per response."})
+    response_length: int | None = field(default=None, metadata={"help": "TRL's name for --output_max_length."})
+    prompt_format: str = field(
+        default="auto",
+        metadata={"help": "auto: chat template if the tokenizer has one, else the seed's 'Question: ...\\n\\nAnswer:'; "
+                  "chat, qa, or raw (the prompt text as it is).", "choices": ("auto", "chat", "qa", "raw")},
+    )
+    # ----------------------------------------------------------------------------------------- schedule
+    output_dir: str = field(default="ppo_output", metadata={"help": "Where the policy, logs and checkpoints go."})
+    steps: int | None = field(default=None, metadata={"help": "PPO steps (default: one pass over the prompts)."})
+    total_episodes: int | None = field(
+        default=None, metadata={"help": "TRL's way to say how long: episodes in all (sets --steps)."}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Episodes (prompts) per PPO step and process."})
+    mini_batch_size: int = field(default=4, metadata={"help": "Episodes per forward/backward in the update."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Mini-batches per optimizer step."})
+    ppo_epochs: int = field(default=4, metadata={"help": "Passes over each batch in the update."})
+    learning_rate: float = field(default=1.41e-5, metadata={"help": "AdamW learning rate."})
+    lr_scheduler_type: str = field(
+        default="linear", metadata={"help": "Learning-rate schedule over the run.",
+                                    "choices": ("linear", "constant", "cosine")},
+    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0: none)."})
+    early_stopping: bool = field(
+        default=False,
+        metadata={"help": "Stop a step's PPO epochs once the approximate KL between the updated and the rollout "
+                  "policy exceeds 1.5 x --target_kl (old TRL's rule)."},
+    )
+    target_kl: float = field(default=0.1, metadata={"help": "Approximate-KL bound for --early_stopping."})
+    # -------------------------------------------------------------------------------------------- rollout
+    batched_gen: bool = field(
+        default=True,
+        metadata={"help": "Generate the whole batch at once (left-padded); False: one prompt at a time."},
+    )
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (also used for log-probs)."})
+    top_k: int = field(default=0, metadata={"help": "Sample among the k likeliest tokens; 0: no limit."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    stop_token: str | None = field(
+        default="eos",
+        metadata={"help": "Responses end after the first stop token: 'eos', any token text, or 'none'."},
+    )
+    missing_eos_penalty: float | None = field(
+        default=None, metadata={"help": "Subtract this from the score of responses with no stop token."}
+    )
+    # ------------------------------------------------------------------------------------ rewards and KL
+    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient (the initial one if adaptive)."})
+    kl_estimator: str = field(
+        default="k1",
+        metadata={"help": "k1: log p - log p_ref; k3: (r - 1) - log r, never negative.", "choices": KL_ESTIMATORS},
+    )
+    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards --kl_target."})
+    kl_target: float = field(default=6.0, metadata={"help": "Target KL (per sequence) of the adaptive controller."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon (episodes) of the adaptive controller."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the per-token rewards (scale only)."})
+    normalize_scores: bool = field(
+        default=False, metadata={"help": "Normalise scores by their running mean and standard deviation."}
+    )
+    score_clip: float | None = field(default=None, metadata={"help": "Clip (normalised) scores to +- this."})
+    gamma: float = field(default=1.0, metadata={"help": "GAE discount."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip range."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Value clip range."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Value loss coefficient."})
+    # -------------------------------------------------------------------------------- saving and logging
+    save_merged: bool = field(
+        default=True, metadata={"help": "Save the final LoRA policy merged into a full model (False: the adapter)."}
+    )
+    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N PPO steps (0: only the final save)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep the newest N checkpoints."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint-* folder, or 'last' for the newest in output_dir."}
+    )
+    logging_steps: int = field(default=1, metadata={"help": "Log metrics every N PPO steps."})
+    sample_every: int = field(default=10, metadata={"help": "Log a table of samples every N steps (0: never)."})
+    num_samples_logged: int = field(default=4, metadata={"help": "Rows in each sample table."})
+    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard or none.",
+                                                            "choices": ("tensorboard", "none")})
+    seed: int = field(default=42, metadata={"help": "Random seed (each process adds its rank)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run model code shipped with checkpoints."})
+
+    def __post_init__(self):
+        if self.response_length is not None:
+            self.output_max_length = self.response_length
+
+    def validate(self) -> None:
+        positive = ("batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs",
+                    "output_max_length", "input_max_length", "logging_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1")
+        for name in ("steps", "total_episodes", "max_train_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name} must be at least 1")
+        if self.batch_size % self.backward_batch_size:
+            raise UserError(
+                f"--batch_size {self.batch_size} is not a multiple of --mini_batch_size x --gradient_accumulation_steps "
+                f"({self.backward_batch_size}): change one of them"
+            )
+        if self.temperature <= 0:
+            raise UserError("--temperature must be positive (PPO samples its responses)")
+        if not 0 < self.top_p <= 1:
+            raise UserError("--top_p must be in (0, 1]")
+        if self.learning_rate <= 0:
+            raise UserError("--learning_rate must be positive")
+        if (self.reward_model_name is None) == (self.reward_function is None):
+            raise UserError("pass exactly one of --reward_model_name (a reward model) and --reward_function (a rule)")
+        if self.value_model == "reward" and self.reward_model_name is None:
+            raise UserError("--value_model reward initialises the critic from the reward model: pass --reward_model_name")
+        if self.adaptive_kl and self.kl_target <= 0:
+            raise UserError("--kl_target must be positive with --adaptive_kl")
+        if self.save_steps < 0 or self.save_total_limit < 1:
+            raise UserError("--save_steps must be >= 0 and --save_total_limit >= 1")
+
+    @property
+    def backward_batch_size(self) -> int:
+        """Episodes per optimizer step (per process)."""
+        return self.mini_batch_size * self.gradient_accumulation_steps
+
+    def resolve_steps(self, num_prompts: int, num_processes: int) -> int:
+        """PPO steps to run: --steps, or enough for --total_episodes, or one pass over the prompts."""
+        per_step = self.batch_size * num_processes
+        if self.total_episodes is not None:
+            steps = math.ceil(self.total_episodes / per_step)
+            if self.steps is not None and self.steps != steps:
+                raise UserError(
+                    f"--steps {self.steps} and --total_episodes {self.total_episodes} disagree "
+                    f"({per_step} episodes per step gives {steps} steps): pass one of them"
+                )
+            return steps
+        if self.steps is not None:
+            return self.steps
+        return max(1, num_prompts // per_step)

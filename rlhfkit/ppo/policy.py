@@ -1,0 +1,196 @@
+"""The policy with its value function, and the frozen reference it is held close to.
+
+Memory is decided by the copies of the model, so we keep as few as the algorithm allows:
+
+* **LoRA policy** (default): the reference is the same model with its adapter disabled (PEFT's
+  ``disable_adapter()``), so the base weights exist once. TRL 1.12's PPOTrainer and optimum-habana's example
+  load a second full model as the reference even with LoRA.
+* **Value head on the policy trunk** (default): one linear layer on the policy's last hidden state; one
+  forward pass gives logits and values. ``--value_model reward`` instead trains a separate critic
+  initialised from the reward model (TRL's choice: one more full model, often a better start for values).
+* **Full fine-tuning**: the reference is a frozen copy (the only case that needs one).
+
+Dropout is switched off everywhere (Huang et al. 2024: with dropout, log-probs of the rollout and of the
+update differ even before any update, and the ratio is no longer 1 at the start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+from torch import nn
+
+from rlhfkit.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability in ``model`` to 0 (LoRA's dropout included)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def hidden_size(config) -> int:
+    for name in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    text_config = getattr(config, "text_config", None)
+    if text_config is not None:
+        return hidden_size(text_config)
+    raise UserError(f"cannot find the hidden size of {type(config).__name__}: use --value_model reward")
+
+
+def score_head(model: nn.Module) -> nn.Module:
+    """The scalar head of a sequence-classification model (``score``; ``classifier`` in some families)."""
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise UserError(
+        f"the reward model ({type(model).__name__}) has no 'score' or 'classifier' head: pass a model saved by "
+        "reward_modeling.py (AutoModelForSequenceClassification with num_labels=1)"
+    )
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The transformer trunk of a transformers model (``model.model`` for Llama, ``model.transformer`` ...)."""
+    prefix = getattr(model, "base_model_prefix", None)
+    trunk = getattr(model, prefix, None) if prefix else None
+    if not isinstance(trunk, nn.Module):
+        raise UserError(
+            f"{type(model).__name__} has no trunk named by base_model_prefix ({prefix!r}): pass a standard "
+            "transformers model"
+        )
+    return trunk
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (LoRA layers still in place), or ``model`` itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, as ``generate`` does for left-padded prompts."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class PolicyAndValue(nn.Module):
+    """One module for the optimizer and for DDP: the policy and its value function.
+
+    ``forward`` returns ``(logits, values)`` for the last ``keep`` positions (the ones that predict response
+    tokens), so the vocabulary projection is not paid for the prompt.
+    """
+
+    def __init__(self, policy: nn.Module, critic: nn.Module | None = None):
+        super().__init__()
+        self.policy = policy
+        self.critic = critic
+        if critic is None:
+            size = hidden_size(policy.config)
+            self.value_head = nn.Linear(size, 1, dtype=torch.float32)
+            # values start at 0 (lm-human-preferences initialises its value head to zero as well)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+        else:
+            self.value_head = None
+
+    def forward(self, input_ids, attention_mask, keep: int):
+        position_ids = position_ids_from_mask(attention_mask)
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          output_hidden_states=self.critic is None, use_cache=False, logits_to_keep=keep)
+        logits = out.logits[:, -keep:]
+        if self.critic is None:
+            hidden = out.hidden_states[-1][:, -keep:]
+            values = self.value_head(hidden.float()).squeeze(-1)
+        else:
+            critic = unwrap_peft(self.critic)
+            hidden = backbone(critic)(input_ids=input_ids, attention_mask=attention_mask,
+                                           position_ids=position_ids, use_cache=False).last_hidden_state
+            values = score_head(critic)(hidden[:, -keep:]).float().squeeze(-1)
+        return logits, values
+
+    @contextlib.contextmanager
+    def reference(self, ref_model: nn.Module | None):
+        """The reference policy: ``ref_model`` when given (full fine-tuning), else this policy with its LoRA
+        adapter disabled."""
+        if ref_model is not None:
+            yield ref_model
+        else:
+            with self.policy.disable_adapter():
+                yield self.policy
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The parameters the optimizer updates (what a checkpoint must hold), by name."""
+        return {name: p.detach().cpu().clone().contiguous() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        expected = {name for name, p in self.named_parameters() if p.requires_grad}
+        if set(tensors) != expected:
+            missing, extra = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]
+            raise UserError(
+                f"the checkpoint does not match this run's model (missing {missing}, unexpected {extra}): resume "
+                "with the same model and LoRA flags"
+            )
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                params[name].copy_(tensor.to(params[name].dtype))
+
+
+def logits_to_keep_supported(model: nn.Module) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(unwrap_peft(model).forward).parameters
+
+
+def _fit_vocabulary(model, tokenizer) -> None:
+    """Grow the embeddings when the tokenizer gained tokens (a pad token added for PPO); set the pad id."""
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        logger.info("resizing the embeddings to %d tokens (new pad token)", len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def build(model_args, ppo_args, dtype, tokenizer, reward_model_name: str | None):
+    """(PolicyAndValue, reference model or None): the policy loaded (an adapter folder merged into its base),
+    LoRA added when ``--use_peft``, the value head or critic, dropout off everywhere."""
+    from rlhfkit import models
+
+    name = models.resolve_name(model_args.model_name_or_path)
+    policy = models.load_causal_lm(name, dtype=dtype, trust_remote_code=ppo_args.trust_remote_code,
+                                   allow_pickle=model_args.allow_pickle, merge_adapter=True)
+    if not logits_to_keep_supported(policy):
+        raise UserError(f"{type(policy).__name__} does not take logits_to_keep: PPO needs a current transformers "
+                        "causal LM class")
+    _fit_vocabulary(policy, tokenizer)
+    ref_model = None
+    if model_args.use_peft:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, model_args.lora_config("CAUSAL_LM"))
+    else:
+        ref_model = models.load_causal_lm(name, dtype=dtype, trust_remote_code=ppo_args.trust_remote_code,
+                                          allow_pickle=model_args.allow_pickle, merge_adapter=True)
+        _fit_vocabulary(ref_model, tokenizer)
+        ref_model.requires_grad_(False)
+        ref_model.eval()
+        disable_dropout(ref_model)
+    critic = None
+    if ppo_args.value_model == "reward":
+        critic = models.load_sequence_classifier(reward_model_name, dtype=dtype,
+                                                 trust_remote_code=ppo_args.trust_remote_code,
+                                                 allow_pickle=model_args.allow_pickle)
+        score_head(critic), backbone(critic)  # fail early, with the fix, on an unexpected class
+        if model_args.use_peft:
+            from peft import get_peft_model
+
+            critic = get_peft_model(critic, model_args.lora_config("SEQ_CLS"))
+    module = PolicyAndValue(policy, critic)
+    disable_dropout(module)
+    return module, ref_model

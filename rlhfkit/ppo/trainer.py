@@ -1,0 +1,439 @@
+"""The PPO loop, readable top to bottom: rollout, reward shaping, GAE, PPO epochs; logs and checkpoints.
+
+One PPO step (:meth:`PPOTrainer.step`), following TRL 1.12's experimental PPOTrainer and Huang et al. 2024
+("The N+ Implementation Details of RLHF with PPO"); where ours differs, it says so:
+
+1. **Rollout** (no gradients): sample ``batch_size`` responses per process, truncate each after its stop
+   token, score prompt + truncated response (reward model or rule), subtract ``missing_eos_penalty`` where
+   no stop token came; log-probs and values of the response tokens from the policy, log-probs from the
+   reference (the LoRA policy with its adapter disabled: no second model, unlike TRL).
+2. **Shaping**: optional running normalisation and clipping of scores; per-token reward
+   ``-kl_coef * KL_t`` plus the score at the last real token; optional reward whitening.
+3. **GAE** (gamma, lambda) over the response; returns = advantages + values; advantages whitened.
+4. **Update**: ``ppo_epochs`` passes over the batch in a fresh random order; one optimizer step per
+   ``mini_batch_size x gradient_accumulation_steps`` episodes; clipped policy loss + ``vf_coef`` x clipped
+   value loss; gradient clipping. With ``--early_stopping`` the passes stop once the approximate KL to the
+   rollout policy exceeds 1.5 x ``target_kl`` (old TRL's rule; TRL 1.12 has no early stopping).
+5. **KL controller** update (adaptive only), metrics (TRL's names), logs, checkpoint.
+
+Multi-process runs go through accelerate (DDP): each process rolls out its own prompts with its own
+sampling seed (seed + rank), gradients are averaged, and metrics are averaged over processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import time
+
+import torch
+
+from rlhfkit.errors import UserError
+from rlhfkit.ppo import core, rollout
+from rlhfkit.ppo.policy import PolicyAndValue
+
+logger = logging.getLogger("ppo")
+
+CSV_FIELDS = ("step", "episode", "prompt", "response", "score", "kl", "stopped", "length")
+STATE_FILE = "ppo_state.json"
+WEIGHTS_FILE = "trainable.safetensors"
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def newest_checkpoint(output_dir: str) -> str | None:
+    found = [(int(m.group(1)), path) for path in glob.glob(os.path.join(output_dir, "checkpoint-*"))
+             if (m := re.search(r"checkpoint-(\d+)$", path)) and os.path.isfile(os.path.join(path, STATE_FILE))]
+    return max(found)[1] if found else None
+
+
+class PPOTrainer:
+    def __init__(self, args, accelerator, module: PolicyAndValue, ref_model, scorer, tokenizer, prompts, queries,
+                 stop_ids: list[int], total_steps: int):
+        self.args, self.accelerator, self.tokenizer = args, accelerator, tokenizer
+        self.prompts, self.queries = prompts, queries  # raw prompts; token ids of the formatted prompts
+        self.scorer, self.ref_model, self.stop_ids = scorer, ref_model, stop_ids
+        self.total_steps = total_steps
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.device = accelerator.device
+
+        params = [p for p in module.parameters() if p.requires_grad]
+        # eps 1e-5: CleanRL's and the N+ details' choice for PPO (torch's 1e-8 lets tiny second moments blow up)
+        optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=1e-5, weight_decay=0.0)
+        self.model, self.optimizer = accelerator.prepare(module, optimizer)
+        from transformers import get_scheduler
+
+        updates = total_steps * args.ppo_epochs * (args.batch_size // args.backward_batch_size)
+        # stepped by hand once per optimizer step (accelerate's prepared scheduler steps once per process)
+        self.scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=0,
+                                       num_training_steps=updates)
+        if args.adaptive_kl:
+            self.kl_ctl = core.AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
+        else:
+            self.kl_ctl = core.FixedKLController(args.kl_coef)
+        self.moments = core.RunningMoments()
+        self.gen_config = rollout.generation_config(args.output_max_length, args.temperature, args.top_k, args.top_p,
+                                                    stop_ids, tokenizer.pad_token_id)
+        self.shuffle = torch.Generator().manual_seed(args.seed + self.rank)
+        self.step_index, self.episodes_done, self.log_history = 0, 0, []
+        self.writer = None
+        self._perms: dict[int, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------------------------------ data
+    def _batch_indices(self, step: int) -> list[int]:
+        """Prompt indices of this process for ``step``: a fresh permutation per pass over the prompts, the
+        global batch split by rank. A function of the step alone, so a resumed run reads what it would have."""
+        n, per_process = len(self.queries), self.args.batch_size
+        first = step * per_process * self.world + self.rank * per_process
+        out = []
+        for position in range(first, first + per_process):
+            epoch = position // n
+            if epoch not in self._perms:
+                self._perms = {epoch: torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed + epoch))}
+            out.append(int(self._perms[epoch][position % n]))
+        return out
+
+    def _collate(self, indices: list[int]):
+        rows = [self.queries[i] for i in indices]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):  # left padding: every response starts at the same column
+            ids[i, width - len(row):], mask[i, width - len(row):] = torch.tensor(row), 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # --------------------------------------------------------------------------------------- rollout
+    @torch.no_grad()
+    def rollout(self, indices: list[int]):
+        args, unwrapped = self.args, self.accelerator.unwrap_model(self.model)
+        unwrapped.eval()
+        queries, query_mask = self._collate(indices)
+        started = time.perf_counter()
+        responses = rollout.generate(unwrapped.policy, queries, query_mask, self.gen_config, args.batched_gen)
+        generation_seconds = time.perf_counter() - started
+        responses, response_mask, stopped = rollout.truncate(responses, self.stop_ids, self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(responses.masked_fill(response_mask == 0, self.tokenizer.pad_token_id),
+                                            skip_special_tokens=True)
+        episodes = rollout.Episodes([self.prompts[i] for i in indices], queries, query_mask, responses,
+                                    response_mask, stopped, texts)
+        logprobs, values, _ = rollout.forward(unwrapped, episodes, args.temperature)
+        with unwrapped.reference(self.ref_model) as reference:
+            ref_logprobs = rollout.reference_logprobs(reference, episodes, args.temperature)
+        scores = self.scorer(episodes.prompts, queries, query_mask, responses, response_mask, stopped, texts)
+        scores = scores.to(self.device).float()
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * (~stopped).float()
+        return episodes, logprobs, ref_logprobs, values, scores, generation_seconds
+
+    # ------------------------------------------------------------------------------------------- step
+    def step(self) -> dict:
+        args, acc = self.args, self.accelerator
+        started = time.perf_counter()
+        episodes, logprobs, ref_logprobs, values, scores, gen_seconds = self.rollout(self._batch_indices(self.step_index))
+        mask = episodes.response_mask.float()
+
+        # 2. shaping: score normalisation / clipping, per-token KL penalty, score at the last real token
+        shaped = scores
+        if args.normalize_scores:
+            self.moments.update(acc.gather(scores))
+            shaped = self.moments.normalize(shaped)
+        if args.score_clip is not None:
+            shaped = shaped.clamp(-args.score_clip, args.score_clip)
+        kl_coef = self.kl_ctl.value
+        rewards, kl = core.shape_rewards(shaped, logprobs, ref_logprobs, mask, kl_coef, args.kl_estimator)
+        if args.whiten_rewards:
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+
+        # 3. GAE on the (unwhitened) values; whitened advantages for the policy loss
+        advantages, returns = core.gae(rewards, values, mask, args.gamma, args.lam)
+        advantages = core.masked_whiten(advantages, mask)
+
+        # 4. update
+        rollout_seconds = time.perf_counter() - started
+        update_stats, early_stopped = self.update(episodes, logprobs, values, advantages, returns)
+
+        # 5. KL controller, metrics
+        kl_per_sequence = kl.sum(1)
+        mean_kl = acc.reduce(kl_per_sequence.mean(), "mean").item()
+        self.kl_ctl.update(mean_kl, args.batch_size * self.world)
+        non_score = (-kl_coef * kl).sum(1)
+        lengths = episodes.response_mask.sum(1).float()
+        local = {
+            "objective/kl": kl_per_sequence.mean(),
+            "objective/entropy": (-logprobs * mask).sum(1).mean(),
+            "objective/non_score_reward": non_score.mean(),
+            "objective/rlhf_reward": (scores + non_score).mean(),
+            "objective/scores": scores.mean(),
+            "val/num_eos_tokens": episodes.stopped.float().sum(),
+            "val/mean_length": lengths.mean(),
+            **update_stats,
+        }
+        metrics = {k: acc.reduce(v.detach().float(), "mean").item() for k, v in local.items()}
+        metrics["val/num_eos_tokens"] *= self.world  # a count over all processes, not a mean
+        self.step_index += 1
+        self.episodes_done += args.batch_size * self.world
+        seconds = time.perf_counter() - started
+        tokens = acc.reduce(lengths.sum(), "sum").item()
+        metrics.update({
+            "objective/kl_coef": kl_coef, "lr": self.scheduler.get_last_lr()[0],
+            "episode": self.episodes_done, "step": self.step_index, "eps": args.batch_size * self.world / seconds,
+            "time/rollout": rollout_seconds, "time/update": seconds - rollout_seconds,
+            "time/generation": gen_seconds, "tokens_per_second/generation": tokens / max(gen_seconds, 1e-9),
+            "policy/early_stopped": float(early_stopped),
+        })
+        self._record(episodes, scores, kl_per_sequence, metrics)
+        return metrics
+
+    def update(self, episodes, old_logprobs, old_values, advantages, returns):
+        """``ppo_epochs`` passes; one optimizer step per backward batch; returns the mean of the step stats."""
+        args, acc = self.args, self.accelerator
+        self.model.train()  # dropout is already off everywhere; train() only for layers that care
+        sums: dict[str, torch.Tensor] = {}
+        count, early_stopped = 0, False
+        backward, micro = args.backward_batch_size, args.mini_batch_size
+        for _epoch in range(args.ppo_epochs):
+            order = torch.randperm(args.batch_size, generator=self.shuffle).to(self.device)
+            for first in range(0, args.batch_size, backward):
+                step_stats: dict[str, torch.Tensor] = {}
+                for m, start in enumerate(range(first, first + backward, micro)):
+                    index = order[start : start + micro]
+                    part = episodes.select(index)
+                    mask = part.response_mask.float()
+                    sync = m == args.gradient_accumulation_steps - 1
+                    with self._maybe_no_sync(sync):
+                        logprobs, values, logits = rollout.forward(self.model, part, args.temperature)
+                        pg_loss, pg_stats = core.policy_loss(logprobs, old_logprobs[index], advantages[index], mask,
+                                                             args.cliprange)
+                        vf_loss, vf_stats = core.value_loss(values, old_values[index], returns[index], mask,
+                                                            args.cliprange_value)
+                        loss = pg_loss + args.vf_coef * vf_loss
+                        acc.backward(loss / args.gradient_accumulation_steps)
+                    _mark_step()
+                    with torch.no_grad():
+                        entropy = core.masked_mean(core.entropy_from_logits(logits, args.temperature), mask)
+                    stats = {"loss/policy": pg_loss.detach(), "loss/value": vf_loss.detach(),
+                             "loss/total": loss.detach(), "policy/entropy": entropy,
+                             "policy/approxkl": pg_stats["approxkl"], "policy/clipfrac": pg_stats["clipfrac"],
+                             "val/clipfrac": vf_stats["clipfrac"], "val/ratio": pg_stats["ratio"],
+                             "val/ratio_var": pg_stats["ratio_var"], "val/error": vf_stats["error"]}
+                    for k, v in stats.items():
+                        step_stats[k] = step_stats.get(k, 0) + v / args.gradient_accumulation_steps
+                if args.max_grad_norm > 0:
+                    step_stats["policy/grad_norm"] = torch.as_tensor(
+                        acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)).float()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                _mark_step()
+                for k, v in step_stats.items():
+                    sums[k] = sums.get(k, 0) + v
+                count += 1
+                if args.early_stopping:
+                    approxkl = acc.reduce(step_stats["policy/approxkl"].detach(), "mean").item()
+                    if approxkl > 1.5 * args.target_kl:  # the same decision on every process
+                        early_stopped = True
+                        break
+            if early_stopped:
+                break
+        return {k: v / count for k, v in sums.items()}, early_stopped
+
+    def _maybe_no_sync(self, sync: bool):
+        import contextlib
+
+        if sync or self.world == 1:
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(self.model)
+
+    # --------------------------------------------------------------------------------------- logging
+    def _record(self, episodes, scores, kl_per_sequence, metrics: dict) -> None:
+        from accelerate.utils import gather_object
+
+        rows = [
+            {"step": self.step_index, "episode": self.episodes_done, "prompt": _prompt_text(p), "response": r,
+             "score": round(float(s), 6), "kl": round(float(k), 6), "stopped": int(bool(st)), "length": int(n)}
+            for p, r, s, k, st, n in zip(episodes.prompts, episodes.response_texts, scores.tolist(),
+                                         kl_per_sequence.tolist(), episodes.stopped.tolist(),
+                                         episodes.response_mask.sum(1).tolist(), strict=True)
+        ]
+        rows = gather_object(rows) if self.world > 1 else rows
+        self.log_history.append(metrics)
+        if not self.accelerator.is_main_process:
+            return
+        path = os.path.join(self.args.output_dir, "training_log.csv")
+        new = not os.path.exists(path)
+        with open(path, "a", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, self.episodes_done)
+        step = self.step_index
+        if step % self.args.logging_steps == 0 or step == self.total_steps:
+            elapsed = time.perf_counter() - self._started
+            done = step - self._first_step
+            eta = elapsed / max(done, 1) * (self.total_steps - step)
+            logger.info(
+                "step %d/%d | %.2f episodes/s | ETA %s | scores %.3f | kl %.3f | rlhf_reward %.3f | approxkl %.4f | "
+                "clipfrac %.3f | loss/policy %.4f | loss/value %.4f | eos %d/%d",
+                step, self.total_steps, metrics["eps"], _format_duration(eta), metrics["objective/scores"],
+                metrics["objective/kl"], metrics["objective/rlhf_reward"], metrics["policy/approxkl"],
+                metrics["policy/clipfrac"], metrics["loss/policy"], metrics["loss/value"],
+                metrics["val/num_eos_tokens"], self.args.batch_size * self.world,
+            )
+        every = self.args.sample_every
+        if every and (step % every == 0 or step == 1):
+            shown = rows[: self.args.num_samples_logged]
+            table = "\n".join(f"  {r['score']:+.3f} | {r['prompt'][-60:]!r} -> {r['response'][:100]!r}" for r in shown)
+            logger.info("samples at step %d (score | prompt -> response):\n%s", step, table)
+            if self.writer is not None:
+                markdown = "| score | prompt | response |\n|---|---|---|\n" + "\n".join(
+                    f"| {r['score']:+.3f} | {_cell(r['prompt'])} | {_cell(r['response'])} |" for r in shown)
+                self.writer.add_text("samples", markdown, self.episodes_done)
+
+    # ---------------------------------------------------------------------------------------- the run
+    def train(self) -> dict:
+        args, acc = self.args, self.accelerator
+        if acc.is_main_process and args.report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(args.output_dir, "runs"))
+        self._started, self._first_step = time.perf_counter(), self.step_index
+        if self.step_index >= self.total_steps:
+            logger.info("nothing to do: the checkpoint is at step %d of %d", self.step_index, self.total_steps)
+        while self.step_index < self.total_steps:
+            self.step()
+            if args.save_steps and self.step_index % args.save_steps == 0 and self.step_index < self.total_steps:
+                self.save_checkpoint()
+        runtime = time.perf_counter() - self._started
+        if self.writer is not None:
+            self.writer.close()
+        return self.summary(runtime)
+
+    def summary(self, runtime: float) -> dict:
+        history = self.log_history
+        done = self.step_index - self._first_step
+        episodes = done * self.args.batch_size * self.world
+        out = {"train_runtime": runtime, "train_steps": self.step_index, "train_episodes": self.episodes_done,
+               "episodes_per_second": episodes / runtime if runtime > 0 else 0.0}
+        if history:
+            gen = sum(h["time/generation"] for h in history[-done:]) if done else 0.0
+            tokens = sum(h["tokens_per_second/generation"] * h["time/generation"] for h in history[-done:])
+            out["generated_tokens_per_second"] = tokens / gen if gen else 0.0
+            tail = history[-max(1, min(5, len(history))):]
+            for key in ("objective/scores", "objective/kl", "objective/rlhf_reward", "objective/entropy"):
+                out[f"first/{key}"] = history[0][key]
+                out[f"final/{key}"] = sum(h[key] for h in tail) / len(tail)
+            out["early_stopped_steps"] = int(sum(h["policy/early_stopped"] for h in history))
+        return out
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> str:
+        """``checkpoint-<step>``: trainable weights, optimizer, scheduler, KL controller, score moments, RNG of
+        every process, step; written aside and renamed into place, so a half-written one never looks done."""
+        from safetensors.torch import save_file
+
+        acc, out = self.accelerator, self.args.output_dir
+        final = os.path.join(out, f"checkpoint-{self.step_index}")
+        staging = os.path.join(out, f".checkpoint-{self.step_index}.saving")
+        if acc.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            os.makedirs(staging)
+        acc.wait_for_everyone()
+        torch.save({"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                   os.path.join(staging, f"rng_state_{self.rank}.pt"))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            unwrapped = acc.unwrap_model(self.model)
+            save_file(unwrapped.trainable_state(), os.path.join(staging, WEIGHTS_FILE))
+            torch.save(self.optimizer.state_dict(), os.path.join(staging, "optimizer.pt"))
+            torch.save(self.scheduler.state_dict(), os.path.join(staging, "scheduler.pt"))
+            state = {"step": self.step_index, "episode": self.episodes_done, "world_size": self.world,
+                     "kl_controller": self.kl_ctl.state_dict(), "score_moments": self.moments.state_dict(),
+                     "log_history": self.log_history}
+            with open(os.path.join(staging, STATE_FILE), "w", encoding="utf-8") as handle:
+                json.dump(state, handle, indent=1)  # written last: its presence marks a complete checkpoint
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(staging, final)
+            self._rotate()
+            logger.info("saved %s", final)
+        acc.wait_for_everyone()
+        return final
+
+    def _rotate(self) -> None:
+        found = sorted((int(m.group(1)), p) for p in glob.glob(os.path.join(self.args.output_dir, "checkpoint-*"))
+                       if (m := re.search(r"checkpoint-(\d+)$", p)))
+        for _, path in found[: -self.args.save_total_limit]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def load_checkpoint(self, path: str) -> None:
+        from safetensors.torch import load_file
+
+        state_path = os.path.join(path, STATE_FILE)
+        if not os.path.isfile(state_path):
+            raise UserError(f"{path} is not a complete PPO checkpoint (no {STATE_FILE}): pick another checkpoint")
+        with open(state_path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        if state["world_size"] != self.world:
+            raise UserError(f"{path} was written by {state['world_size']} process(es), this run has {self.world}: "
+                            "resume with the same number of processes")
+        self.accelerator.unwrap_model(self.model).load_trainable_state(load_file(os.path.join(path, WEIGHTS_FILE)))
+        self.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True))
+        self.scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.moments.load_state_dict(state["score_moments"])
+        self.step_index, self.episodes_done = state["step"], state["episode"]
+        self.log_history = state["log_history"]
+        rng = torch.load(os.path.join(path, f"rng_state_{self.rank}.pt"), weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        self.shuffle.set_state(rng["shuffle"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if self.accelerator.is_main_process:
+            _truncate_csv(os.path.join(self.args.output_dir, "training_log.csv"), self.step_index)
+        logger.info("resumed from %s at step %d (%d episodes)", path, self.step_index, self.episodes_done)
+
+
+def _truncate_csv(path: str, last_step: int) -> None:
+    """Drop log rows written after ``last_step`` (the run died after the checkpoint): they are redone."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= last_step]
+    from rlhfkit.io import write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return " ".join(m.get("content", "") for m in prompt if isinstance(m, dict))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")[:200]
+
+
+def _mark_step() -> None:
+    from rlhfkit.device import mark_step
+
+    mark_step()
+
