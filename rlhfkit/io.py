@@ -14,7 +14,9 @@ import os
 import shutil
 import tempfile
 
-LAST_FILES = ("config.json", "adapter_config.json")
+ADAPTER_CONFIG = "adapter_config.json"
+LAST_FILES = ("config.json", ADAPTER_CONFIG)
+STALE_ADAPTER_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors", "adapter_model.bin")
 
 
 def write_json(path: str, payload, indent: int = 2) -> None:
@@ -63,6 +65,12 @@ def staging_dir(final_dir: str):
 def publish(staging: str, final_dir: str) -> None:
     """Move every file of ``staging`` into ``final_dir``, the files named in :data:`LAST_FILES` last."""
     os.makedirs(final_dir, exist_ok=True)
+    if os.path.exists(os.path.join(staging, "config.json")) and not os.path.exists(os.path.join(staging, ADAPTER_CONFIG)):
+        # a full model over an older adapter: loaders look for adapter_config.json first and would load the stale
+        # adapter onto its base instead of the new weights
+        for name in STALE_ADAPTER_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(final_dir, name))
     for name in LAST_FILES:  # an older config must not vouch for new, partly moved weights
         with contextlib.suppress(FileNotFoundError):
             if os.path.exists(os.path.join(staging, name)):

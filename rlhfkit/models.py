@@ -48,7 +48,8 @@ def check_model_source(name: str, what: str = "model") -> None:
         raise UserError(f"{what} path {name} does not exist: check the path, or pass a hub id")
     if not os.path.isdir(path):
         raise UserError(f"{what} path {name} is a file: pass the folder written by save_pretrained")
-    if not (os.path.isfile(os.path.join(path, "config.json")) or is_adapter(path)):
+    markers = ["config.json"] + (["tokenizer_config.json", "tokenizer.json"] if what == "tokenizer" else [])
+    if not (any(os.path.isfile(os.path.join(path, m)) for m in markers) or is_adapter(path)):
         raise UserError(
             f"{name} is not a model folder (no config.json or {ADAPTER_CONFIG}): "
             "pass a folder written by save_pretrained, or a hub id"

@@ -30,8 +30,12 @@ def fixture_path(*parts: str) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def embedded_cache(tmp_path_factory):
-    """A private RLHFKIT_CACHE for the whole run, so tests never touch ~/.cache and start from a known build."""
-    cache = tmp_path_factory.mktemp("rlhfkit-cache")
+    """A private RLHFKIT_CACHE for the whole run, so tests never touch ~/.cache and start from a known build.
+
+    ``RLHFKIT_TEST_CACHE=DIR`` reuses a cache across runs while developing (CI never sets it).
+    """
+    reuse = os.environ.get("RLHFKIT_TEST_CACHE")
+    cache = Path(reuse) if reuse else tmp_path_factory.mktemp("rlhfkit-cache")
     os.environ["RLHFKIT_CACHE"] = str(cache)
     yield cache
 

@@ -72,7 +72,8 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     """Entropy (nats) of the sampling distribution at each position: logsumexp(z) - sum(softmax(z) * z)."""
     logits = logits.float() / temperature
     probs = logits.softmax(-1)
-    return torch.logsumexp(logits, -1) - (probs * logits).sum(-1)
+    weighted = torch.where(probs > 0, probs * logits, torch.zeros_like(logits))  # 0 * -inf (masked logits) is 0
+    return torch.logsumexp(logits, -1) - weighted.sum(-1)
 
 
 # ----------------------------------------------------------------------------------------- KL estimators
@@ -257,8 +258,9 @@ class AdaptiveKLController:
 
 
 class RunningMoments:
-    """Running mean and standard deviation of the scores (for ``--normalize_scores``), merged batch by batch
-    with Chan et al.'s parallel update, as TRL's ``RunningMoments``."""
+    """Running mean and (population) standard deviation of the scores (for ``--normalize_scores``), merged
+    batch by batch with Chan et al.'s parallel update, as TRL's ``RunningMoments`` (which reports the
+    unbiased std; with batches of dozens of scores the difference is negligible)."""
 
     def __init__(self):
         self.mean, self.var, self.count = 0.0, 1.0, 1e-24

@@ -1,0 +1,235 @@
+"""The PPO engine's pieces on real (tiny) models, in process: tokens, log-probs, the reference, the reward read.
+
+Each test pins one thing the N+ implementation details (Huang et al. 2024) and upstream bug reports say goes
+wrong: the pad token colliding with EOS, log-probs computed at a temperature other than the sampling one,
+left padding shifting positions, the reference not being the starting policy, the reward read on the wrong
+token, a reward model with another tokenizer.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ppo as ppo_script
+from rlhfkit.errors import UserError
+from rlhfkit.ppo import core, rollout, scoring
+from rlhfkit.ppo.policy import PolicyAndValue
+
+STORIES = ("models", "stories260K")
+GPT2_TOKENIZER = ("tokenizers", "gpt2")
+
+
+@pytest.fixture(scope="module")
+def base(embedded_root):
+    """(model folder, policy tokenizer with a distinct pad, PolicyAndValue with LoRA, plain base model)."""
+    from peft import LoraConfig, get_peft_model
+
+    from rlhfkit import models
+
+    folder = str(embedded_root / "model")
+    tokenizer = ppo_script.policy_tokenizer(folder, False, lambda tok: ppo_script.stop_token_ids("eos", tok))
+    torch.manual_seed(0)
+    lora = get_peft_model(models.load_causal_lm(folder), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                                   lora_dropout=0.0))
+    module = PolicyAndValue(lora).eval()
+    return folder, tokenizer, module, models.load_causal_lm(folder).eval()
+
+
+def _episodes(tokenizer, prompts: list[str], responses: list[list[int]]):
+    """Left-padded prompts and right-padded responses, as a rollout builds them."""
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    width = max(map(len, ids))
+    queries = torch.full((len(ids), width), tokenizer.pad_token_id)
+    query_mask = torch.zeros_like(queries)
+    for i, row in enumerate(ids):
+        queries[i, width - len(row):], query_mask[i, width - len(row):] = torch.tensor(row), 1
+    longest = max(map(len, responses))
+    padded = torch.stack([core.pad_to(torch.tensor(r), longest, tokenizer.pad_token_id) for r in responses])
+    truncated, mask, stopped = rollout.truncate(padded, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    # as in generation: a response that never stopped ran to the full width
+    assert all(len(r) == longest for r, s in zip(responses, stopped.tolist(), strict=True) if not s)
+    texts = tokenizer.batch_decode(truncated, skip_special_tokens=True)
+    return rollout.Episodes(prompts, queries, query_mask, truncated, mask, stopped, texts)
+
+
+# ------------------------------------------------------------------------------------------ tokens
+def test_pad_token_is_added_when_the_tokenizer_pads_with_eos(embedded_root, tmp_path):
+    from rlhfkit import models
+
+    folder = tmp_path / "tok"
+    tokenizer = models.load_tokenizer(str(embedded_root / "model"))
+    tokenizer.pad_token = tokenizer.eos_token  # what seed 001 and many scripts do
+    tokenizer.save_pretrained(folder)
+    fixed = ppo_script.policy_tokenizer(str(folder), False, lambda tok: ppo_script.stop_token_ids("eos", tok))
+    assert fixed.pad_token_id is not None and fixed.pad_token_id != fixed.eos_token_id
+    assert fixed.padding_side == "left"
+
+
+def test_gpt2_tokenizer_without_pad_gets_a_distinct_one():
+    from conftest import fixture_path
+
+    path = str(fixture_path(*GPT2_TOKENIZER))
+    tokenizer = ppo_script.policy_tokenizer(path, False, lambda tok: ppo_script.stop_token_ids("eos", tok))
+    assert tokenizer.pad_token_id not in (None, tokenizer.eos_token_id)
+    assert ppo_script.stop_token_ids("eos", tokenizer) == [tokenizer.eos_token_id]
+    assert ppo_script.stop_token_ids("none", tokenizer) == []
+    with pytest.raises(UserError, match="not one token"):
+        ppo_script.stop_token_ids("two words", tokenizer)
+
+
+# ---------------------------------------------------------------------------------------- log-probs
+def test_logprobs_match_the_sampling_distribution_of_generate(base):
+    """Log-probs from one forward pass over a left-padded batch equal those of generate's own (temperature-
+    warped) scores: same temperature, same positions."""
+    _, tokenizer, module, _ = base
+    prompts = ["Question: Describe the red lamp.\n\nAnswer:", "Question: How was the pizza?\n\nAnswer:",
+               "Question: Tell me about the old castle by the river.\n\nAnswer:"]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    assert (enc["attention_mask"][:, 0] == 0).any()  # really left-padded
+    temperature = 0.7
+    config = rollout.generation_config(12, temperature, 0, 1.0, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    torch.manual_seed(1)
+    out = module.policy.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                 generation_config=config, output_scores=True, return_dict_in_generate=True)
+    responses = out.sequences[:, enc["input_ids"].shape[1]:]
+    truncated, mask, stopped = rollout.truncate(responses, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    episodes = rollout.Episodes(prompts, enc["input_ids"], enc["attention_mask"], truncated, mask, stopped,
+                                [""] * len(prompts))
+    with torch.no_grad():
+        logprobs, values, _ = rollout.forward(module, episodes, temperature)
+    expected = torch.stack([s.log_softmax(-1) for s in out.scores], 1)  # scores are already divided by T
+    expected = expected.gather(2, responses.unsqueeze(-1)).squeeze(-1)
+    real = mask.bool()
+    assert torch.allclose(logprobs[real], expected[real], atol=1e-4), (logprobs[real] - expected[real]).abs().max()
+    wrong_t = core.logprobs_from_logits(torch.stack(out.scores, 1) * temperature, responses, 1.0)
+    assert not torch.allclose(wrong_t[real], logprobs[real], atol=1e-3)  # the check can tell temperatures apart
+    assert values.shape == logprobs.shape and torch.all(values == 0)  # the value head starts at zero
+
+
+def test_left_padding_does_not_change_logprobs(base):
+    _, tokenizer, module, _ = base
+    short, long = "Question: How was the pizza?\n\nAnswer:", "Question: Tell me about the old castle.\n\nAnswer:"
+    answer = tokenizer(" The pizza is great.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    together = _episodes(tokenizer, [short, long], [answer, answer])
+    alone = _episodes(tokenizer, [short], [answer])
+    assert together.query_mask[0].sum() < together.query_mask.shape[1]  # the short prompt is padded
+    with torch.no_grad():
+        batch_lp, batch_v, _ = rollout.forward(module, together, 0.7)
+        alone_lp, alone_v, _ = rollout.forward(module, alone, 0.7)
+    assert torch.allclose(batch_lp[0], alone_lp[0], atol=1e-5)
+
+
+def test_reference_is_the_policy_with_its_adapter_disabled(base):
+    """The LoRA reference equals the base model exactly, and stays so after the adapter changes."""
+    _, tokenizer, module, plain = base
+    answer = tokenizer(" It was lovely.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    episodes = _episodes(tokenizer, ["Question: Describe the sofa.\n\nAnswer:"], [answer])
+    with torch.no_grad():
+        lora_b = [p for n, p in module.named_parameters() if "lora_B" in n]
+        for p in lora_b:
+            p.normal_(0, 0.5)  # LoRA B starts at zero; make the adapter matter
+        policy_lp, _, _ = rollout.forward(module, episodes, 1.0)
+        with module.reference(None) as reference:
+            ref_lp = rollout.reference_logprobs(reference, episodes, 1.0)
+        plain_lp = rollout.reference_logprobs(plain, episodes, 1.0)
+        for p in lora_b:
+            p.zero_()
+    assert torch.allclose(ref_lp, plain_lp, atol=1e-5)
+    assert not torch.allclose(policy_lp, ref_lp, atol=1e-3)
+    assert not hasattr(plain, "peft_config")
+    assert len({id(p) for p in module.policy.parameters()}) == len(list(module.policy.parameters()))
+
+
+def test_checkpoint_state_round_trip(base):
+    _, _, module, _ = base
+    state = module.trainable_state()
+    assert any("lora_A" in k for k in state) and "value_head.weight" in state
+    with torch.no_grad():
+        module.value_head.weight.fill_(3.0)
+    module.load_trainable_state(state)
+    assert torch.all(module.value_head.weight == 0)
+    with pytest.raises(UserError, match="does not match"):
+        module.load_trainable_state({k: v for k, v in state.items() if k != "value_head.bias"})
+
+
+# -------------------------------------------------------------------------------------- the reward read
+@pytest.fixture(scope="module")
+def reward_model(base):
+    from rlhfkit import models
+
+    folder, tokenizer, _, _ = base
+    torch.manual_seed(3)
+    model = models.load_sequence_classifier(folder, pad_token_id=tokenizer.pad_token_id).eval()
+    model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def test_reward_is_read_at_the_last_real_token(base, reward_model):
+    """Scores of a padded batch equal the model's score of each exact text alone, read at its last token (the
+    EOS when the response stopped), never at a pad after it."""
+    _, tokenizer, _, _ = base
+    eos = tokenizer.eos_token_id
+    stopped = tokenizer(" The lamp is great.", add_special_tokens=False)["input_ids"] + [eos, 7, 9]  # junk after EOS
+    running = tokenizer(" I think the lamp was very very lovely and", add_special_tokens=False)["input_ids"]
+    stopped += [9] * (len(running) - len(stopped))
+    episodes = _episodes(tokenizer, ["Question: Describe the lamp.\n\nAnswer:", "Question: How was it?\n\nAnswer:"],
+                         [stopped, running])
+    assert episodes.stopped.tolist() == [True, False]
+    scorer = scoring.RewardModelScorer(reward_model, tokenizer, tokenizer)
+    assert scorer.reuse_ids
+    scores = scorer(episodes.prompts, episodes.queries, episodes.query_mask, episodes.responses,
+                    episodes.response_mask, episodes.stopped, episodes.response_texts)
+    for i, row in enumerate([stopped[: stopped.index(eos) + 1], running]):
+        ids = torch.tensor([episodes.queries[i][episodes.query_mask[i].bool()].tolist() + row])
+        with torch.no_grad():
+            hidden = reward_model.model(input_ids=ids).last_hidden_state
+            alone = reward_model.score(hidden[0, -1]).item()
+            after = reward_model.score(hidden[0, -2]).item()
+        assert scores[i].item() == pytest.approx(alone, abs=1e-4)
+        assert scores[i].item() != pytest.approx(after, abs=1e-4)
+    text_path = scoring.RewardModelScorer(reward_model, tokenizer, tokenizer)
+    text_path.reuse_ids = False  # decode and re-tokenise: the same tokenizer must give the same scores
+    again = text_path(episodes.prompts, episodes.queries, episodes.query_mask, episodes.responses,
+                      episodes.response_mask, episodes.stopped, episodes.response_texts)
+    assert torch.allclose(scores, again, atol=1e-4)
+
+
+def test_reward_model_with_another_tokenizer(base):
+    """A reward model with a different vocabulary (stories260K) scores the decoded text of each episode."""
+    from conftest import fixture_path
+
+    from rlhfkit import models
+
+    folder = str(fixture_path(*STORIES))
+    _, tokenizer, _, _ = base
+    rm_tokenizer = models.load_tokenizer(folder)
+    if rm_tokenizer.pad_token_id is None:
+        rm_tokenizer.pad_token = rm_tokenizer.eos_token
+    torch.manual_seed(5)
+    rm = models.load_sequence_classifier(folder, pad_token_id=rm_tokenizer.pad_token_id).eval()
+    scorer = scoring.RewardModelScorer(rm, rm_tokenizer, tokenizer)
+    assert not scorer.reuse_ids
+    answer = tokenizer(" The garden is lovely.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    episodes = _episodes(tokenizer, ["Question: Describe the garden.\n\nAnswer:"], [answer])
+    score = scorer(episodes.prompts, episodes.queries, episodes.query_mask, episodes.responses,
+                   episodes.response_mask, episodes.stopped, episodes.response_texts)
+    text = "Question: Describe the garden.\n\nAnswer: The garden is lovely." + rm_tokenizer.eos_token
+    ids = torch.tensor([rm_tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        expected = rm.score(rm.model(input_ids=ids).last_hidden_state[0, -1]).item()
+    assert score.item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_rule_reward_from_a_file(tmp_path):
+    rule = tmp_path / "rule.py"
+    rule.write_text("def reward(prompt, response):\n    return float(response.count('a'))\n")
+    scorer = scoring.load_rule(f"{rule}:reward")
+    scores = scorer(["p", "q"], None, None, None, None, None, ["banana", "kiwi"])
+    assert scores.tolist() == [3.0, 0.0]
+    with pytest.raises(UserError, match="no function"):
+        scoring.load_rule(f"{rule}:missing")
+    with pytest.raises(UserError, match="MODULE:FUNCTION"):
+        scoring.load_rule("nonsense")
+    assert scoring.load_rule("toy")(["How was the pizza?"], None, None, None, None, None,
+                                    ["The pizza is great."]).item() == pytest.approx(1 / 3)
