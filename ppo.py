@@ -123,10 +123,14 @@ def validate(args: PPOArguments, model_args: ModelArguments) -> None:
             raise UserError("--save_merged False with an adapter folder as the policy: the new adapter would sit on the "
                             "merged SFT model, not on the base its config names; merge the SFT adapter first "
                             "(merge_peft_adapter.py) or keep --save_merged True")
-    if args.resume_from_checkpoint and args.resume_from_checkpoint.lower() not in ("last", "true", "latest"):
-        if not os.path.isdir(args.resume_from_checkpoint):
-            raise UserError(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a folder: pass a "
-                            "checkpoint-* folder or 'last'")
+    resume = args.resume_from_checkpoint
+    if resume and resume.lower() in ("last", "true", "latest"):
+        from rlhfkit.ppo.trainer import newest_checkpoint
+
+        if newest_checkpoint(args.output_dir) is None:
+            raise UserError(f"--resume_from_checkpoint {resume}: no complete checkpoint-* in {args.output_dir}")
+    elif resume and not os.path.isdir(resume):
+        raise UserError(f"--resume_from_checkpoint {resume} is not a folder: pass a checkpoint-* folder or 'last'")
 
 
 def save_policy(trainer, args: PPOArguments, model_args: ModelArguments, tokenizer) -> None:
@@ -212,8 +216,6 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
         path = args.resume_from_checkpoint
         if path.lower() in ("last", "true", "latest"):
             path = newest_checkpoint(args.output_dir)
-            if path is None:
-                raise UserError(f"--resume_from_checkpoint last: no complete checkpoint-* in {args.output_dir}")
         trainer.load_checkpoint(path)
     trainable, total = models.count_parameters(module, True), models.count_parameters(module)
     logger.info(

@@ -39,8 +39,10 @@ def format_prompt(tokenizer, prompt, prompt_format: str = "auto") -> str:
     if prompt_format not in PROMPT_FORMATS:
         raise UserError(f"prompt format {prompt_format} is not one of {', '.join(PROMPT_FORMATS)}")
     if prompt_format == "raw":
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], dict):
+            prompt = prompt[0].get("content")  # a dataset's plain prompt, normalised to one user message
         if not isinstance(prompt, str):
-            raise UserError("prompt format raw needs text prompts, not message lists: use auto, chat or qa")
+            raise UserError("prompt format raw needs text prompts, not conversations: use auto, chat or qa")
         return prompt
     try:
         messages = schemas.prompt_messages(prompt, "prompt")

@@ -1,5 +1,5 @@
 """Seed 000's README commands for steps 1 (SFT), 2 (merge), 3 (reward modeling), 4 (merge of the reward
-adapter) and 6 (generation), run as written.
+adapter), 5 (PPO) and 6 (generation), run as written.
 
 The commands below are copied literally from the seed README. Only these substitutions are made (see
 ``_as_run``), because this machine is offline and has no Gaudi:
@@ -8,8 +8,7 @@ The commands below are copied literally from the seed README. Only these substit
 * ``lvwerra/stack-exchange-paired`` -> the embedded dataset root (same ``data/finetune`` layout);
 * ``--use_habana --use_lazy_mode`` are dropped: there is no Gaudi (habana_frameworks) here, and
   ``--use_habana`` correctly refuses to run without one;
-* step 6's ``./ppo_sanity`` -> ``./sft_sanity_merged``: PPO (step 5) lands in a later issue, so the
-  generation sanity check runs on the merged SFT model instead.
+* step 5's ``PT_HPU_LAZY_MODE=1`` prefix is passed as an environment variable (it is harmless off Gaudi).
 
 Step 3 names no dataset, so it trains on the embedded toy pairs (``data/reward``, held-out
 ``data/evaluation``), as the seed's script defaults to stack-exchange-paired's. Step 4 merges the reward
@@ -21,6 +20,7 @@ The relative output paths (``./sft_sanity`` ...) are kept: the commands run with
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
@@ -68,6 +68,24 @@ STEP4 = [
     "--adapter_model_name", "./rm_sanity",
     "--output_name", "./rm_sanity_merged",
 ]
+STEP5 = [
+    "PT_HPU_LAZY_MODE=1", "python", "ppo.py",
+    "--model_name_or_path", "./sft_sanity_merged",
+    "--reward_model_name", "./rm_sanity_merged",
+    "--tokenizer_name_or_path", "google/gemma-3-270m",
+    "--output_dir", "./ppo_sanity",
+    "--batch_size", "2",
+    "--mini_batch_size", "1",
+    "--gradient_accumulation_steps", "1",
+    "--ppo_epochs", "1",
+    "--steps", "64",
+    "--input_max_length", "256",
+    "--output_max_length", "64",
+    "--learning_rate", "1.4e-5",
+    "--early_stopping", "True",
+    "--batched_gen", "True",
+    "--max_train_samples", "256",
+]
 STEP6 = [
     "python", "run_generation.py",
     "--model_name_or_path", "./ppo_sanity",
@@ -80,8 +98,18 @@ STEP6 = [
 GAUDI_FLAGS = ("--use_habana", "--use_lazy_mode")  # no Gaudi here
 
 
+def _env_prefix(command: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(environment, command) for a command that starts with ``NAME=value`` assignments."""
+    env = {}
+    while command and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", command[0]):
+        name, _, value = command[0].partition("=")
+        env[name], command = value, command[1:]
+    return env, command
+
+
 def _as_run(command: list[str], replacements: dict[str, str]) -> list[str]:
     """The seed command as run here: the script by its repo path, hub ids replaced, Gaudi flags dropped."""
+    _, command = _env_prefix(command)
     assert command[0] == "python"
     args = [replacements.get(arg, arg) for arg in command[2:] if arg not in GAUDI_FLAGS]
     return [str(REPO / command[1]), *args]
@@ -93,28 +121,24 @@ def _ok(result) -> None:
 
 @pytest.fixture(scope="module")
 def pipeline(embedded_root, tmp_path_factory):
-    """Steps 1 and 2, then 3-4, then 6, in one working folder; a failed step leaves the steps that need its
-    output unrun."""
+    """Steps 1 to 6 in order in one working folder; a failed step leaves the steps that need its output unrun."""
     cwd = tmp_path_factory.mktemp("seed000")
     replacements = {
         "google/gemma-3-270m": str(embedded_root / "model"),
         "lvwerra/stack-exchange-paired": str(embedded_root),
-        "./ppo_sanity": "./sft_sanity_merged",  # PPO (step 5) lands in a later issue
     }
     results = {}
 
     def run_in_order(*steps):
         for name, command in steps:
-            results[name] = run_script(*_as_run(command, replacements), cwd=cwd)
+            results[name] = run_script(*_as_run(command, replacements), cwd=cwd, env=_env_prefix(command)[0])
             if results[name].returncode != 0:
                 break
 
     run_in_order(("step1", STEP1), ("step2", STEP2))
     if "step2" in results and results["step2"].returncode == 0:
-        # steps 3-4 (reward model, its merge) and step 6 (generation) each need only step 2's output; they run
-        # one after the other: side by side, the two processes' thread pools oversubscribe a small machine
-        run_in_order(("step3", STEP3), ("step4", STEP4))
-        run_in_order(("step6", STEP6))
+        # one after the other: side by side, the processes' thread pools oversubscribe a small machine
+        run_in_order(("step3", STEP3), ("step4", STEP4), ("step5", STEP5), ("step6", STEP6))
     return results, cwd
 
 
@@ -198,6 +222,32 @@ def test_step4_merges_reward_adapter_into_raw_base_with_a_warning(pipeline, embe
     assert info["task_type"] == "SEQ_CLS" and info["base"] == str(embedded_root / "model")
 
 
+def test_step5_ppo(pipeline):
+    """64 PPO steps of 2 episodes from the merged SFT model against the merged reward model; the policy is
+    saved merged (loadable by step 6), with the metrics and the per-episode log."""
+    import csv
+
+    results, cwd = pipeline
+    assert "step5" in results, "an earlier step failed"
+    _ok(results["step5"])
+    out = cwd / "ppo_sanity"
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert not (out / "adapter_config.json").exists()  # merged by default
+    summary = json.loads((out / "all_results.json").read_text())
+    assert summary["train_steps"] == 64 and summary["train_episodes"] == 128
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert len(history) == 64
+    for key in ("objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward", "policy/approxkl",
+                "policy/clipfrac", "loss/policy", "loss/value", "val/ratio", "eps", "policy/early_stopped"):
+        assert all(isinstance(h[key], float | int) for h in history), key
+    # one PPO epoch of 2 mini-batches of 1: the ratio of the first mini-batch is exactly 1 (nothing updated yet)
+    assert all(abs(h["val/ratio"] - 1) < 0.1 for h in history)
+    with open(out / "training_log.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 128 and {r["step"] for r in rows} == {str(i) for i in range(1, 65)}
+    assert "256 prompts" in results["step5"].stderr  # --max_train_samples 256
+
+
 def test_step6_generation(pipeline):
     results, _ = pipeline
     result = results["step6"]
@@ -216,5 +266,5 @@ def test_commands_match_the_seed_readme():
         pytest.skip("seed 000's README is not available here")
     text = seeds[0].read_text(encoding="utf-8")
     blocks = [shlex.split(block.replace("\\\n", " ")) for block in re.findall(r"```bash\n(.*?)```", text, re.S)]
-    for command in (STEP1, STEP2, STEP3, STEP4, STEP6):
+    for command in (STEP1, STEP2, STEP3, STEP4, STEP5, STEP6):
         assert command in blocks, command

@@ -3,11 +3,12 @@
 Memory is decided by the copies of the model, so we keep as few as the algorithm allows:
 
 * **LoRA policy** (default): the reference is the same model with its adapter disabled (PEFT's
-  ``disable_adapter()``), so the base weights exist once. TRL 1.12's PPOTrainer and optimum-habana's example
-  load a second full model as the reference even with LoRA.
+  ``disable_adapter()``), so the base weights exist once (TRL 1.12 does the same when given a
+  ``peft_config``; optimum-habana's example loads a second full model).
 * **Value head on the policy trunk** (default): one linear layer on the policy's last hidden state; one
   forward pass gives logits and values. ``--value_model reward`` instead trains a separate critic
-  initialised from the reward model (TRL's choice: one more full model, often a better start for values).
+  initialised from the reward model (TRL 1.12's design, which trains that whole model, with its gradients
+  and optimizer state: the bulk of its peak memory in our benchmark).
 * **Full fine-tuning**: the reference is a frozen copy (the only case that needs one).
 
 Dropout is switched off everywhere (Huang et al. 2024: with dropout, log-probs of the rollout and of the
