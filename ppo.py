@@ -12,8 +12,9 @@ included); by default the ``data/rl`` split of the embedded toy task.
         --gradient_accumulation_steps 1 --ppo_epochs 1 --steps 64 --input_max_length 256 --output_max_length 64 \\
         --learning_rate 1.4e-5 --early_stopping True --batched_gen True --max_train_samples 256
 
-Multi-device: ``accelerate launch --num_processes N ppo.py ...`` (``--multi_gpu``, or ``--cpu`` for CPU
-processes; a DeepSpeed ZeRO-2 config file via ``--config_file``). Writes the policy (merged, or the adapter
+Multi-device: ``accelerate launch --multi_gpu --num_processes N ppo.py ...`` (DDP; on a machine without GPUs
+the same command starts N CPU processes with the gloo backend; ``accelerate launch --cpu`` starts only one
+without MPI), or ``--config_file`` with a DeepSpeed ZeRO-2 config. Writes the policy (merged, or the adapter
 with ``--save_merged False``) and tokenizer to ``--output_dir``, with ``training_log.csv`` (every episode),
 TensorBoard logs, ``trainer_state.json``, ``all_results.json`` and ``ppo_curves.png``.
 """
@@ -182,6 +183,8 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
     dtype = device.torch_dtype(device.resolve_precision(info, precision.bf16, precision.fp16))
     accelerator = Accelerator(cpu=info.type == "cpu")
+    if not accelerator.is_main_process:  # one process speaks; the others only warn
+        logging.getLogger().setLevel(logging.WARNING)
     set_seed(args.seed + accelerator.process_index)  # sampling differs per process
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)

@@ -249,18 +249,21 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(stories):
 
 
 def test_two_processes_agree_with_one(stories):
-    """`accelerate launch --num_processes 2 --cpu` with 8 episodes per process against 1 process with 16: the
-    same global batch, so the same schedule; scores and KL agree within sampling noise."""
+    """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs (2 CPU processes, DDP over
+    gloo; `--cpu` would start a single process without MPI) with 8 episodes per process against 1 process
+    with 16: the same global batch, so the same schedule; scores and KL agree within sampling noise."""
     folder, prompts, rule = stories
     common = [*_stories_args(prompts, rule), "--steps", "6", "--mini_batch_size", "4", "--learning_rate", "1e-3",
               "--save_merged", "False"]
     one, two = folder / "one", folder / "two"
     _ok(run_script(PPO, *common, "--batch_size", "16", "--output_dir", str(one)))
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    result = subprocess.run([*launch, PPO, *common, "--batch_size", "8", "--output_dir", str(two)], cwd=REPO,
+    result = subprocess.run([*launch, PPO, *common, "--batch_size", "8", "--device", "cpu", "--output_dir", str(two)],
+                            cwd=REPO,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=1800)
     _ok(result)
+    assert result.stderr.count("PPO on cpu x 2 process(es)") == 1  # the second process does not repeat the log
     summary_one, summary_two = _read_json(one / "all_results.json"), _read_json(two / "all_results.json")
     assert summary_two["num_processes"] == 2 and summary_two["train_episodes"] == summary_one["train_episodes"] == 96
     with open(two / "training_log.csv", encoding="utf-8") as handle:
