@@ -3,14 +3,15 @@
 #   0. build the embedded default (tiny pretrained Llama, offline tokenizer, toy data) if not cached
 #   1. SFT with LoRA (sft.py)            2. merge the SFT adapter (merge_peft_adapter.py)
 #   3. reward model with LoRA (reward_modeling.py)   4. merge the reward adapter
-#   6. generation sanity check (run_generation.py)
-# Stage 5 (PPO) and the comparison join as their scripts land. Unlike seed 000's step 4, the reward
+#   5. PPO from the merged SFT model against the merged reward model (ppo.py)
+#   6. generation sanity check on the PPO policy (run_generation.py)
+# The base-vs-PPO comparison joins when its script lands. Unlike seed 000's step 4, the reward
 # adapter is merged into the model it was trained on (the SFT-merged model), not the raw base.
 #
 # Every stage logs to the terminal and to ppo_pipeline_sanity.log. A stage that finished writes
 # <workdir>/<stage>/.stage_done last; a rerun skips finished stages (--force reruns all).
 # Knobs (environment): WORKDIR (default ./runs/sanity), MODEL (default: the embedded model), DATASET
-# (default: the embedded toy data), DEVICE (auto|cpu|cuda|hpu), SFT_STEPS, RM_EPOCHS, PYTHON.
+# (default: the embedded toy data), DEVICE (auto|cpu|cuda|hpu), SFT_STEPS, RM_EPOCHS, PPO_STEPS, PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,6 +29,7 @@ WORKDIR=${WORKDIR:-runs/sanity}
 DEVICE=${DEVICE:-auto}
 SFT_STEPS=${SFT_STEPS:-300}
 RM_EPOCHS=${RM_EPOCHS:-2}
+PPO_STEPS=${PPO_STEPS:-30}
 LOG=${LOG:-ppo_pipeline_sanity.log}
 mkdir -p "$WORKDIR"
 : > "$LOG"
@@ -81,8 +83,13 @@ run_stage reward_model "$WORKDIR/rm" "$PYTHON" reward_modeling.py \
 run_stage merge_rm "$WORKDIR/rm_merged" "$PYTHON" merge_peft_adapter.py \
   --base_model_name "$WORKDIR/sft_merged" --adapter_model_name "$WORKDIR/rm" --output_name "$WORKDIR/rm_merged"
 
+run_stage ppo "$WORKDIR/ppo" "$PYTHON" ppo.py \
+  --model_name_or_path "$WORKDIR/sft_merged" --reward_model_name "$WORKDIR/rm_merged" --dataset_name "$DATASET" \
+  --output_dir "$WORKDIR/ppo" --device "$DEVICE" --steps "$PPO_STEPS" --batch_size 32 --mini_batch_size 8 \
+  --learning_rate 5e-4 --kl_coef 0.3 --output_max_length 48 --sample_every 10 --logging_steps 5
+
 run_stage generation "$WORKDIR/generation" "$PYTHON" run_generation.py \
-  --model_name_or_path "$WORKDIR/sft_merged" --device "$DEVICE" --use_kv_cache --max_new_tokens 48 \
+  --model_name_or_path "$WORKDIR/ppo" --device "$DEVICE" --use_kv_cache --max_new_tokens 48 \
   --batch_size 4 --prompt "Describe the red bicycle." --prompt "What do you think of the pizza?" \
   --prompt "What is the currency of the USA?" --output_file "$WORKDIR/generation/generations.jsonl"
 
