@@ -295,3 +295,51 @@ def test_refused_input_is_one_line_and_writes_nothing(flags, fragments, tmp_path
     assert_user_error(result, *fragments)
     written = [p.name for p in out.rglob("*")] if out.exists() else []
     assert not {"config.json", "adapter_config.json", "model.safetensors", "all_results.json"} & set(written), written
+
+
+# ------------------------------------------------------------------------------------------ every option
+@pytest.fixture(scope="module")
+def stories_reward_model(stories):
+    """A sequence classifier on stories260K with a seeded random score head (a fixed, learnable reward)."""
+    import torch
+
+    from rlhfkit import models
+
+    folder = stories[0] / "rm"
+    if not folder.exists():
+        torch.manual_seed(0)
+        tokenizer = models.load_tokenizer(str(STORIES))
+        model = models.load_sequence_classifier(str(STORIES), pad_token_id=tokenizer.pad_token_id)
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+OPTIONS = {
+    "k3": (["--kl_estimator", "k3"], lambda h, log: all(x["objective/kl"] >= 0 for x in h)),
+    "eos_penalty": (["--missing_eos_penalty", "5", "--output_max_length", "8"],
+                    lambda h, log: h[0]["objective/scores"] < -4),  # 8 tokens: stories never end that soon
+    "adaptive_kl": (["--adaptive_kl", "True", "--kl_target", "0.01", "--kl_horizon", "10"],
+                    lambda h, log: h[-1]["objective/kl_coef"] != h[0]["objective/kl_coef"]),
+    "early_stopping": (["--early_stopping", "True", "--target_kl", "1e-9", "--learning_rate", "1e-2"],
+                       lambda h, log: all(x["policy/early_stopped"] == 1 for x in h)),
+    "unbatched": (["--batched_gen", "False"], lambda h, log: len(h) == 3),
+    "full_finetuning": (["--use_peft", "False"], lambda h, log: "reference: frozen copy" in log),
+    "critic": (["--value_model", "reward"], lambda h, log: "values: reward" in log),
+    "shaping": (["--whiten_rewards", "True", "--normalize_scores", "True", "--score_clip", "0.5"],
+                lambda h, log: all(abs(x["objective/kl"]) < 50 for x in h)),
+}
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_every_option_runs_and_does_what_it_says(option, stories, stories_reward_model, tmp_path):
+    folder, prompts, _ = stories
+    flags, check = OPTIONS[option]
+    args = ["--model_name_or_path", str(STORIES), "--dataset_name", str(prompts), "--prompt_format", "raw",
+            "--reward_model_name", str(stories_reward_model), "--report_to", "none", "--sample_every", "0",
+            "--steps", "3", "--batch_size", "4", "--mini_batch_size", "2", "--output_max_length", "16",
+            "--learning_rate", "1e-3", "--output_dir", str(tmp_path / option)]
+    result = run_script(PPO, *args, *flags, env=ONE_THREAD)
+    _ok(result)
+    history = _history(tmp_path / option)
+    assert check(history, result.stderr), (option, history)
