@@ -240,7 +240,7 @@ def ours_command(manifest: dict, s: dict, out_dir: str, device: str) -> list[str
         "--vf_coef", str(s["vf_coef"]),
         "--use_peft", "True", "--lora_r", str(s["lora_r"]), "--lora_alpha", str(s["lora_alpha"]),
         "--lora_dropout", str(s["lora_dropout"]),
-        "--value_model", "head",
+        "--value_model", s.get("value_model", "head"),
         "--seed", str(s["seed"]),
         "--report_to", "none", "--sample_every", "0", "--save_merged", "False",
         "--device", device,
@@ -433,6 +433,8 @@ def parse_args(argv: list[str] | None):
                         help="the two sides step a linear schedule differently (ours per optimizer step, TRL per "
                         "PPO step), hence constant by default")
     parser.add_argument("--missing_eos_penalty", type=float, default=None)
+    parser.add_argument("--value_model", choices=("head", "reward"), default="head",
+                        help="ours: a value head on the policy (default) or, as TRL, a critic from the reward model")
     parser.add_argument("--seed", type=int, default=FIXED["seed"], help="training seed, both sides")
     parser.add_argument("--num_prompts", type=int, default=256)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -445,7 +447,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--skip", choices=("ours", "trl"), help="do not run this side; reuse its last results in --out")
     args = parser.parse_args(argv)
     settings = {**FIXED, **SETTINGS[args.setting], "lr_scheduler_type": args.lr_scheduler_type,
-                "missing_eos_penalty": args.missing_eos_penalty, "seed": args.seed}
+                "missing_eos_penalty": args.missing_eos_penalty, "seed": args.seed, "value_model": args.value_model}
     for key in ("steps", "batch_size", "num_mini_batches", "ppo_epochs", "response_length", "learning_rate"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
