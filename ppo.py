@@ -208,6 +208,9 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
         policy_lib.disable_dropout(reward_model)
         reward_model.to(accelerator.device)
         scorer = scoring.RewardModelScorer(reward_model, reward_tok, tokenizer, batch_size=args.batch_size)
+        if args.value_model == "reward" and not scorer.reuse_ids:
+            raise UserError("--value_model reward: the critic reads the policy's token ids, but the reward model has "
+                            "another tokenizer; use --value_model head")
     else:
         scorer = scoring.load_rule(args.reward_function)
     if ref_model is not None:

@@ -188,6 +188,7 @@ def build(model_args, ppo_args, dtype, tokenizer, reward_model_name: str | None)
                                                  trust_remote_code=ppo_args.trust_remote_code,
                                                  allow_pickle=model_args.allow_pickle)
         score_head(critic), backbone(critic)  # fail early, with the fix, on an unexpected class
+        _fit_vocabulary(critic, tokenizer)  # the critic reads the policy's token ids, a new pad id included
         if model_args.use_peft:
             from peft import get_peft_model
 
