@@ -23,9 +23,14 @@ from rlhfkit.ppo.policy import backbone, score_head, unwrap_peft
 logger = logging.getLogger(__name__)
 
 
-def same_vocabulary(a, b) -> bool:
-    """Whether two tokenizers map text to the same ids (same vocabulary and special tokens)."""
-    return a is b or (a.get_vocab() == b.get_vocab() and a.all_special_ids == b.all_special_ids)
+def same_vocabulary(reward_tokenizer, policy_tokenizer) -> bool:
+    """Whether the policy's token ids mean the same to the reward model: every reward-model token has the
+    same id in the policy's vocabulary (the policy may have gained tokens, such as a new pad) and EOS agrees."""
+    if reward_tokenizer is policy_tokenizer:
+        return True
+    policy_vocab = policy_tokenizer.get_vocab()
+    return (reward_tokenizer.eos_token_id == policy_tokenizer.eos_token_id
+            and all(policy_vocab.get(token) == index for token, index in reward_tokenizer.get_vocab().items()))
 
 
 class RewardModelScorer:
