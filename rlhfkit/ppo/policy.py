@@ -155,7 +155,8 @@ def _fit_vocabulary(model, tokenizer) -> None:
         logger.info("resizing the embeddings to %d tokens (new pad token)", len(tokenizer))
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def build(model_args, ppo_args, dtype, tokenizer, reward_model_name: str | None):
