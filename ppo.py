@@ -75,7 +75,6 @@ def load_prompts(data_args: DatasetArguments, args: PPOArguments, tokenizer):
     """(prompt texts, token ids of the formatted prompts), prompts over --input_max_length dropped."""
     from rlhfkit import data, defaults, schemas
     from rlhfkit.generation import format_prompt
-    from rlhfkit.ppo.trainer import _prompt_text
 
     name, subset = defaults.dataset_for("rl", data_args.dataset_name, data_args.subset)
     rows = data.load_canonical(name, "prompt", subset, data_args.split, strict=data_args.error_on_invalid_rows,
@@ -92,10 +91,17 @@ def load_prompts(data_args: DatasetArguments, args: PPOArguments, tokenizer):
     if len(keep) < len(ids):
         logger.warning("dropped %d of %d prompts longer than --input_max_length %d tokens", len(ids) - len(keep),
                        len(ids), args.input_max_length)
-    return [_prompt_text(prompts[i]) for i in keep], [ids[i] for i in keep]
+    return [prompt_text(prompts[i]) for i in keep], [ids[i] for i in keep]
 
 
-def reward_tokenizer(args: PPOArguments, model_args: ModelArguments, policy_tok):
+def prompt_text(prompt) -> str:
+    """A canonical prompt (text, or a message list) as text, for rule rewards and logs."""
+    if isinstance(prompt, str):
+        return prompt
+    return " ".join(m.get("content", "") for m in prompt if isinstance(m, dict))
+
+
+def reward_tokenizer(args: PPOArguments, policy_tok):
     """--reward_tokenizer_name, else the tokenizer saved with the reward model, else the policy's."""
     from rlhfkit import models
 
@@ -198,7 +204,7 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     module, ref_model = policy_lib.build(model_args, args, dtype, tokenizer, args.reward_model_name)
     stop_ids = stop_token_ids(args.stop_token, tokenizer, module.policy.generation_config)
     if args.reward_model_name:
-        reward_tok = reward_tokenizer(args, model_args, tokenizer)
+        reward_tok = reward_tokenizer(args, tokenizer)
         reward_model = models.load_sequence_classifier(args.reward_model_name, dtype=dtype,
                                                        trust_remote_code=args.trust_remote_code,
                                                        allow_pickle=model_args.allow_pickle,

@@ -297,7 +297,6 @@ def ours_figures(out_dir: str, process: dict, cuda_peak: dict | None, s: dict) -
         summary = json.load(handle)
     with open(os.path.join(out_dir, "trainer_state.json"), encoding="utf-8") as handle:
         history = json.load(handle)["log_history"]
-    scores = [h["objective/scores"] for h in history]
     log = open(process["log"], encoding="utf-8", errors="replace").read()
     found = re.search(r"([\d,]+) trainable of ([\d,]+) parameters", log)
     lengths = [h["val/mean_length"] for h in history]
@@ -308,8 +307,21 @@ def ours_figures(out_dir: str, process: dict, cuda_peak: dict | None, s: dict) -
         "generated_tokens_per_second": summary.get("generated_tokens_per_second"),
         "mean_response_tokens": sum(lengths) / len(lengths) if lengths else None,
         "eos_share": sum(h["val/num_eos_tokens"] for h in history) / max(1, summary["train_episodes"]),
-        "peak_rss_bytes": process["max_rss_bytes"],
         "cuda_max_memory_allocated": (cuda_peak or {}).get("cuda_max_memory_allocated"),
+        **_shared_figures(process, history),
+        "optimizer_steps": s["steps"] * s["ppo_epochs"] * s["num_mini_batches"],
+        "trainable_parameters": int(found.group(1).replace(",", "")) if found else None,
+        "value_function": {"head": "value head on the policy trunk",
+                           "reward": "critic initialised from the reward model (LoRA)"}[s.get("value_model", "head")],
+        "reference": "LoRA adapter disabled",
+    }
+
+
+def _shared_figures(process: dict, history: list[dict]) -> dict:
+    """The figures both sides report the same way: process resources, scores and KL per step."""
+    scores = [h["objective/scores"] for h in history]
+    return {
+        "peak_rss_bytes": process["max_rss_bytes"],
         "process_wall_seconds": process["wall_seconds"],
         "cpu_seconds": process["user_seconds"] + process["system_seconds"],
         "load_average_1min_before_after": [process["load_average_before"][0], process["load_average_after"][0]],
@@ -319,10 +331,6 @@ def ours_figures(out_dir: str, process: dict, cuda_peak: dict | None, s: dict) -
         "final_kl": history[-1]["objective/kl"] if history else None,
         "scores": scores,
         "kl": [h["objective/kl"] for h in history],
-        "optimizer_steps": s["steps"] * s["ppo_epochs"] * s["num_mini_batches"],
-        "trainable_parameters": int(found.group(1).replace(",", "")) if found else None,
-        "value_function": "value head on the policy trunk",
-        "reference": "LoRA adapter disabled",
     }
 
 
@@ -330,7 +338,6 @@ def trl_figures(out_dir: str, process: dict) -> dict:
     with open(os.path.join(out_dir, "trl_results.json"), encoding="utf-8") as handle:
         result = json.load(handle)
     history = result["log_history"]
-    scores = [h["objective/scores"] for h in history]
     episodes = result["episodes"]
     return {
         "episodes_per_second": result["episodes_per_second"],
@@ -339,17 +346,8 @@ def trl_figures(out_dir: str, process: dict) -> dict:
         "generated_tokens_per_second": result["generated_tokens_per_second"],
         "mean_response_tokens": result["generated_tokens"] / max(1, episodes),
         "eos_share": result["episodes_with_eos"] / max(1, episodes),
-        "peak_rss_bytes": process["max_rss_bytes"],
         "cuda_max_memory_allocated": result.get("cuda_max_memory_allocated"),
-        "process_wall_seconds": process["wall_seconds"],
-        "cpu_seconds": process["user_seconds"] + process["system_seconds"],
-        "load_average_1min_before_after": [process["load_average_before"][0], process["load_average_after"][0]],
-        "first_score": scores[0] if scores else None,
-        "last3_score": sum(scores[-3:]) / len(scores[-3:]) if scores else None,
-        "reward_gain": tail_gain(scores),
-        "final_kl": history[-1]["objective/kl"] if history else None,
-        "scores": scores,
-        "kl": [h["objective/kl"] for h in history],
+        **_shared_figures(process, history),
         "optimizer_steps": result["optimizer_steps"],
         "trainable_parameters": result["trainable_parameters"],
         "value_function": "separate value model (from the reward model), trained in full",

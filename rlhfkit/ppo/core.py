@@ -236,7 +236,7 @@ class FixedKLController:
         self.value = float(state["value"])
 
 
-class AdaptiveKLController:
+class AdaptiveKLController(FixedKLController):
     """Ziegler et al. 2019's proportional controller (old TRL's ``adap_kl_ctrl``: init 0.2, target 6,
     horizon 10000): ``kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon``.
 
@@ -244,17 +244,12 @@ class AdaptiveKLController:
     """
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = init_kl_coef, target, horizon
+        super().__init__(init_kl_coef)
+        self.target, self.horizon = target, horizon
 
     def update(self, current_kl: float, n_steps: int) -> None:
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
-
-    def state_dict(self) -> dict:
-        return {"value": self.value}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.value = float(state["value"])
 
 
 class RunningMoments:

@@ -260,7 +260,7 @@ class PPOTrainer:
         from accelerate.utils import gather_object
 
         rows = [
-            {"step": self.step_index, "episode": self.episodes_done, "prompt": _prompt_text(p), "response": r,
+            {"step": self.step_index, "episode": self.episodes_done, "prompt": p, "response": r,
              "score": round(float(s), 6), "kl": round(float(k), 6), "stopped": int(bool(st)), "length": int(n)}
             for p, r, s, k, st, n in zip(episodes.prompts, episodes.response_texts, scores.tolist(),
                                          kl_per_sequence.tolist(), episodes.stopped.tolist(),
@@ -420,12 +420,6 @@ def _truncate_csv(path: str, last_step: int) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buffer.getvalue())
-
-
-def _prompt_text(prompt) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return " ".join(m.get("content", "") for m in prompt if isinstance(m, dict))
 
 
 def _cell(text: str) -> str:
