@@ -14,7 +14,26 @@ TORCH ?= cpu
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint sanity default clean
+# Intel Gaudi container (Dockerfile). The defaults match the Dockerfile's ARGs.
+IMAGE ?= rlhfkit-gaudi
+GAUDI_VERSION ?= 1.22.0
+GAUDI_OS ?= ubuntu24.04
+GAUDI_PYTORCH_VERSION ?= 2.7.1
+WITH_OPTIMUM_HABANA ?= 0
+# DOCKER_RUNTIME= (empty) runs on Docker's default runtime, e.g. a CPU-only smoke test of the image.
+DOCKER_RUNTIME ?= habana
+DOCKER_BUILD_ARGS ?=
+# The container is removed on exit (--rm): DOCKER_RUN_ARGS="-v $PWD/runs:/workspace/trl/runs" keeps the outputs.
+DOCKER_RUN_ARGS ?=
+# CMD="./trl/ppo_pipeline_sanity.sh" runs a command in the container instead of an interactive shell.
+CMD ?=
+# HF_TOKEN (for gated models such as google/gemma-3-270m): `make run HF_TOKEN=<token>`, or export it. make
+# puts it in the recipe's environment and docker copies it from there (`-e HF_TOKEN`, no value): it never
+# appears on a command line, in make's output or in the image. Never expand it in a recipe.
+REQUIRE_DOCKER = command -v docker >/dev/null || { echo "error: docker is not installed: make $@ needs the Docker CLI and daemon (https://docs.docker.com/engine/install/)" >&2; exit 1; }; \
+	docker info >/dev/null 2>&1 || { echo "error: cannot reach the Docker daemon (docker info failed): start it, or check DOCKER_HOST and your permissions" >&2; exit 1; }
+
+.PHONY: help install test lint sanity default clean build run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,16 +57,36 @@ $(STAMP): requirements.txt requirements-dev.txt
 test: install ## run the test suite (CPU, offline)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-lint: install ## ruff over the whole tree, shellcheck over the shell scripts (when installed)
+lint: install ## ruff over the tree; shellcheck (shell scripts) and hadolint (Dockerfile) when installed
 	$(VENV)/bin/ruff check .
 	@if command -v shellcheck >/dev/null; then shellcheck *.sh && echo "shellcheck: ok"; \
 	else echo "shellcheck not installed: shell scripts not checked"; fi
+	@hadolint=$$(command -v $(VENV)/bin/hadolint || command -v hadolint); \
+	if [ -n "$$hadolint" ]; then "$$hadolint" Dockerfile && echo "hadolint: ok"; \
+	else echo "hadolint not installed: Dockerfile not checked"; fi
 
 default: install ## build the embedded default (tiny model, offline tokenizer, toy data) into the cache
 	$(PY) -m rlhfkit.embedded
 
 sanity: install ## the main job: the pipeline on the embedded default (log in ppo_pipeline_sanity.log)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash ppo_pipeline_sanity.sh
+
+build: ## build the Intel Gaudi image (Dockerfile; keeps the Habana image's own torch)
+	@$(REQUIRE_DOCKER)
+	docker build --build-arg GAUDI_VERSION=$(GAUDI_VERSION) --build-arg OS=$(GAUDI_OS) \
+	  --build-arg PYTORCH_VERSION=$(GAUDI_PYTORCH_VERSION) --build-arg WITH_OPTIMUM_HABANA=$(WITH_OPTIMUM_HABANA) \
+	  $(DOCKER_BUILD_ARGS) -t $(IMAGE) .
+
+run: ## start the Gaudi container: a shell, or CMD="..."; HF_TOKEN=<token> for gated models
+	@$(REQUIRE_DOCKER)
+	@if [ -n "$(DOCKER_RUNTIME)" ] && ! docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"$(DOCKER_RUNTIME)"'; then \
+	  echo "error: the Docker daemon has no '$(DOCKER_RUNTIME)' runtime: install habanalabs-container-runtime, or use DOCKER_RUNTIME= for Docker's default" >&2; exit 1; fi
+	@if [ -z "$${HF_TOKEN:-}" ]; then \
+	  echo "warning: HF_TOKEN is not set: gated models (e.g. google/gemma-3-270m) cannot be downloaded; use make run HF_TOKEN=<token>" >&2; fi
+	@tty=; if [ -t 0 ] && [ -t 1 ]; then tty=-t; fi; \
+	docker run -i $$tty --rm $(if $(DOCKER_RUNTIME),--runtime=$(DOCKER_RUNTIME)) -e HABANA_VISIBLE_DEVICES=all \
+	  -e OMPI_MCA_btl_vader_single_copy_mechanism=none --cap-add=sys_nice --net=host --ipc=host \
+	  -e HF_TOKEN $(DOCKER_RUN_ARGS) $(IMAGE) $(CMD)
 
 clean: ## remove the pipeline's outputs (keeps .venv)
 	rm -rf runs ppo_pipeline_sanity.log

@@ -49,40 +49,16 @@ def policy_tokenizer(name: str, trust_remote_code: bool, stop_ids_of):
     return tokenizer
 
 
-def stop_token_ids(spec: str | None, tokenizer, generation_config=None) -> list[int]:
-    """Token ids that end a response: EOS (and the model's own end-of-turn ids), one token, or none."""
-    if spec is None or spec.lower() == "none":
-        return []
-    if spec.lower() == "eos":
-        ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-        extra = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
-        for token in [extra] if isinstance(extra, int) else (extra or []):
-            if token not in ids:
-                ids.append(token)
-        if not ids:
-            raise UserError("--stop_token eos: the tokenizer has no EOS token; name one with --stop_token TOKEN")
-        return ids
-    token_id = tokenizer.convert_tokens_to_ids(spec)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        encoded = tokenizer(spec, add_special_tokens=False)["input_ids"]
-        if len(encoded) != 1:
-            raise UserError(f"--stop_token {spec!r} is not one token of this tokenizer ({len(encoded)} tokens)")
-        token_id = encoded[0]
-    return [token_id]
-
-
 def load_prompts(data_args: DatasetArguments, args: PPOArguments, tokenizer):
     """(prompt texts, token ids of the formatted prompts), prompts over --input_max_length dropped."""
     from rlhfkit import data, defaults, schemas
-    from rlhfkit.generation import format_prompt
+    from rlhfkit.generation import encode_prompts
 
     name, subset = defaults.dataset_for("rl", data_args.dataset_name, data_args.subset)
     rows = data.load_canonical(name, "prompt", subset, data_args.split, strict=data_args.error_on_invalid_rows,
                                limit=args.max_train_samples)
     prompts = [row["prompt"] for row in rows]
-    formatted = [format_prompt(tokenizer, p, args.prompt_format) for p in prompts]
-    chat = args.prompt_format == "chat" or (args.prompt_format == "auto" and schemas.has_chat_template(tokenizer))
-    ids = tokenizer(formatted, add_special_tokens=not chat)["input_ids"]
+    _, ids = encode_prompts(tokenizer, prompts, args.prompt_format)
     keep = [i for i, row in enumerate(ids) if len(row) <= args.input_max_length]
     if not keep:
         shortest = min(len(r) for r in ids)
@@ -91,31 +67,7 @@ def load_prompts(data_args: DatasetArguments, args: PPOArguments, tokenizer):
     if len(keep) < len(ids):
         logger.warning("dropped %d of %d prompts longer than --input_max_length %d tokens", len(ids) - len(keep),
                        len(ids), args.input_max_length)
-    return [prompt_text(prompts[i]) for i in keep], [ids[i] for i in keep]
-
-
-def prompt_text(prompt) -> str:
-    """A canonical prompt (text, or a message list) as text, for rule rewards and logs."""
-    if isinstance(prompt, str):
-        return prompt
-    return " ".join(m.get("content", "") for m in prompt if isinstance(m, dict))
-
-
-def reward_tokenizer(args: PPOArguments, policy_tok):
-    """--reward_tokenizer_name, else the tokenizer saved with the reward model, else the policy's."""
-    from rlhfkit import models
-
-    name = args.reward_tokenizer_name
-    if name is None:
-        folder = os.path.expanduser(args.reward_model_name)
-        has_own = any(os.path.isfile(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
-        if os.path.isdir(folder) and not has_own:
-            return policy_tok
-        name = args.reward_model_name
-    tokenizer = models.load_tokenizer(name, args.trust_remote_code)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return [schemas.prompt_text(prompts[i]) for i in keep], [ids[i] for i in keep]
 
 
 def validate(args: PPOArguments, model_args: ModelArguments) -> None:
@@ -197,14 +149,15 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
 
     name = models.resolve_name(model_args.model_name_or_path)
     tokenizer = policy_tokenizer(model_args.tokenizer_name_or_path or name, args.trust_remote_code,
-                                 lambda tok: stop_token_ids(args.stop_token, tok))
+                                 lambda tok: models.stop_token_ids(args.stop_token, tok))
     prompts, queries = load_prompts(data_args, args, tokenizer)
     total_steps = args.resolve_steps(len(prompts), accelerator.num_processes)
 
     module, ref_model = policy_lib.build(model_args, args, dtype, tokenizer, args.reward_model_name)
-    stop_ids = stop_token_ids(args.stop_token, tokenizer, module.policy.generation_config)
+    stop_ids = models.stop_token_ids(args.stop_token, tokenizer, module.policy.generation_config)
     if args.reward_model_name:
-        reward_tok = reward_tokenizer(args, tokenizer)
+        reward_tok = models.load_reward_tokenizer(args.reward_model_name, args.reward_tokenizer_name, tokenizer,
+                                                  args.trust_remote_code)
         reward_model = models.load_sequence_classifier(args.reward_model_name, dtype=dtype,
                                                        trust_remote_code=args.trust_remote_code,
                                                        allow_pickle=model_args.allow_pickle,

@@ -1,96 +1,213 @@
 #!/usr/bin/env bash
-# The pipeline sanity run (seed 000's ppo_pipeline_sanity.sh) on the embedded default, offline, on CPU:
-#   0. build the embedded default (tiny pretrained Llama, offline tokenizer, toy data) if not cached
-#   1. SFT with LoRA (sft.py)            2. merge the SFT adapter (merge_peft_adapter.py)
-#   3. reward model with LoRA (reward_modeling.py)   4. merge the reward adapter
-#   5. PPO from the merged SFT model against the merged reward model (ppo.py)
-#   6. generation sanity check on the PPO policy (run_generation.py)
-# The base-vs-PPO comparison joins when its script lands. Unlike seed 000's step 4, the reward
-# adapter is merged into the model it was trained on (the SFT-merged model), not the raw base.
+# The end-to-end RLHF pipeline (seed 000's ppo_pipeline_sanity.sh):
+#   base model -> 1. SFT with LoRA (sft.py) -> 2. merge -> 3. reward model with LoRA (reward_modeling.py)
+#   -> 4. merge -> 5. PPO against the reward model (ppo.py) -> 6. generation (run_generation.py)
+#   -> 7. base vs SFT vs PPO on held-out prompts (compare_base_vs_ppo.py: reward, gold judge, KL, win rates)
+#   optional (--with-dpo): DPO from the SFT model on the reward pairs (dpo.py) -> merge -> its comparison.
 #
-# Every stage logs to the terminal and to ppo_pipeline_sanity.log. A stage that finished writes
-# <workdir>/<stage>/.stage_done last; a rerun skips finished stages (--force reruns all).
-# Knobs (environment): WORKDIR (default ./runs/sanity), MODEL (default: the embedded model), DATASET
-# (default: the embedded toy data), DEVICE (auto|cpu|cuda|hpu), SFT_STEPS, RM_EPOCHS, PPO_STEPS, PYTHON.
+# Profiles: "toy" (default when no MODEL/DATASET is given) runs offline on the embedded default (tiny Llama,
+# toy review task with a gold judge), with step counts tuned for 2 CPU cores (about 6 minutes), and fails
+# unless PPO beats the base on the reward model and the gold judge. "seed" (default when MODEL or DATASET is
+# given) runs seed 000's commands as written (gemma-3-270m, stack-exchange-paired, bf16) on any device.
+#
+# Usage: ./ppo_pipeline_sanity.sh [--force] [--with-dpo] [--profile toy|seed] [--model M] [--tokenizer T]
+#        [--dataset D] [--device auto|cpu|cuda|hpu] [--workdir DIR] [--sft-steps N] [--rm-epochs N]
+#        [--ppo-steps N] [--num-samples N]
+# or the same as environment variables: FORCE=1 WITH_DPO=1 PROFILE MODEL TOKENIZER DATASET DEVICE WORKDIR
+# SFT_STEPS RM_EPOCHS PPO_STEPS NUM_SAMPLES (plus PYTHON, LOG). DEVICE=hpu runs in Gaudi lazy mode.
+#
+# Output and errors of every stage go to the terminal, to ppo_pipeline_sanity.log and to
+# <workdir>/logs/<stage>.log. A finished stage writes <workdir>/<stage>/.stage_done last; a rerun skips
+# finished stages and PPO resumes from its newest checkpoint; --force reruns everything.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-FORCE=0
-for arg in "$@"; do
-  case "$arg" in
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+need() {
+  if [ "$#" -lt 2 ] || [ -z "$2" ]; then echo "error: $1 needs a value (see --help)" >&2; exit 2; fi
+}
+
+FORCE=${FORCE:-0}
+WITH_DPO=${WITH_DPO:-0}
+while [ "$#" -gt 0 ]; do
+  case "$1" in
     --force) FORCE=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-    *) echo "error: unknown option $arg (use --force or --help)" >&2; exit 2 ;;
+    --with-dpo) WITH_DPO=1 ;;
+    --profile) need "$@"; PROFILE=$2; shift ;;
+    --model) need "$@"; MODEL=$2; shift ;;
+    --tokenizer) need "$@"; TOKENIZER=$2; shift ;;
+    --dataset) need "$@"; DATASET=$2; shift ;;
+    --device) need "$@"; DEVICE=$2; shift ;;
+    --workdir) need "$@"; WORKDIR=$2; shift ;;
+    --sft-steps) need "$@"; SFT_STEPS=$2; shift ;;
+    --rm-epochs) need "$@"; RM_EPOCHS=$2; shift ;;
+    --ppo-steps) need "$@"; PPO_STEPS=$2; shift ;;
+    --num-samples) need "$@"; NUM_SAMPLES=$2; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
+  shift
 done
 
 PYTHON=${PYTHON:-python}
-WORKDIR=${WORKDIR:-runs/sanity}
 DEVICE=${DEVICE:-auto}
-SFT_STEPS=${SFT_STEPS:-300}
-RM_EPOCHS=${RM_EPOCHS:-2}
-PPO_STEPS=${PPO_STEPS:-30}
 LOG=${LOG:-ppo_pipeline_sanity.log}
-mkdir -p "$WORKDIR"
-: > "$LOG"
+if [ -z "${PROFILE:-}" ]; then
+  if [ -n "${MODEL:-}" ] || [ -n "${DATASET:-}" ]; then PROFILE=seed; else PROFILE=toy; fi
+fi
+case "$PROFILE" in
+  toy) WORKDIR=${WORKDIR:-runs/sanity} ;;
+  seed) WORKDIR=${WORKDIR:-runs/seed}; MODEL=${MODEL:-google/gemma-3-270m}
+        DATASET=${DATASET:-lvwerra/stack-exchange-paired} ;;
+  *) echo "error: --profile $PROFILE is not toy or seed" >&2; exit 2 ;;
+esac
+case "$DEVICE" in
+  auto|cpu|cuda) DEVICE_ARGS=(--device "$DEVICE") ;;
+  hpu) export PT_HPU_LAZY_MODE=${PT_HPU_LAZY_MODE:-1}; DEVICE_ARGS=(--device hpu --use_lazy_mode) ;;
+  *) echo "error: DEVICE=$DEVICE is not auto, cpu, cuda or hpu" >&2; exit 2 ;;
+esac
+for knob in SFT_STEPS RM_EPOCHS PPO_STEPS NUM_SAMPLES; do
+  value=${!knob:-1}
+  [[ "$value" =~ ^[1-9][0-9]*$ ]] || { echo "error: $knob=$value is not a positive whole number" >&2; exit 2; }
+done
+mkdir -p "$WORKDIR/logs"
+PIPELINE_START=$SECONDS
 
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
+log "=== ppo_pipeline_sanity.sh $(date -u +%FT%TZ): profile $PROFILE, device $DEVICE, work dir $WORKDIR"
 
-# run_stage NAME OUTPUT_DIR COMMAND...: skip when OUTPUT_DIR/.stage_done exists, else run, then mark done.
+# run_stage NAME OUTPUT_DIR COMMAND...: skip when OUTPUT_DIR/.stage_done exists; else run (clearing a partial
+# output, unless RESUME=1), log, and mark done.
 run_stage() {
   local name=$1 out=$2; shift 2
   if [ "$FORCE" = 0 ] && [ -f "$out/.stage_done" ]; then
     log "stage $name: already done ($out), skipping"
     return 0
   fi
-  if [ "$FORCE" = 1 ] || [ -e "$out" ]; then
+  if [ "${RESUME:-0}" = 0 ] && [ -e "$out" ]; then
     rm -rf "$out"
   fi
+  local stage_log="$WORKDIR/logs/$name.log"
   log "stage $name: $*"
   local start=$SECONDS
-  if ! "$@" 2>&1 | tee -a "$LOG"; then
-    log "stage $name FAILED after $((SECONDS - start))s; last lines of its log:"
-    tail -n 20 "$LOG" >&2
+  if ! "$@" 2>&1 | tee "$stage_log" | tee -a "$LOG"; then
+    log "stage $name FAILED after $((SECONDS - start))s (full log: $stage_log); its last lines:"
+    tail -n 20 "$stage_log" >&2
     exit 1
   fi
+  mkdir -p "$out"
   date -u +%FT%TZ > "$out/.stage_done.tmp" && mv "$out/.stage_done.tmp" "$out/.stage_done"
   log "stage $name: done in $((SECONDS - start))s"
 }
 
-if [ -z "${MODEL:-}" ] || [ -z "${DATASET:-}" ]; then
+if [ "$PROFILE" = toy ] && { [ -z "${MODEL:-}" ] || [ -z "${DATASET:-}" ]; }; then
   log "stage default: the embedded default (built once, then cached)"
   paths=$("$PYTHON" -m rlhfkit.embedded 2>>"$LOG")
   MODEL=${MODEL:-$(echo "$paths" | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["model"])')}
   DATASET=${DATASET:-$(echo "$paths" | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["dataset"])')}
 fi
-log "model: $MODEL; dataset: $DATASET; device: $DEVICE; work dir: $WORKDIR"
+TOKENIZER=${TOKENIZER:-$MODEL}
+log "model: $MODEL; tokenizer: $TOKENIZER; dataset: $DATASET"
+
+# Per-profile settings. toy: tuned on the embedded task (measured in the README). seed: seed 000's commands.
+if [ "$PROFILE" = toy ]; then
+  SFT_STEPS=${SFT_STEPS:-300}; RM_EPOCHS=${RM_EPOCHS:-2}; PPO_STEPS=${PPO_STEPS:-30}; NUM_SAMPLES=${NUM_SAMPLES:-200}
+  SFT_ARGS=(--max_steps "$SFT_STEPS" --per_device_train_batch_size 16 --gradient_accumulation_steps 1
+            --learning_rate 2e-3 --logging_steps 25)
+  RM_ARGS=(--per_device_train_batch_size 32 --gradient_accumulation_steps 1 --num_train_epochs "$RM_EPOCHS"
+           --learning_rate 5e-3 --lora_r 32 --lora_alpha 64 --max_length 128 --logging_steps 50)
+  PPO_ARGS=(--steps "$PPO_STEPS" --batch_size 32 --mini_batch_size 8 --learning_rate 5e-4 --kl_coef 0.3
+            --output_max_length 48 --sample_every 10 --logging_steps 5 --save_steps 10)
+  DPO_ARGS=(--max_steps 150 --per_device_train_batch_size 16 --learning_rate 2e-3 --beta 0.1 --eval_subset 200)
+  GEN_ARGS=(--max_new_tokens 48 --batch_size 4 --prompt "Describe the red bicycle."
+            --prompt "What do you think of the pizza?" --prompt "What is the currency of the USA?")
+  CMP_ARGS=(--num_samples "$NUM_SAMPLES" --generations_per_prompt 2 --max_new_tokens 48)
+  PRECISION=()
+else
+  SFT_STEPS=${SFT_STEPS:-50}; RM_EPOCHS=${RM_EPOCHS:-1}; PPO_STEPS=${PPO_STEPS:-64}; NUM_SAMPLES=${NUM_SAMPLES:-5}
+  SFT_ARGS=(--max_steps "$SFT_STEPS" --per_device_train_batch_size 2 --gradient_accumulation_steps 2
+            --learning_rate 3e-5)
+  RM_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --per_device_train_batch_size 2 --gradient_accumulation_steps 2
+           --num_train_epochs "$RM_EPOCHS" --train_subset 500 --eval_subset 100 --max_length 384)
+  PPO_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --batch_size 2 --mini_batch_size 1 --gradient_accumulation_steps 1
+            --ppo_epochs 1 --steps "$PPO_STEPS" --input_max_length 256 --output_max_length 64 --learning_rate 1.4e-5
+            --early_stopping True --batched_gen True --max_train_samples 256 --save_steps 16)
+  DPO_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --max_steps 50 --per_device_train_batch_size 2
+            --gradient_accumulation_steps 2 --learning_rate 5e-5 --train_subset 500 --eval_subset 100)
+  GEN_ARGS=(--max_new_tokens 64 --batch_size 1 --prompt "What is the currency of the USA?")
+  CMP_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --num_samples "$NUM_SAMPLES" --max_new_tokens 64)
+  PRECISION=(--bf16)
+fi
+QUIET=(--save_strategy no --disable_tqdm True)
 
 run_stage sft "$WORKDIR/sft" "$PYTHON" sft.py \
-  --model_name_or_path "$MODEL" --dataset_name "$DATASET" --output_dir "$WORKDIR/sft" \
-  --device "$DEVICE" --do_train --max_steps "$SFT_STEPS" --per_device_train_batch_size 16 \
-  --gradient_accumulation_steps 1 --learning_rate 2e-3 --lora_target_modules q_proj k_proj v_proj o_proj \
-  --logging_steps 25 --save_strategy no --disable_tqdm True
+  --model_name_or_path "$MODEL" --tokenizer_name_or_path "$TOKENIZER" --dataset_name "$DATASET" \
+  --output_dir "$WORKDIR/sft" "${DEVICE_ARGS[@]}" --do_train "${SFT_ARGS[@]}" \
+  --lora_target_modules q_proj k_proj v_proj o_proj "${PRECISION[@]}" "${QUIET[@]}"
 
 run_stage merge_sft "$WORKDIR/sft_merged" "$PYTHON" merge_peft_adapter.py \
   --base_model_name "$MODEL" --adapter_model_name "$WORKDIR/sft" --output_name "$WORKDIR/sft_merged"
 
+# the reward adapter is merged into the model it was trained on (seed 000's step 4 names the raw base instead)
 run_stage reward_model "$WORKDIR/rm" "$PYTHON" reward_modeling.py \
   --model_name_or_path "$WORKDIR/sft_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/rm" \
-  --device "$DEVICE" --optim adamw_torch --per_device_train_batch_size 32 --gradient_accumulation_steps 1 \
-  --num_train_epochs "$RM_EPOCHS" --learning_rate 5e-3 --lora_r 32 --lora_alpha 64 --max_length 128 \
-  --logging_steps 50 --save_strategy no --disable_tqdm True
+  "${DEVICE_ARGS[@]}" --optim adamw_torch "${RM_ARGS[@]}" "${PRECISION[@]}" "${QUIET[@]}"
 
 run_stage merge_rm "$WORKDIR/rm_merged" "$PYTHON" merge_peft_adapter.py \
   --base_model_name "$WORKDIR/sft_merged" --adapter_model_name "$WORKDIR/rm" --output_name "$WORKDIR/rm_merged"
 
-run_stage ppo "$WORKDIR/ppo" "$PYTHON" ppo.py \
+# PPO resumes from its newest complete checkpoint when an earlier run was stopped
+RESUME_ARGS=()
+if [ "$FORCE" = 0 ] && [ ! -f "$WORKDIR/ppo/.stage_done" ] && [ -d "$WORKDIR/ppo" ]; then
+  checkpoint=$("$PYTHON" -c 'import sys; from rlhfkit.ppo.trainer import newest_checkpoint
+print(newest_checkpoint(sys.argv[1]) or "")' "$WORKDIR/ppo")
+  if [ -n "$checkpoint" ]; then
+    log "stage ppo: resuming from $checkpoint"
+    RESUME_ARGS=(--resume_from_checkpoint last)
+  fi
+fi
+RESUME=$(( ${#RESUME_ARGS[@]} > 0 )) run_stage ppo "$WORKDIR/ppo" "$PYTHON" ppo.py \
   --model_name_or_path "$WORKDIR/sft_merged" --reward_model_name "$WORKDIR/rm_merged" --dataset_name "$DATASET" \
-  --output_dir "$WORKDIR/ppo" --device "$DEVICE" --steps "$PPO_STEPS" --batch_size 32 --mini_batch_size 8 \
-  --learning_rate 5e-4 --kl_coef 0.3 --output_max_length 48 --sample_every 10 --logging_steps 5
+  --output_dir "$WORKDIR/ppo" "${DEVICE_ARGS[@]}" "${PPO_ARGS[@]}" "${RESUME_ARGS[@]}"
 
 run_stage generation "$WORKDIR/generation" "$PYTHON" run_generation.py \
-  --model_name_or_path "$WORKDIR/ppo" --device "$DEVICE" --use_kv_cache --max_new_tokens 48 \
-  --batch_size 4 --prompt "Describe the red bicycle." --prompt "What do you think of the pizza?" \
-  --prompt "What is the currency of the USA?" --output_file "$WORKDIR/generation/generations.jsonl"
+  --model_name_or_path "$WORKDIR/ppo" "${DEVICE_ARGS[@]}" --use_kv_cache "${GEN_ARGS[@]}" "${PRECISION[@]}" \
+  --output_file "$WORKDIR/generation/generations.jsonl"
 
-log "pipeline finished: outputs in $WORKDIR, log in $LOG"
+run_stage comparison "$WORKDIR/comparison" "$PYTHON" compare_base_vs_ppo.py \
+  --base_model "$MODEL" --sft_model "$WORKDIR/sft_merged" --finetuned_model "$WORKDIR/ppo" \
+  --reward_model "$WORKDIR/rm_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/comparison" \
+  "${DEVICE_ARGS[@]}" "${CMP_ARGS[@]}"
+
+if [ "$WITH_DPO" = 1 ]; then
+  run_stage dpo "$WORKDIR/dpo" "$PYTHON" dpo.py \
+    --model_name_or_path "$WORKDIR/sft_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/dpo" \
+    "${DEVICE_ARGS[@]}" "${DPO_ARGS[@]}" "${PRECISION[@]}" "${QUIET[@]}"
+  run_stage merge_dpo "$WORKDIR/dpo_merged" "$PYTHON" merge_peft_adapter.py \
+    --base_model_name "$WORKDIR/sft_merged" --adapter_model_name "$WORKDIR/dpo" --output_name "$WORKDIR/dpo_merged"
+  run_stage comparison_dpo "$WORKDIR/comparison_dpo" "$PYTHON" compare_base_vs_ppo.py \
+    --base_model "$MODEL" --sft_model "$WORKDIR/sft_merged" --finetuned_model "$WORKDIR/dpo_merged" \
+    --reward_model "$WORKDIR/rm_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/comparison_dpo" \
+    "${DEVICE_ARGS[@]}" "${CMP_ARGS[@]}"
+fi
+
+# The verdict, from comparison.json: on the toy profile PPO must beat the base on both judges.
+"$PYTHON" - "$WORKDIR/comparison/comparison.json" "$PROFILE" <<'EOF' 2>&1 | tee -a "$LOG"
+import json, sys
+summary = json.load(open(sys.argv[1]))
+models, win = summary["models"], summary["win_rates"]["finetuned_vs_base"]
+lines = []
+for judge in ("reward", "gold"):
+    if models["finetuned"].get(judge) and judge in win:
+        base, ppo = models["base"][judge]["mean"], models["finetuned"][judge]["mean"]
+        w = win[judge]
+        lines.append((judge, ppo > base, f"{judge}: base {base:+.3f} -> PPO {ppo:+.3f} (win rate {w['win_rate']:.2f}, "
+                      f"95% CI {w['ci_low']:.2f}-{w['ci_high']:.2f})"))
+kl = models["finetuned"].get("kl_from_base")
+print("RLHF result: " + "; ".join(text for _, _, text in lines) + (f"; KL(PPO || base) {kl['mean']:.2f}" if kl else ""))
+if sys.argv[2] == "toy" and not all(ok for _, ok, _ in lines):
+    print("sanity check FAILED: PPO is not above the base on " + " and ".join(j for j, ok, _ in lines if not ok))
+    sys.exit(1)
+print("sanity check passed" if sys.argv[2] == "toy" else "(no pass/fail check on the seed profile)")
+EOF
+log "pipeline finished in $((SECONDS - PIPELINE_START))s: outputs in $WORKDIR, figure $WORKDIR/comparison/comparison.png, log $LOG"

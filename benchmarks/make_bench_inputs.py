@@ -81,12 +81,13 @@ def tokenize_like_ppo(prompts_path: str, tokenizer_name: str) -> tuple[list[str]
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     import ppo
+    from rlhfkit import models
     from rlhfkit.data import DatasetArguments
     from rlhfkit.generation import format_prompt
     from rlhfkit.ppo.config import PPOArguments
 
     args = PPOArguments(reward_function="toy")
-    tokenizer = ppo.policy_tokenizer(tokenizer_name, False, lambda tok: ppo.stop_token_ids(args.stop_token, tok))
+    tokenizer = ppo.policy_tokenizer(tokenizer_name, False, lambda tok: models.stop_token_ids(args.stop_token, tok))
     texts, ids = ppo.load_prompts(DatasetArguments(dataset_name=prompts_path), args, tokenizer)
     return [format_prompt(tokenizer, text, args.prompt_format) for text in texts], ids
 

@@ -50,6 +50,9 @@ def make_parser(dataclass_types: Iterable[type], description: str | None = None,
     parser = _Parser(tuple(dataclass_types), description=description)
     from transformers.hf_argparser import string_to_bool
 
+    for action in parser._actions:
+        if action.help and "%(" not in action.help:  # argparse %-formats help texts: "5%" would crash --help
+            action.help = action.help.replace("%", "%%")
     for action in parser._actions:  # `bool | None` fields (TRL's bf16) want a value; let `--bf16` alone mean True
         if action.type is string_to_bool and action.nargs is None and action.option_strings:
             action.nargs, action.const = "?", True

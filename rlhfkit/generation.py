@@ -55,6 +55,14 @@ def format_prompt(tokenizer, prompt, prompt_format: str = "auto") -> str:
     return schemas.messages_to_text(messages).rstrip(" ")
 
 
+def encode_prompts(tokenizer, prompts: list, prompt_format: str = "auto") -> tuple[list[str], list[list[int]]]:
+    """(formatted texts, token ids) of prompts, formatted as in training; the tokenizer's special tokens (BOS)
+    are added unless a chat template wrote them already."""
+    formatted = [format_prompt(tokenizer, p, prompt_format) for p in prompts]
+    chat = prompt_format == "chat" or (prompt_format == "auto" and schemas.has_chat_template(tokenizer))
+    return formatted, tokenizer(formatted, add_special_tokens=not chat)["input_ids"]
+
+
 def generate(
     model,
     tokenizer,

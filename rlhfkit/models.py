@@ -193,3 +193,48 @@ def ensure_pad_token(tokenizer) -> None:
         raise UserError("the tokenizer has neither a pad nor an EOS token: pass a tokenizer that has one")
     logger.warning("the tokenizer has no pad token: padding with EOS (%r)", tokenizer.eos_token)
     tokenizer.pad_token = tokenizer.eos_token
+
+
+def has_own_tokenizer(name: str) -> bool:
+    """Whether a hub id, or a local folder holding tokenizer files (a bare model folder has none)."""
+    folder = os.path.expanduser(name)
+    if not os.path.isdir(folder):
+        return True
+    return any(os.path.isfile(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def load_reward_tokenizer(reward_model: str, tokenizer_name: str | None, fallback, trust_remote_code: bool = False):
+    """The reward model's tokenizer: ``tokenizer_name``, else the one saved with the reward model, else
+    ``fallback`` (the policy's). It pads (with EOS when it has no pad token: the score is read from the mask)."""
+    name = tokenizer_name
+    if name is None:
+        if not has_own_tokenizer(reward_model):
+            return fallback
+        name = reward_model
+    tokenizer = load_tokenizer(name, trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def stop_token_ids(spec: str | None, tokenizer, generation_config=None) -> list[int]:
+    """Token ids that end a response: ``eos`` (the tokenizer's EOS and the model's own end-of-turn ids), one
+    named token, or ``none``."""
+    if spec is None or spec.lower() == "none":
+        return []
+    if spec.lower() == "eos":
+        ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+        extra = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+        for token in [extra] if isinstance(extra, int) else (extra or []):
+            if token not in ids:
+                ids.append(token)
+        if not ids:
+            raise UserError("--stop_token eos: the tokenizer has no EOS token; name one with --stop_token TOKEN")
+        return ids
+    token_id = tokenizer.convert_tokens_to_ids(spec)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        encoded = tokenizer(spec, add_special_tokens=False)["input_ids"]
+        if len(encoded) != 1:
+            raise UserError(f"--stop_token {spec!r} is not one token of this tokenizer ({len(encoded)} tokens)")
+        token_id = encoded[0]
+    return [token_id]

@@ -348,6 +348,13 @@ def messages_to_text(messages: list[dict]) -> str:
     return "".join(parts)
 
 
+def prompt_text(prompt) -> str:
+    """A canonical prompt (text, or a message list) as plain text, for rule rewards, judges and logs."""
+    if isinstance(prompt, str):
+        return prompt
+    return " ".join(m.get("content", "") for m in prompt if isinstance(m, dict))
+
+
 def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 

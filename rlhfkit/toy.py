@@ -76,6 +76,16 @@ def item_of(question: str) -> str | None:
     return match.group(2)
 
 
+_TOY_QUESTION = re.compile(
+    "|".join(re.escape(q).replace(re.escape("{item}"), r"(?:\w+ )?\w+") for q in QUESTIONS)
+)
+
+
+def is_toy_question(question: str) -> bool:
+    """Whether ``question`` is one of the toy task's questions (so the gold judge applies to its answers)."""
+    return bool(_TOY_QUESTION.fullmatch(question.strip())) and item_of(question) is not None
+
+
 def gold_score(question: str, response: str) -> float:
     """The gold judge: a score in [-1, 1] for ``response`` to a toy ``question`` (see the module doc)."""
     item = item_of(question)

@@ -216,3 +216,28 @@ def test_cli_entry_keyboard_interrupt(capsys):
         main()
     assert exc.value.code == 130
     assert capsys.readouterr().err.splitlines() == ["error: interrupted by the user"]
+
+
+SCRIPTS = ("sft.py", "reward_modeling.py", "dpo.py", "ppo.py", "merge_peft_adapter.py", "run_generation.py",
+           "compare_base_vs_ppo.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_prints_its_help(script):
+    """--help works (a help text with a bare '%' once crashed argparse's formatter) and lists --config."""
+    from conftest import REPO, run_script
+
+    result = run_script(str(REPO / script), "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:") and "--config FILE.yaml" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_percent_in_a_help_text_is_shown_literally(capsys):
+    @dataclass
+    class Shares:
+        share: str = field(default="5%", metadata={"help": "a count (200) or a share (5%)"})
+
+    with pytest.raises(SystemExit):
+        make_parser((Shares,)).parse_args_and_config(["--help"])
+    assert "a share (5%)" in capsys.readouterr().out

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ppo as ppo_script
+from rlhfkit import models
 from rlhfkit.errors import UserError
 from rlhfkit.ppo import core, rollout, scoring
 from rlhfkit.ppo.policy import PolicyAndValue
@@ -28,7 +29,7 @@ def base(embedded_root):
     from rlhfkit import models
 
     folder = str(embedded_root / "model")
-    tokenizer = ppo_script.policy_tokenizer(folder, False, lambda tok: ppo_script.stop_token_ids("eos", tok))
+    tokenizer = ppo_script.policy_tokenizer(folder, False, lambda tok: models.stop_token_ids("eos", tok))
     torch.manual_seed(0)
     lora = get_peft_model(models.load_causal_lm(folder), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
                                                                    lora_dropout=0.0))
@@ -61,7 +62,7 @@ def test_pad_token_is_added_when_the_tokenizer_pads_with_eos(embedded_root, tmp_
     tokenizer = models.load_tokenizer(str(embedded_root / "model"))
     tokenizer.pad_token = tokenizer.eos_token  # what seed 001 and many scripts do
     tokenizer.save_pretrained(folder)
-    fixed = ppo_script.policy_tokenizer(str(folder), False, lambda tok: ppo_script.stop_token_ids("eos", tok))
+    fixed = ppo_script.policy_tokenizer(str(folder), False, lambda tok: models.stop_token_ids("eos", tok))
     assert fixed.pad_token_id is not None and fixed.pad_token_id != fixed.eos_token_id
     assert fixed.padding_side == "left"
 
@@ -70,12 +71,12 @@ def test_gpt2_tokenizer_without_pad_gets_a_distinct_one():
     from conftest import fixture_path
 
     path = str(fixture_path(*GPT2_TOKENIZER))
-    tokenizer = ppo_script.policy_tokenizer(path, False, lambda tok: ppo_script.stop_token_ids("eos", tok))
+    tokenizer = ppo_script.policy_tokenizer(path, False, lambda tok: models.stop_token_ids("eos", tok))
     assert tokenizer.pad_token_id not in (None, tokenizer.eos_token_id)
-    assert ppo_script.stop_token_ids("eos", tokenizer) == [tokenizer.eos_token_id]
-    assert ppo_script.stop_token_ids("none", tokenizer) == []
+    assert models.stop_token_ids("eos", tokenizer) == [tokenizer.eos_token_id]
+    assert models.stop_token_ids("none", tokenizer) == []
     with pytest.raises(UserError, match="not one token"):
-        ppo_script.stop_token_ids("two words", tokenizer)
+        models.stop_token_ids("two words", tokenizer)
 
 
 # ---------------------------------------------------------------------------------------- log-probs

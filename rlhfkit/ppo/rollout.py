@@ -43,14 +43,26 @@ class Episodes:
 
 
 def generation_config(max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop_ids: list[int],
-                      pad_token_id: int):
+                      pad_token_id: int, do_sample: bool = True):
+    """Sampling settings built from scratch (``do_sample=False``: greedy decoding, for evaluation only)."""
     from transformers import GenerationConfig
 
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else dict(
+        temperature=None, top_k=None, top_p=None)
     return GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=top_k,
-        top_p=top_p, eos_token_id=stop_ids or None, pad_token_id=pad_token_id, use_cache=True,
-        bos_token_id=None, repetition_penalty=1.0,
+        max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stop_ids or None, pad_token_id=pad_token_id,
+        use_cache=True, bos_token_id=None, repetition_penalty=1.0, **sampling,
     )
+
+
+def left_pad(rows: list[list[int]], pad_token_id: int, device=None):
+    """(ids, attention mask) of token-id lists, left-padded: every response then starts at the same column."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):], mask[i, width - len(row):] = torch.tensor(row, dtype=torch.long), 1
+    return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()
@@ -78,6 +90,17 @@ def truncate(responses: torch.Tensor, stop_ids: list[int], pad_token_id: int):
         return responses, mask, torch.zeros(responses.shape[0], dtype=torch.bool, device=responses.device)
     truncated, mask, _, stopped = core.truncate_after_stop(responses, stop_ids, pad_token_id)
     return truncated, mask, stopped
+
+
+@torch.no_grad()
+def sample(policy, tokenizer, prompts: list, queries: torch.Tensor, query_mask: torch.Tensor, config,
+           stop_ids: list[int], batched: bool = True) -> Episodes:
+    """Generate for a batch of left-padded prompts, truncate after the stop token and decode the responses."""
+    responses = generate(policy, queries, query_mask, config, batched)
+    responses, response_mask, stopped = truncate(responses, stop_ids, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(responses.masked_fill(response_mask == 0, tokenizer.pad_token_id),
+                                   skip_special_tokens=True)
+    return Episodes(list(prompts), queries, query_mask, responses, response_mask, stopped, texts)
 
 
 def forward(model, episodes: Episodes, temperature: float):

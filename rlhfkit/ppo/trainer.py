@@ -105,13 +105,7 @@ class PPOTrainer:
         return out
 
     def _collate(self, indices: list[int]):
-        rows = [self.queries[i] for i in indices]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):  # left padding: every response starts at the same column
-            ids[i, width - len(row):], mask[i, width - len(row):] = torch.tensor(row), 1
-        return ids.to(self.device), mask.to(self.device)
+        return rollout.left_pad([self.queries[i] for i in indices], self.tokenizer.pad_token_id, self.device)
 
     # --------------------------------------------------------------------------------------- rollout
     @torch.no_grad()
@@ -120,20 +114,17 @@ class PPOTrainer:
         unwrapped.eval()
         queries, query_mask = self._collate(indices)
         started = time.perf_counter()
-        responses = rollout.generate(unwrapped.policy, queries, query_mask, self.gen_config, args.batched_gen)
+        episodes = rollout.sample(unwrapped.policy, self.tokenizer, [self.prompts[i] for i in indices], queries,
+                                  query_mask, self.gen_config, self.stop_ids, args.batched_gen)
         generation_seconds = time.perf_counter() - started
-        responses, response_mask, stopped = rollout.truncate(responses, self.stop_ids, self.tokenizer.pad_token_id)
-        texts = self.tokenizer.batch_decode(responses.masked_fill(response_mask == 0, self.tokenizer.pad_token_id),
-                                            skip_special_tokens=True)
-        episodes = rollout.Episodes([self.prompts[i] for i in indices], queries, query_mask, responses,
-                                    response_mask, stopped, texts)
         logprobs, values, _ = rollout.forward(unwrapped, episodes, args.temperature)
         with unwrapped.reference(self.ref_model) as reference:
             ref_logprobs = rollout.reference_logprobs(reference, episodes, args.temperature)
-        scores = self.scorer(episodes.prompts, queries, query_mask, responses, response_mask, stopped, texts)
+        scores = self.scorer(episodes.prompts, queries, query_mask, episodes.responses, episodes.response_mask,
+                             episodes.stopped, episodes.response_texts)
         scores = scores.to(self.device).float()
         if args.missing_eos_penalty is not None:
-            scores = scores - args.missing_eos_penalty * (~stopped).float()
+            scores = scores - args.missing_eos_penalty * (~episodes.stopped).float()
         return episodes, logprobs, ref_logprobs, values, scores, generation_seconds
 
     # ------------------------------------------------------------------------------------------- step

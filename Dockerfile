@@ -1,0 +1,69 @@
+# rlhfkit on Intel Gaudi (HPU): Habana's PyTorch image plus this project's requirements.
+#   make build                   # docker build -t rlhfkit-gaudi .
+#   make run HF_TOKEN=<token>    # then, inside: cd trl; chmod +x ppo_pipeline_sanity.sh; ./ppo_pipeline_sanity.sh
+#
+# The base image is pinned by its path: Gaudi software release / OS / Habana's own torch build. Habana publishes
+# one image per path and tags it :latest (its documented scheme); pass --build-arg BASE_TAG=<release>-<build>
+# to pin the exact build as well. HF_TOKEN is never part of the image: `make run` passes it at run time only.
+#
+# OS: ubuntu24.04 (Python 3.12), not ubuntu22.04 (Python 3.10): transformers>=5.23 and trl>=1.16 need
+# Python >= 3.11. Habana's torch for release 1.22 is 2.7.1, which transformers 5 accepts (it needs >= 2.6).
+ARG GAUDI_VERSION=1.22.0
+ARG OS=ubuntu24.04
+ARG PYTORCH_VERSION=2.7.1
+ARG BASE_TAG=latest
+FROM vault.habana.ai/gaudi-docker/${GAUDI_VERSION}/${OS}/habanalabs/pytorch-installer-${PYTORCH_VERSION}:${BASE_TAG}
+
+# optimum-habana is NOT installed by default: its newest release (1.21.2) requires transformers>=4.55,<4.56 and
+# accelerate>=1.7,<=1.10.1, while rlhfkit needs transformers>=5.23,<6 and accelerate>=1.15 (requirements.txt).
+# rlhfkit does not use it (it drives the HPU through habana_frameworks, which the base image ships).
+# WITH_OPTIMUM_HABANA=1 installs requirements-gaudi.txt into its own environment, /opt/optimum-habana (it sees
+# the image's torch and habana_frameworks), e.g. for optimum-habana's own examples/trl scripts:
+#   /opt/optimum-habana/bin/python <script>.py ...
+ARG WITH_OPTIMUM_HABANA=0
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# Habana installs its torch into the system Python, so the project's packages go there too (PEP 668 would
+# otherwise refuse on Ubuntu 24.04).
+ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    PT_HPU_LAZY_MODE=1 \
+    HF_HOME=/workspace/.cache/huggingface \
+    RLHFKIT_CACHE=/workspace/.cache/rlhfkit \
+    PYTHON=python3
+# DL3064 flags any name containing "TOKEN": this one is the tokenizers library's fork switch, not a secret.
+# hadolint ignore=DL3064
+ENV TOKENIZERS_PARALLELISM=false
+
+WORKDIR /workspace/trl
+
+# Requirements first, so that editing the code does not reinstall them.
+COPY requirements.txt requirements-gaudi.txt ./
+
+# Keep the image's torch: /opt/rlhfkit/torch-constraints.txt pins the torch packages the image ships (torch,
+# torchvision, torchaudio ...), the torch line of requirements.txt (a CPU/CUDA version) is filtered out, and
+# the install fails if pip changed any of them anyway.
+RUN mkdir -p /opt/rlhfkit \
+    && python3 -m pip list --format=freeze | grep -iE '^torch[a-z_-]*==' > /opt/rlhfkit/torch-constraints.txt \
+    && grep -vE '^torch([<>=!~ ;[]|$)' requirements.txt > /opt/rlhfkit/requirements-no-torch.txt \
+    && python3 -m pip install --no-cache-dir --constraint /opt/rlhfkit/torch-constraints.txt \
+         --requirement /opt/rlhfkit/requirements-no-torch.txt \
+    && if [ "$WITH_OPTIMUM_HABANA" = 1 ]; then \
+         python3 -m venv --system-site-packages --without-pip /opt/optimum-habana \
+         && python3 -m pip --python /opt/optimum-habana/bin/python install --no-cache-dir \
+              --constraint /opt/rlhfkit/torch-constraints.txt --requirement requirements-gaudi.txt; \
+       fi \
+    && python3 -m pip list --format=freeze | grep -iE '^torch[a-z_-]*==' \
+         | diff /opt/rlhfkit/torch-constraints.txt - \
+    && python3 -c "import torch, transformers, trl, peft; print('torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', peft.__version__)"
+
+# Any later `pip install` in the container keeps the image's torch too.
+ENV PIP_CONSTRAINT=/opt/rlhfkit/torch-constraints.txt
+
+COPY . /workspace/trl
+
+# The container starts in /workspace: the README's `cd trl` then finds the project.
+WORKDIR /workspace
+CMD ["/bin/bash"]
