@@ -32,7 +32,8 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
     PT_HPU_LAZY_MODE=1 \
     HF_HOME=/workspace/.cache/huggingface \
     RLHFKIT_CACHE=/workspace/.cache/rlhfkit \
-    PYTHON=python3
+    PYTHON=python3 \
+    PIPELINE_PROFILE=seed
 # DL3064 flags any name containing "TOKEN": this one is the tokenizers library's fork switch, not a secret.
 # hadolint ignore=DL3064
 ENV TOKENIZERS_PARALLELISM=false
@@ -41,6 +42,9 @@ WORKDIR /workspace/trl
 
 # Requirements first, so that editing the code does not reinstall them.
 COPY requirements.txt requirements-gaudi.txt ./
+
+# PIPELINE_PROFILE=seed: ./ppo_pipeline_sanity.sh runs seed 000's configuration (gemma-3-270m on
+# stack-exchange-paired, bf16, lazy mode); PIPELINE_PROFILE=toy runs the offline toy pipeline instead.
 
 # Keep the image's torch: /opt/rlhfkit/torch-constraints.txt pins the torch packages the image ships (torch,
 # torchvision, torchaudio ...), the torch line of requirements.txt (a CPU/CUDA version) is filtered out, and

@@ -13,6 +13,8 @@ TORCH_VERSION ?= 2.13.0
 TORCH ?= cpu
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+# `make bench`: the small setting on CPU; e.g. BENCH_ARGS="--setting 100m" or "--setting small --device cuda"
+BENCH_ARGS ?= --setting small
 
 # Intel Gaudi container (Dockerfile). The defaults match the Dockerfile's ARGs.
 IMAGE ?= rlhfkit-gaudi
@@ -33,7 +35,7 @@ CMD ?=
 REQUIRE_DOCKER = command -v docker >/dev/null || { echo "error: docker is not installed: make $@ needs the Docker CLI and daemon (https://docs.docker.com/engine/install/)" >&2; exit 1; }; \
 	docker info >/dev/null 2>&1 || { echo "error: cannot reach the Docker daemon (docker info failed): start it, or check DOCKER_HOST and your permissions" >&2; exit 1; }
 
-.PHONY: help install test lint sanity default clean build run
+.PHONY: help install test lint sanity bench default clean build run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,6 +72,9 @@ default: install ## build the embedded default (tiny model, offline tokenizer, t
 
 sanity: install ## the main job: the pipeline on the embedded default (log in ppo_pipeline_sanity.log)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash ppo_pipeline_sanity.sh
+
+bench: install ## PPO benchmark: our engine vs TRL 1.12's PPOTrainer side by side (BENCH_ARGS="--setting 100m" ...)
+	$(PY) benchmarks/ppo_vs_trl.py $(BENCH_ARGS)
 
 build: ## build the Intel Gaudi image (Dockerfile; keeps the Habana image's own torch)
 	@$(REQUIRE_DOCKER)

@@ -13,8 +13,8 @@
 # Usage: ./ppo_pipeline_sanity.sh [--force] [--with-dpo] [--profile toy|seed] [--model M] [--tokenizer T]
 #        [--dataset D] [--device auto|cpu|cuda|hpu] [--workdir DIR] [--sft-steps N] [--rm-epochs N]
 #        [--ppo-steps N] [--num-samples N]
-# or the same as environment variables: FORCE=1 WITH_DPO=1 PROFILE MODEL TOKENIZER DATASET DEVICE WORKDIR
-# SFT_STEPS RM_EPOCHS PPO_STEPS NUM_SAMPLES (plus PYTHON, LOG). DEVICE=hpu runs in Gaudi lazy mode.
+# or the same as environment variables: FORCE=1 WITH_DPO=1 PIPELINE_PROFILE MODEL TOKENIZER DATASET DEVICE
+# WORKDIR SFT_STEPS RM_EPOCHS PPO_STEPS NUM_SAMPLES, and PPO_SAVE_STEPS, PYTHON, LOG. DEVICE=hpu: Gaudi lazy mode.
 #
 # Output and errors of every stage go to the terminal, to ppo_pipeline_sanity.log and to
 # <workdir>/logs/<stage>.log. A finished stage writes <workdir>/<stage>/.stage_done last; a rerun skips
@@ -33,7 +33,7 @@ while [ "$#" -gt 0 ]; do
   case "$1" in
     --force) FORCE=1 ;;
     --with-dpo) WITH_DPO=1 ;;
-    --profile) need "$@"; PROFILE=$2; shift ;;
+    --profile) need "$@"; PIPELINE_PROFILE=$2; shift ;;
     --model) need "$@"; MODEL=$2; shift ;;
     --tokenizer) need "$@"; TOKENIZER=$2; shift ;;
     --dataset) need "$@"; DATASET=$2; shift ;;
@@ -52,7 +52,8 @@ done
 PYTHON=${PYTHON:-python}
 DEVICE=${DEVICE:-auto}
 LOG=${LOG:-ppo_pipeline_sanity.log}
-if [ -z "${PROFILE:-}" ]; then
+PROFILE=${PIPELINE_PROFILE:-}
+if [ -z "$PROFILE" ]; then
   if [ -n "${MODEL:-}" ] || [ -n "${DATASET:-}" ]; then PROFILE=seed; else PROFILE=toy; fi
 fi
 case "$PROFILE" in
@@ -66,7 +67,7 @@ case "$DEVICE" in
   hpu) export PT_HPU_LAZY_MODE=${PT_HPU_LAZY_MODE:-1}; DEVICE_ARGS=(--device hpu --use_lazy_mode) ;;
   *) echo "error: DEVICE=$DEVICE is not auto, cpu, cuda or hpu" >&2; exit 2 ;;
 esac
-for knob in SFT_STEPS RM_EPOCHS PPO_STEPS NUM_SAMPLES; do
+for knob in SFT_STEPS RM_EPOCHS PPO_STEPS PPO_SAVE_STEPS NUM_SAMPLES; do
   value=${!knob:-1}
   [[ "$value" =~ ^[1-9][0-9]*$ ]] || { echo "error: $knob=$value is not a positive whole number" >&2; exit 2; }
 done
@@ -117,7 +118,7 @@ if [ "$PROFILE" = toy ]; then
   RM_ARGS=(--per_device_train_batch_size 32 --gradient_accumulation_steps 1 --num_train_epochs "$RM_EPOCHS"
            --learning_rate 5e-3 --lora_r 32 --lora_alpha 64 --max_length 128 --logging_steps 50)
   PPO_ARGS=(--steps "$PPO_STEPS" --batch_size 32 --mini_batch_size 8 --learning_rate 5e-4 --kl_coef 0.3
-            --output_max_length 48 --sample_every 10 --logging_steps 5 --save_steps 10)
+            --output_max_length 48 --sample_every 10 --logging_steps 5 --save_steps "${PPO_SAVE_STEPS:-10}")
   DPO_ARGS=(--max_steps 150 --per_device_train_batch_size 16 --learning_rate 2e-3 --beta 0.1 --eval_subset 200)
   GEN_ARGS=(--max_new_tokens 48 --batch_size 4 --prompt "Describe the red bicycle."
             --prompt "What do you think of the pizza?" --prompt "What is the currency of the USA?")
@@ -131,7 +132,7 @@ else
            --num_train_epochs "$RM_EPOCHS" --train_subset 500 --eval_subset 100 --max_length 384)
   PPO_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --batch_size 2 --mini_batch_size 1 --gradient_accumulation_steps 1
             --ppo_epochs 1 --steps "$PPO_STEPS" --input_max_length 256 --output_max_length 64 --learning_rate 1.4e-5
-            --early_stopping True --batched_gen True --max_train_samples 256 --save_steps 16)
+            --early_stopping True --batched_gen True --max_train_samples 256 --save_steps "${PPO_SAVE_STEPS:-16}")
   DPO_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --max_steps 50 --per_device_train_batch_size 2
             --gradient_accumulation_steps 2 --learning_rate 5e-5 --train_subset 500 --eval_subset 100)
   GEN_ARGS=(--max_new_tokens 64 --batch_size 1 --prompt "What is the currency of the USA?")

@@ -1,5 +1,5 @@
 """Seed 000's README commands for steps 1 (SFT), 2 (merge), 3 (reward modeling), 4 (merge of the reward
-adapter), 5 (PPO) and 6 (generation), run as written.
+adapter), 5 (PPO), 6 (generation) and the base-vs-PPO comparison, run as written.
 
 The commands below are copied literally from the seed README. Only these substitutions are made (see
 ``_as_run``), because this machine is offline and has no Gaudi:
@@ -15,6 +15,10 @@ Step 3 names no dataset, so it trains on the embedded toy pairs (``data/reward``
 adapter into the raw base, not into ``./sft_sanity_merged`` that it was trained on: the README's command
 is run as written, and the merge must say so loudly.
 
+The comparison asks for split ``train_prefs``, which stack-exchange-paired (and the embedded copy of its
+layout) does not have: as written it must stop with an error listing the splits there are; against a local
+dataset folder that has a ``train_prefs`` split it runs.
+
 The relative output paths (``./sft_sanity`` ...) are kept: the commands run with ``cwd`` = a temporary folder.
 """
 
@@ -25,7 +29,7 @@ import re
 import shlex
 
 import pytest
-from conftest import REPO, run_script
+from conftest import REPO, assert_user_error, run_script
 
 STEP1 = [
     "python", "sft.py",
@@ -94,6 +98,15 @@ STEP6 = [
     "--use_kv_cache",
     "--max_new_tokens", "64",
     "--batch_size", "1",
+]
+STEP7 = [  # "Comparing Base and PPO Models"
+    "PT_HPU_LAZY_MODE=1", "python", "compare_base_vs_ppo.py",
+    "--base_model", "google/gemma-3-270m",
+    "--finetuned_model", "./ppo_sanity",
+    "--reward_model", "./rm_sanity_merged",
+    "--dataset_name", "lvwerra/stack-exchange-paired",
+    "--dataset_split", "train_prefs",
+    "--num_samples", "5",
 ]
 GAUDI_FLAGS = ("--use_habana", "--use_lazy_mode")  # no Gaudi here
 
@@ -259,6 +272,42 @@ def test_step6_generation(pipeline):
     assert re.search(r"\d+ new tokens in [\d.]+s: [\d.]+ tokens/s", result.stderr), result.stderr
 
 
+def test_step7_compare_as_written_lists_the_splits_there_are(pipeline, embedded_root):
+    results, cwd = pipeline
+    assert "step5" in results, "an earlier step failed"
+    _ok(results["step5"])
+    replacements = {"google/gemma-3-270m": str(embedded_root / "model"),
+                    "lvwerra/stack-exchange-paired": str(embedded_root)}
+    result = run_script(*_as_run(STEP7, replacements), cwd=cwd, env=_env_prefix(STEP7)[0])
+    assert_user_error(result, "split 'train_prefs' not found", "splits there: train")
+    assert not (cwd / "comparison").exists()
+
+
+def test_step7_compare_runs_against_local_paths(pipeline, embedded_root, tmp_path):
+    """The command as written, with the hub ids replaced by local folders; the dataset folder holds a
+    ``train_prefs`` split (the file name up to the first '-' or '.' names the split)."""
+    import shutil
+
+    results, cwd = pipeline
+    assert "step5" in results, "an earlier step failed"
+    _ok(results["step5"])
+    dataset = tmp_path / "stack-exchange-paired"
+    (dataset / "data" / "evaluation").mkdir(parents=True)
+    shutil.copy(embedded_root / "data" / "evaluation" / "train.jsonl",
+                dataset / "data" / "evaluation" / "train_prefs-00000-of-00001.jsonl")
+    replacements = {"google/gemma-3-270m": str(embedded_root / "model"), "lvwerra/stack-exchange-paired": str(dataset)}
+    result = run_script(*_as_run(STEP7, replacements), cwd=cwd, env=_env_prefix(STEP7)[0])
+    _ok(result)
+    summary = json.loads((cwd / "comparison" / "comparison.json").read_text())
+    assert summary["settings"]["num_prompts"] == 5 and summary["settings"]["dataset_split"] == "train_prefs"
+    assert summary["models"]["finetuned"]["path"] == "./ppo_sanity"
+    assert summary["models"]["finetuned"]["kl_from_base"]["n"] == 5
+    assert summary["settings"]["training_log"]  # ppo.py's trainer_state.json beside the policy
+    assert "data/evaluation" in result.stderr
+    assert len((cwd / "comparison" / "samples.jsonl").read_text().splitlines()) == 5
+    assert "win rate finetuned over base (reward)" in result.stdout
+
+
 def test_commands_match_the_seed_readme():
     """The lists above are the README's commands, token for token (guards the copy)."""
     seeds = sorted((REPO.parent / "shared" / "seeds").glob("000_*.txt"))
@@ -266,5 +315,5 @@ def test_commands_match_the_seed_readme():
         pytest.skip("seed 000's README is not available here")
     text = seeds[0].read_text(encoding="utf-8")
     blocks = [shlex.split(block.replace("\\\n", " ")) for block in re.findall(r"```bash\n(.*?)```", text, re.S)]
-    for command in (STEP1, STEP2, STEP3, STEP4, STEP5, STEP6):
+    for command in (STEP1, STEP2, STEP3, STEP4, STEP5, STEP6, STEP7):
         assert command in blocks, command
