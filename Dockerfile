@@ -17,7 +17,7 @@ FROM vault.habana.ai/gaudi-docker/${GAUDI_VERSION}/${OS}/habanalabs/pytorch-inst
 # optimum-habana is NOT installed by default: its newest release (1.21.2) requires transformers>=4.55,<4.56 and
 # accelerate>=1.7,<=1.10.1, while rlhfkit needs transformers>=5.23,<6 and accelerate>=1.15 (requirements.txt).
 # rlhfkit does not use it (it drives the HPU through habana_frameworks, which the base image ships).
-# WITH_OPTIMUM_HABANA=1 installs requirements-gaudi.txt into its own environment, /opt/optimum-habana (it sees
+# WITH_OPTIMUM_HABANA=1 installs requirements-hpu.txt into its own environment, /opt/optimum-habana (it sees
 # the image's torch and habana_frameworks), e.g. for optimum-habana's own examples/trl scripts:
 #   /opt/optimum-habana/bin/python <script>.py ...
 ARG WITH_OPTIMUM_HABANA=0
@@ -41,7 +41,7 @@ ENV TOKENIZERS_PARALLELISM=false
 WORKDIR /workspace/trl
 
 # Requirements first, so that editing the code does not reinstall them.
-COPY requirements.txt requirements-gaudi.txt ./
+COPY requirements.txt requirements-hpu.txt ./
 
 # PIPELINE_PROFILE=seed: ./ppo_pipeline_sanity.sh runs seed 000's configuration (gemma-3-270m on
 # stack-exchange-paired, bf16, lazy mode); PIPELINE_PROFILE=toy runs the offline toy pipeline instead.
@@ -57,7 +57,7 @@ RUN mkdir -p /opt/rlhfkit \
     && if [ "$WITH_OPTIMUM_HABANA" = 1 ]; then \
          python3 -m venv --system-site-packages --without-pip /opt/optimum-habana \
          && python3 -m pip --python /opt/optimum-habana/bin/python install --no-cache-dir \
-              --constraint /opt/rlhfkit/torch-constraints.txt --requirement requirements-gaudi.txt; \
+              --constraint /opt/rlhfkit/torch-constraints.txt --requirement requirements-hpu.txt; \
        fi \
     && python3 -m pip list --format=freeze | grep -iE '^torch[a-z_-]*==' \
          | diff /opt/rlhfkit/torch-constraints.txt - \

@@ -1,4 +1,4 @@
-"""The Intel Gaudi container: Dockerfile, .dockerignore, requirements-gaudi.txt and `make build` / `make run`.
+"""The Intel Gaudi container: Dockerfile, .dockerignore, requirements-hpu.txt and `make build` / `make run`.
 
 No Docker daemon is needed (nor used): the Dockerfile is parsed, `make` runs dry (-n) or against a fake
 `docker` on PATH that records its arguments and the HF_TOKEN it would pass into the container.
@@ -136,7 +136,7 @@ def run_instructions() -> str:
 def test_every_copied_requirement_file_is_installed():
     runs = run_instructions()
     files = [Path(s).name for _, sources in copy_sources() for s in sources if re.fullmatch(r"requirements.*\.txt", s)]
-    assert set(files) >= {"requirements.txt", "requirements-gaudi.txt"}, files
+    assert set(files) >= {"requirements.txt", "requirements-hpu.txt"}, files
     for name in files:
         assert name in runs, f"{name} is copied but no RUN installs it"
     assert "requirements-dev.txt" not in files  # tests and linters stay out of the image
@@ -160,14 +160,14 @@ def test_image_torch_is_kept():
 
 
 def test_requirements_gaudi():
-    lines = [line.split("#")[0].strip() for line in (REPO / "requirements-gaudi.txt").read_text().splitlines()]
+    lines = [line.split("#")[0].strip() for line in (REPO / "requirements-hpu.txt").read_text().splitlines()]
     names = [re.split(r"[<>=!~;\[ ]", line)[0].lower() for line in lines if line]
     assert "optimum-habana" in names
     assert not {"torch", "torchvision", "torchaudio", "habana-torch-plugin"} & set(names), names
     # optimum-habana pins transformers 4.x: installed only on request, and never into rlhfkit's Python.
     assert arg_defaults()["WITH_OPTIMUM_HABANA"] == "0"
     runs = run_instructions()
-    assert re.search(r'if \[ "\$WITH_OPTIMUM_HABANA" = 1 \]; then .*requirements-gaudi\.txt', runs, re.S)
+    assert re.search(r'if \[ "\$WITH_OPTIMUM_HABANA" = 1 \]; then .*requirements-hpu\.txt', runs, re.S)
 
 
 # --- .dockerignore -----------------------------------------------------------------------------------------
