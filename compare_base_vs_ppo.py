@@ -105,10 +105,11 @@ def validate(args: CompareArguments) -> None:
         raise UserError("--top_p must be in (0, 1] and --top_k at least 0")
     if not 0.5 <= args.confidence < 1:
         raise UserError("--confidence must be in [0.5, 1), e.g. 0.95")
-    for flag, what in (("finetuned_model", "fine-tuned model"), ("reward_model", "reward model"),
-                       ("base_model", "base model"), ("sft_model", "SFT model")):
+    for flag, what in (("finetuned_model", "fine-tuned model"), ("base_model", "base model"),
+                       ("sft_model", "SFT model")):
         if getattr(args, flag):
             models.check_model_source(getattr(args, flag), what)
+    models.check_reward_model(args.reward_model, args.trust_remote_code)
 
 
 def load_prompts(args: CompareArguments) -> list:
@@ -149,7 +150,7 @@ def main(args: CompareArguments, device_args: DeviceArguments, precision: Precis
     base = load("base", base_path)
     reward_tok = models.load_reward_tokenizer(args.reward_model, args.reward_tokenizer_name, base.tokenizer,
                                               args.trust_remote_code)
-    reward_model = models.load_sequence_classifier(args.reward_model, dtype=dtype,
+    reward_model = models.load_sequence_classifier(args.reward_model, dtype=dtype, trained_head=True,
                                                    trust_remote_code=args.trust_remote_code,
                                                    allow_pickle=args.allow_pickle, pad_token_id=reward_tok.pad_token_id)
     reward_model.requires_grad_(False).eval().to(info.torch_device)

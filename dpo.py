@@ -22,15 +22,16 @@ from dataclasses import dataclass
 from rlhfkit.cli import make_parser, setup_logging
 from rlhfkit.device import DeviceArguments, configure_training_args
 from rlhfkit.errors import UserError, cli_entry
+from rlhfkit.faults import RunArguments
 from rlhfkit.modelargs import ModelArguments
 from rlhfkit.pairs import PairDataArguments, load_pairs, render_pairs
-from rlhfkit.training import TRAINER_DEFAULTS, resolve_resume, train_and_save
+from rlhfkit.training import TRAINER_DEFAULTS, prepare_output, train_and_save, will_train
 
 logger = logging.getLogger("dpo")
 
 
 @dataclass
-class ScriptArguments(PairDataArguments):
+class ScriptArguments(PairDataArguments, RunArguments):
     pass
 
 
@@ -65,7 +66,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
         raise UserError("--output_dir is required: where to write the trained policy")
     info = configure_training_args(training_args, device_args)
     set_seed(training_args.seed)
-    resolve_resume(training_args)  # a bad --resume_from_checkpoint fails before any work
+    prepare_output(training_args, script_args)  # a bad --resume_from_checkpoint or --output_dir fails first
 
     model_name = models.resolve_name(model_args.model_name_or_path)
     models.check_model_source(model_name)
@@ -95,8 +96,8 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     results = {"device": device.describe(info), "model": model_name, "use_peft": bool(peft_config),
                "reference": reference}
     results.update(held_out_metrics(trainer, "eval_before"))
-    if training_args.do_train or not training_args.do_eval:
-        results.update(train_and_save(trainer, training_args))
+    if will_train(training_args):
+        results.update(train_and_save(trainer, training_args, script_args))
     metrics = held_out_metrics(trainer, "eval")
     write_results(training_args.output_dir, "eval", metrics)
     results.update(metrics)

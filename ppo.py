@@ -75,7 +75,7 @@ def validate(args: PPOArguments, model_args: ModelArguments) -> None:
     from rlhfkit import models
 
     if args.reward_model_name:
-        models.check_model_source(args.reward_model_name, "reward model")
+        models.check_reward_model(args.reward_model_name, args.trust_remote_code)
     if model_args.model_name_or_path:
         models.check_model_source(model_args.model_name_or_path, "policy")
         if (model_args.use_peft and not args.save_merged and models.is_adapter(model_args.model_name_or_path)):
@@ -83,6 +83,9 @@ def validate(args: PPOArguments, model_args: ModelArguments) -> None:
                             "merged SFT model, not on the base its config names; merge the SFT adapter first "
                             "(merge_peft_adapter.py) or keep --save_merged True")
     resume = args.resume_from_checkpoint
+    from rlhfkit import faults
+
+    faults.check_output_dir(args.output_dir, args.overwrite_output_dir, bool(resume))
     if resume and resume.lower() in ("last", "true", "latest"):
         from rlhfkit.ppo.trainer import newest_checkpoint
 
@@ -133,7 +136,7 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     from accelerate import Accelerator
     from transformers import set_seed
 
-    from rlhfkit import device, models
+    from rlhfkit import device, faults, models
     from rlhfkit.ppo import policy as policy_lib
     from rlhfkit.ppo import scoring
     from rlhfkit.ppo.trainer import PPOTrainer, newest_checkpoint
@@ -144,8 +147,6 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     if not accelerator.is_main_process:  # one process speaks; the others only warn
         logging.getLogger().setLevel(logging.WARNING)
     set_seed(args.seed + accelerator.process_index)  # sampling differs per process
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
 
     name = models.resolve_name(model_args.model_name_or_path)
     tokenizer = policy_tokenizer(model_args.tokenizer_name_or_path or name, args.trust_remote_code,
@@ -158,7 +159,7 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     if args.reward_model_name:
         reward_tok = models.load_reward_tokenizer(args.reward_model_name, args.reward_tokenizer_name, tokenizer,
                                                   args.trust_remote_code)
-        reward_model = models.load_sequence_classifier(args.reward_model_name, dtype=dtype,
+        reward_model = models.load_sequence_classifier(args.reward_model_name, dtype=dtype, trained_head=True,
                                                        trust_remote_code=args.trust_remote_code,
                                                        allow_pickle=model_args.allow_pickle,
                                                        pad_token_id=reward_tok.pad_token_id)
@@ -175,6 +176,10 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     if ref_model is not None:
         ref_model.to(accelerator.device)
 
+    faults.check_disk_space(args.output_dir, faults.needed_bytes(module))
+    if accelerator.is_main_process:  # only now: a refused run leaves no folder behind
+        os.makedirs(args.output_dir, exist_ok=True)
+    accelerator.wait_for_everyone()
     trainer = PPOTrainer(args, accelerator, module, ref_model, scorer, tokenizer, prompts, queries, stop_ids,
                          total_steps)
     if args.resume_from_checkpoint:

@@ -29,15 +29,16 @@ from dataclasses import dataclass, field
 from rlhfkit.cli import make_parser, setup_logging
 from rlhfkit.device import DeviceArguments, configure_training_args
 from rlhfkit.errors import UserError, cli_entry
+from rlhfkit.faults import RunArguments
 from rlhfkit.modelargs import ModelArguments
 from rlhfkit.pairs import PairDataArguments, load_pairs, render_pairs
-from rlhfkit.training import TRAINER_DEFAULTS, resolve_resume, train_and_save
+from rlhfkit.training import TRAINER_DEFAULTS, prepare_output, train_and_save, will_train
 
 logger = logging.getLogger("reward_modeling")
 
 
 @dataclass
-class ScriptArguments(PairDataArguments):
+class ScriptArguments(PairDataArguments, RunArguments):
     eval_batch_size: int = field(default=16, metadata={"help": "Pairs per batch when scoring the held-out pairs."})
 
 
@@ -72,7 +73,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
         raise UserError("--output_dir is required: where to write the reward model")
     info = configure_training_args(training_args, device_args)
     set_seed(training_args.seed)
-    resolve_resume(training_args)  # a bad --resume_from_checkpoint fails before any work
+    prepare_output(training_args, script_args)  # a bad --resume_from_checkpoint or --output_dir fails first
 
     model_name = models.resolve_name(model_args.model_name_or_path)
     models.check_model_source(model_name)
@@ -98,8 +99,8 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
                 models.count_parameters(trainer.model, trainable_only=True), "LoRA" if peft_config else "full")
 
     results = {"device": device.describe(info), "model": model_name, "use_peft": bool(peft_config)}
-    if training_args.do_train or not training_args.do_eval:
-        metrics = train_and_save(trainer, training_args)
+    if will_train(training_args):
+        metrics = train_and_save(trainer, training_args, script_args)
         metrics["train_pairs_per_second"] = metrics.get("train_samples_per_second")  # a sample is one pair
         results.update(metrics)
     metrics = evaluate_pairs(trainer.model, tokenizer, evaluation, script_args.eval_batch_size,

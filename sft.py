@@ -26,14 +26,15 @@ from rlhfkit.cli import make_parser, setup_logging
 from rlhfkit.data import DatasetArguments
 from rlhfkit.device import DeviceArguments, configure_training_args
 from rlhfkit.errors import UserError, cli_entry
+from rlhfkit.faults import RunArguments
 from rlhfkit.modelargs import ModelArguments
-from rlhfkit.training import TRAINER_DEFAULTS, resolve_resume, train_and_save
+from rlhfkit.training import TRAINER_DEFAULTS, prepare_output, train_and_save, will_train
 
 logger = logging.getLogger("sft")
 
 
 @dataclass
-class ScriptArguments(DatasetArguments):
+class ScriptArguments(DatasetArguments, RunArguments):
     eval_split: str | None = field(
         default=None,
         metadata={"help": "Split to evaluate on with --do_eval; default: hold out --size_valid_set training rows."},
@@ -88,9 +89,30 @@ def load_data(script_args: ScriptArguments, training_args, tokenizer):
     if script_args.max_train_samples is not None:
         rows = rows.select(range(min(script_args.max_train_samples, len(rows))))
     train = data.render(rows, "sft", tokenizer)
+    check_room_for_completions(train, tokenizer, training_args.max_length)
     evaluation = data.render(eval_rows, "sft", tokenizer) if eval_rows is not None else None
     logger.info("training rows: %d, evaluation rows: %s", len(train), len(evaluation) if evaluation else 0)
     return train, evaluation
+
+
+def check_room_for_completions(train, tokenizer, max_length: int | None) -> None:
+    """TRL truncates rows to ``max_length`` tokens and drops rows whose completion is cut off entirely: say so,
+    and refuse a ``max_length`` that leaves no row to train on (instead of an empty sampler deep in torch)."""
+    if not max_length:
+        return
+    from rlhfkit import schemas
+
+    if schemas.has_chat_template(tokenizer):
+        lengths = [len(tokenizer.apply_chat_template(row["prompt"], tokenize=True, return_dict=False)) for row in train]
+    else:
+        lengths = [len(ids) for ids in tokenizer([row["prompt"] for row in train])["input_ids"]]
+    cut = sum(n >= max_length for n in lengths)
+    if cut == len(lengths):
+        raise UserError(f"--max_length {max_length} is shorter than every example's prompt (the shortest has "
+                        f"{min(lengths)} tokens), so no completion is left to learn: raise --max_length")
+    if cut:
+        logger.warning("%d of %d training rows have prompts of --max_length %d tokens or more: they teach nothing",
+                       cut, len(lengths), max_length)
 
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):
@@ -104,8 +126,8 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
         raise UserError("--output_dir is required: where to write the trained model")
     info = configure_training_args(training_args, device_args)
     set_seed(training_args.seed)
-    do_train = training_args.do_train or not training_args.do_eval
-    resolve_resume(training_args)  # a bad --resume_from_checkpoint fails before any work
+    do_train = will_train(training_args)
+    prepare_output(training_args, script_args)  # a bad --resume_from_checkpoint or --output_dir fails first
 
     model_name = models.resolve_name(model_args.model_name_or_path)
     models.check_model_source(model_name)
@@ -129,7 +151,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
 
     results = {"device": device.describe(info), "model": model_name, "use_peft": bool(peft_config)}
     if do_train:
-        results.update(train_and_save(trainer, training_args))
+        results.update(train_and_save(trainer, training_args, script_args))
     if eval_dataset is not None:
         metrics = trainer.evaluate()
         if "eval_loss" in metrics:

@@ -12,6 +12,7 @@ serves it as ``train`` too.
 from __future__ import annotations
 
 import collections
+import contextlib
 import gzip
 import json
 import logging
@@ -127,7 +128,8 @@ def _load_files(files: list[str], source: str):
         if os.path.getsize(path) == 0:
             raise UserError(f"dataset file {path} is empty: point --dataset_name at a file with rows")
     try:
-        return datasets.load_dataset(builder, data_files=files, split="train")
+        with _quiet("datasets"):  # its own log lines would repeat, with a traceback, the one-line error below
+            return datasets.load_dataset(builder, data_files=files, split="train")
     except Exception as err:  # noqa: BLE001 - turned into a precise message below, or re-raised
         if builder == "json":
             for path in files:
@@ -137,6 +139,18 @@ def _load_files(files: list[str], source: str):
                 if problem:
                     raise UserError(f"malformed JSON in {path}, {problem}: fix or remove that line") from None
         raise UserError(f"could not read {source} as {builder}: {_short(err)}") from None
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Silence a library's logger for the duration (errors are reported by us, once)."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _short(err: Exception) -> str:

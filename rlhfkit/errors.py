@@ -21,6 +21,15 @@ class UserError(Exception):
     """
 
 
+class RunStopped(Exception):
+    """A run that stopped early on purpose (a stop signal, a diverged loss): the message says what was kept and
+    how to go on; :func:`cli_entry` prints it on one line and exits with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int, prefix: str = "error"):
+        super().__init__(message)
+        self.exit_code, self.prefix = exit_code, prefix
+
+
 def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
     """Wrap a script's ``main`` so a :class:`UserError` ends the process cleanly.
 
@@ -36,6 +45,10 @@ def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
             message = " ".join(str(err).split("\n")).strip()
             print(f"error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(USAGE_EXIT_CODE) from None
+        except RunStopped as err:
+            logging.shutdown()
+            print(f"{err.prefix}: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
+            raise SystemExit(err.exit_code) from None
         except KeyboardInterrupt:
             print("error: interrupted by the user", file=sys.stderr, flush=True)
             raise SystemExit(130) from None

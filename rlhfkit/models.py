@@ -153,12 +153,14 @@ def load_sequence_classifier(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     pad_token_id: int | None = None,
+    trained_head: bool = False,
 ):
     """A scalar-score model (``AutoModelForSequenceClassification``, ``num_labels=1``) for reward modeling.
 
     A causal-LM checkpoint gets a new, randomly initialised score head (the usual start of reward
     training); a reward-model adapter folder loads onto its base with its trained head. ``pad_token_id`` is
-    written into the config: the score is read at the last non-pad token.
+    written into the config: the score is read at the last non-pad token. ``trained_head=True`` (a reward
+    model used for scoring) refuses a checkpoint that is not a sequence classifier, whose head would be random.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -166,6 +168,8 @@ def load_sequence_classifier(
     base = adapter_base(name) if _looks_local(name) and is_adapter(name) else name
     if base != name:
         check_model_source(base, "adapter's base model")
+    if trained_head:
+        check_reward_model(name, trust_remote_code)
     _check_weights_format(base, allow_pickle)
     kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": None if allow_pickle else True,
               "num_labels": 1}
@@ -182,6 +186,30 @@ def load_sequence_classifier(
 
         model = PeftModel.from_pretrained(model, name).merge_and_unload()
     return model
+
+
+def check_reward_model(name: str, trust_remote_code: bool = False) -> None:
+    """Refuse, before loading weights, a reward model that is not a sequence classifier (a causal LM would get a
+    random score head: scores that mean nothing, the silent version of upstream's ``score`` crash)."""
+    check_model_source(name, "reward model")
+    base = adapter_base(name) if _looks_local(name) and is_adapter(name) else name
+    if base != name:
+        with open(os.path.join(name, ADAPTER_CONFIG), encoding="utf-8") as handle:
+            task = json.load(handle).get("task_type")
+        if task != "SEQ_CLS":
+            raise UserError(f"{name} is a {task or 'untyped'} adapter, not a reward model (SEQ_CLS): train one with "
+                            "reward_modeling.py")
+        return
+    from transformers import AutoConfig
+
+    try:
+        architectures = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code).architectures or []
+    except (OSError, ValueError) as err:
+        raise _hub_error(base, err, "reward model config") from None
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise UserError(f"{name} is a {', '.join(architectures)}, not a reward model (a sequence classifier with a "
+                        "trained score head): train one with reward_modeling.py and merge it with "
+                        "merge_peft_adapter.py")
 
 
 def ensure_pad_token(tokenizer) -> None:

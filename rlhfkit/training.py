@@ -2,41 +2,114 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from rlhfkit.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 # Our defaults where TRL's suit large GPU runs but not a toolkit that must also run small models on CPU:
 # precision is explicit (--bf16/--fp16), gradient checkpointing is opt-in, TensorBoard logs are on.
 TRAINER_DEFAULTS = {"bf16": False, "gradient_checkpointing": False, "report_to": ["tensorboard"], "logging_steps": 10}
 
 
+def newest_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` with its ``trainer_state.json``, which the Trainer writes last: a checkpoint
+    cut short by a crash lacks it and is passed over (with a warning)."""
+    import re
+
+    if not os.path.isdir(output_dir):
+        return None
+    found = []
+    for name in os.listdir(output_dir):
+        match = re.fullmatch(r"checkpoint-(\d+)", name)
+        path = os.path.join(output_dir, name)
+        if match and os.path.isdir(path):
+            if os.path.isfile(os.path.join(path, "trainer_state.json")):
+                found.append((int(match.group(1)), path))
+            else:
+                logger.warning("%s is incomplete (no trainer_state.json): not resuming from it", path)
+    return max(found)[1] if found else None
+
+
 def resolve_resume(training_args) -> str | None:
-    """``--resume_from_checkpoint`` as a path, or ``true``/``last`` for the newest checkpoint in output_dir."""
+    """``--resume_from_checkpoint`` as a path, or ``true``/``last`` for the newest complete checkpoint."""
     value = training_args.resume_from_checkpoint
     if value is None:
         return None
     if value.lower() in ("true", "last", "latest"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        last = newest_complete_checkpoint(training_args.output_dir)
         if last is None:
-            raise UserError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {training_args.output_dir}")
+            raise UserError(f"--resume_from_checkpoint {value}: no complete checkpoint-* folder in "
+                            f"{training_args.output_dir}")
         return last
     if not os.path.isdir(value):
         raise UserError(f"--resume_from_checkpoint {value} is not a folder: pass a checkpoint-* folder or 'last'")
     return value
 
 
-def train_and_save(trainer, training_args) -> dict:
+def will_train(training_args) -> bool:
+    """--do_train, or neither --do_train nor --do_eval (training is the default)."""
+    return bool(training_args.do_train or not training_args.do_eval)
+
+
+def prepare_output(training_args, run_args) -> str | None:
+    """Before any work: the resume target (a bad one is an error) and the output folder policy
+    (:func:`rlhfkit.faults.check_output_dir`; an evaluation-only run may write beside an existing model).
+    Returns the checkpoint to resume from, if any."""
+    from rlhfkit import faults
+
+    resume = resolve_resume(training_args)
+    faults.check_output_dir(training_args.output_dir, run_args.overwrite_output_dir,
+                            resume is not None or not will_train(training_args))
+    return resume
+
+
+def fault_guard(stop, bad):
+    """A Trainer callback: drops a batch whose gradients are not finite (the optimizer step then changes
+    nothing) and stops past ``--max_bad_batches``, never saving that state; on a stop signal, saves a
+    checkpoint after the current step and stops."""
+    from transformers import TrainerCallback
+
+    class FaultGuard(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if model is not None and bad.check(model.parameters(), state.global_step + 1):
+                control.should_training_stop = True
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if bad.stopped_at is not None:
+                control.should_training_stop, control.should_save = True, False
+            elif stop.requested():
+                control.should_training_stop, control.should_save = True, True
+            return control
+
+    return FaultGuard()
+
+
+def train_and_save(trainer, training_args, run_args) -> dict:
     """Train (resuming if asked), save the model atomically into output_dir, write train_results.json.
 
-    Returns the train metrics, with trained (non-padding) tokens/s added when the trainer counts tokens.
+    A stop signal or a diverged loss ends the run with :class:`rlhfkit.errors.RunStopped` instead of a final
+    model (see :mod:`rlhfkit.faults`). Returns the train metrics, with trained (non-padding) tokens/s added
+    when the trainer counts tokens.
     """
-    from rlhfkit import io
+    from rlhfkit import faults, io
     from rlhfkit.results import tokens_per_second, write_results
 
-    train_result = trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    faults.check_disk_space(training_args.output_dir, faults.needed_bytes(trainer.model))
+    stop, bad = faults.StopRequest(), faults.BadBatches(run_args.max_bad_batches)
+    trainer.add_callback(fault_guard(stop, bad))
+    stop.install()
+    try:
+        train_result = trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    finally:
+        stop.uninstall()
+    if bad.stopped_at is not None:
+        raise faults.diverged(bad, newest_complete_checkpoint(training_args.output_dir))
+    if stop.signum is not None:
+        raise faults.stopped_by_signal(stop, trainer.state.global_step,
+                                       newest_complete_checkpoint(training_args.output_dir))
     metrics = dict(train_result.metrics)
     metrics.update(tokens_per_second(trainer.state.log_history, metrics.get("train_runtime")))
     with io.staging_dir(training_args.output_dir) as staging:

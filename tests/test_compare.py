@@ -16,6 +16,20 @@ from conftest import REPO, assert_user_error, fixture_path, run_script
 COMPARE = str(REPO / "compare_base_vs_ppo.py")
 
 
+@pytest.fixture(scope="module")
+def reward_model(embedded_root, tmp_path_factory):
+    """A sequence classifier on the embedded model with a seeded random score head: a fixed reward."""
+    from rlhfkit import models
+
+    folder = tmp_path_factory.mktemp("reward") / "rm"
+    torch.manual_seed(0)
+    tokenizer = models.load_tokenizer(str(embedded_root / "model"))
+    model = models.load_sequence_classifier(str(embedded_root / "model"), pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 def test_toy_questions_are_recognised():
     from rlhfkit import toy
 
@@ -71,7 +85,7 @@ def test_kl_is_zero_against_itself_and_positive_against_another_model(embedded_r
     assert compare.kl_unavailable(base, base, settings) == "this is the base"
 
 
-def test_a_model_against_itself_ties_everywhere(embedded_root, tmp_path):
+def test_a_model_against_itself_ties_everywhere(embedded_root, reward_model, tmp_path):
     """Same model, same seed: every answer pair is identical, so the paired comparison must be all ties
     (win rate exactly 0.5, difference 0, KL 0). A training log beside the fine-tuned model is picked up."""
     finetuned = tmp_path / "finetuned"
@@ -80,7 +94,7 @@ def test_a_model_against_itself_ties_everywhere(embedded_root, tmp_path):
     (finetuned / "trainer_state.json").write_text(json.dumps({"log_history": history}))
     out = tmp_path / "cmp"
     result = run_script(COMPARE, "--base_model", str(embedded_root / "model"), "--finetuned_model", str(finetuned),
-                        "--reward_model", str(embedded_root / "model"), "--num_samples", "12",
+                        "--reward_model", reward_model, "--num_samples", "12",
                         "--generations_per_prompt", "2", "--max_new_tokens", "24", "--output_dir", str(out))
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "comparison.json").read_text())
@@ -100,13 +114,13 @@ def test_a_model_against_itself_ties_everywhere(embedded_root, tmp_path):
     assert "win rate finetuned over base (reward): 0.500" in result.stdout
 
 
-def test_a_model_with_another_tokenizer_is_scored_but_has_no_kl(embedded_root, tmp_path):
+def test_a_model_with_another_tokenizer_is_scored_but_has_no_kl(embedded_root, reward_model, tmp_path):
     """stories260K (its own 512-token vocabulary) as the SFT column: the reward model re-tokenises its text,
     and its KL from the base is reported missing with the reason."""
     stories = fixture_path("models", "stories260K")
     out = tmp_path / "cmp"
     result = run_script(COMPARE, "--finetuned_model", str(embedded_root / "model"), "--sft_model", str(stories),
-                        "--reward_model", str(embedded_root / "model"), "--num_samples", "6",
+                        "--reward_model", reward_model, "--num_samples", "6",
                         "--max_new_tokens", "16", "--output_dir", str(out))
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "comparison.json").read_text())
@@ -118,21 +132,23 @@ def test_a_model_with_another_tokenizer_is_scored_but_has_no_kl(embedded_root, t
 
 @pytest.mark.parametrize(
     "case",
-    ["missing_split", "missing_model", "no_reward_model", "greedy_many", "bad_judge"],
+    ["missing_split", "missing_model", "no_reward_model", "greedy_many", "bad_judge", "causal_lm_as_reward_model"],
 )
-def test_bad_input_is_one_line_and_writes_nothing(case, embedded_root, tmp_path):
-    model = str(embedded_root / "model")
+def test_bad_input_is_one_line_and_writes_nothing(case, embedded_root, reward_model, tmp_path):
+    model, rm = str(embedded_root / "model"), reward_model
     common = ["--base_model", model, "--output_dir", str(tmp_path / "out"), "--num_samples", "2"]
     args, fragments = {
-        "missing_split": (["--finetuned_model", model, "--reward_model", model, "--dataset_split", "train_prefs"],
+        "missing_split": (["--finetuned_model", model, "--reward_model", rm, "--dataset_split", "train_prefs"],
                           ["split 'train_prefs' not found", "splits there: train"]),
-        "missing_model": (["--finetuned_model", str(tmp_path / "nope"), "--reward_model", model],
+        "missing_model": (["--finetuned_model", str(tmp_path / "nope"), "--reward_model", rm],
                           ["fine-tuned model path", "does not exist"]),
         "no_reward_model": (["--finetuned_model", model], ["--reward_model is required"]),
-        "greedy_many": (["--finetuned_model", model, "--reward_model", model, "--do_sample", "False",
+        "greedy_many": (["--finetuned_model", model, "--reward_model", rm, "--do_sample", "False",
                          "--generations_per_prompt", "2"], ["needs sampling"]),
-        "bad_judge": (["--finetuned_model", model, "--reward_model", model, "--gold_judge", "nomodule_xyz:f"],
+        "bad_judge": (["--finetuned_model", model, "--reward_model", rm, "--gold_judge", "nomodule_xyz:f"],
                       ["cannot import nomodule_xyz"]),
+        "causal_lm_as_reward_model": (["--finetuned_model", model, "--reward_model", model],
+                                      ["is a LlamaForCausalLM, not a reward model", "reward_modeling.py"]),
     }[case]
     result = run_script(COMPARE, *common, *args)
     assert_user_error(result, *fragments)

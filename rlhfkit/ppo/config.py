@@ -12,11 +12,12 @@ import math
 from dataclasses import dataclass, field
 
 from rlhfkit.errors import UserError
+from rlhfkit.faults import RunArguments
 from rlhfkit.ppo.core import KL_ESTIMATORS
 
 
 @dataclass
-class PPOArguments:
+class PPOArguments(RunArguments):
     """PPO settings; the policy and LoRA flags come from :class:`rlhfkit.modelargs.ModelArguments` (the policy
     may be a full or merged SFT model, or an adapter folder, merged into its base at load: that is the
     reference)."""

@@ -34,6 +34,7 @@ import time
 
 import torch
 
+from rlhfkit import faults
 from rlhfkit.errors import UserError
 from rlhfkit.ppo import core, rollout
 from rlhfkit.ppo.policy import PolicyAndValue
@@ -86,6 +87,7 @@ class PPOTrainer:
         self.gen_config = rollout.generation_config(args.output_max_length, args.temperature, args.top_k, args.top_p,
                                                     stop_ids, tokenizer.pad_token_id)
         self.shuffle = torch.Generator().manual_seed(args.seed + self.rank)
+        self.stop, self.bad = faults.StopRequest(), faults.BadBatches(args.max_bad_batches)
         self.step_index, self.episodes_done, self.log_history = 0, 0, []
         self.writer = None
         self._perms: dict[int, torch.Tensor] = {}
@@ -223,7 +225,10 @@ class PPOTrainer:
                 if args.max_grad_norm > 0:
                     step_stats["policy/grad_norm"] = torch.as_tensor(
                         acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)).float()
-                self.optimizer.step()
+                # a NaN/inf loss: this batch's gradients are dropped (gradients are all-reduced, so every process
+                # decides the same); past --max_bad_batches the run stops before the optimizer sees them
+                if self.bad.check(self.model.parameters(), self.step_index + 1):
+                    raise faults.diverged(self.bad, newest_checkpoint(args.output_dir))
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 _mark_step()
@@ -304,10 +309,16 @@ class PPOTrainer:
         self._started, self._first_step = time.perf_counter(), self.step_index
         if self.step_index >= self.total_steps:
             logger.info("nothing to do: the checkpoint is at step %d of %d", self.step_index, self.total_steps)
-        while self.step_index < self.total_steps:
-            self.step()
-            if args.save_steps and self.step_index % args.save_steps == 0 and self.step_index < self.total_steps:
-                self.save_checkpoint()
+        self.stop.install()
+        try:
+            while self.step_index < self.total_steps:
+                self.step()
+                if self.stop.requested():  # SIGTERM/SIGINT on any process: checkpoint, then stop everywhere
+                    raise faults.stopped_by_signal(self.stop, self.step_index, self.save_checkpoint())
+                if args.save_steps and self.step_index % args.save_steps == 0 and self.step_index < self.total_steps:
+                    self.save_checkpoint()
+        finally:
+            self.stop.uninstall()
         runtime = time.perf_counter() - self._started
         if self.writer is not None:
             self.writer.close()
