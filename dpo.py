@@ -78,9 +78,17 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,
                                   allow_pickle=model_args.allow_pickle, merge_adapter=True)
     peft_config = model_args.lora_config("CAUSAL_LM")
+    ref_model = None  # LoRA: the adapter-disabled policy; full: TRL makes a copy (or precomputes log-probs)
+    if peft_config is not None and training_args.world_size > 1:
+        # Under DDP, PEFT's adapter switch (toggling requires_grad inside the training forward) leaves the
+        # adapter's gradients un-averaged: each process trained its own adapter (measured with 2 processes). A
+        # frozen reference copy keeps the processes in step, at the cost of one copy of the base weights.
+        ref_model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,
+                                          allow_pickle=model_args.allow_pickle, merge_adapter=True)
+        ref_model.requires_grad_(False).eval()
     trainer = DPOTrainer(
         model=model,
-        ref_model=None,  # LoRA: the adapter-disabled policy; full: TRL makes a copy (or precomputes log-probs)
+        ref_model=ref_model,
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
@@ -89,7 +97,8 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     )
     held = models.count_parameters(trainer.model)
     reference = "adapter disabled (no copy)" if trainer.ref_model is None and peft_config else (
-        "precomputed log-probs" if trainer.ref_model is None else "separate copy")
+        "precomputed log-probs" if trainer.ref_model is None else
+        "separate copy" + (" (several processes: see dpo.py)" if ref_model is not None else ""))
     logger.info("policy %s: %d parameters held, %d trainable; reference: %s", model_name, held,
                 models.count_parameters(trainer.model, trainable_only=True), reference)
 

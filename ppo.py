@@ -14,7 +14,8 @@ included); by default the ``data/rl`` split of the embedded toy task.
 
 Multi-device: ``accelerate launch --multi_gpu --num_processes N ppo.py ...`` (DDP; on a machine without GPUs
 the same command starts N CPU processes with the gloo backend; ``accelerate launch --cpu`` starts only one
-without MPI), or ``--config_file`` with a DeepSpeed ZeRO-2 config. Writes the policy (merged, or the adapter
+without MPI), or ``--config_file configs/accelerate/ddp.yaml`` (DDP only: the engine is not wired for FSDP or
+DeepSpeed yet). Writes the policy (merged, or the adapter
 with ``--save_merged False``) and tokenizer to ``--output_dir``, with ``training_log.csv`` (every episode),
 TensorBoard logs, ``trainer_state.json``, ``all_results.json`` and ``ppo_curves.png``.
 """

@@ -111,8 +111,16 @@ def _read_config(path: str, known: set[str]) -> dict[str, Any]:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in config.items()}
 
 
+def is_main_process() -> bool:
+    """Whether this is the main process of a launch (``accelerate launch`` / torchrun set ``RANK``), or alone."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def setup_logging(level: int = logging.INFO) -> logging.Logger:
-    """Plain, timestamped log lines on stderr for our own messages; quieter third-party loggers."""
+    """Plain, timestamped log lines on stderr for our own messages; quieter third-party loggers. Under several
+    processes only the main one logs below WARNING, so each line appears once."""
+    if not is_main_process():
+        level = max(level, logging.WARNING)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
@@ -49,6 +50,15 @@ def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
             logging.shutdown()
             print(f"{err.prefix}: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
             raise SystemExit(err.exit_code) from None
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            logging.shutdown()
+            what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                    errno.EROFS: "the file system is read-only"}[err.errno]
+            print(f"error: {what} ({err.filename or 'while writing'}): free space or choose another folder; "
+                  "what was being written was not published, earlier results are intact", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         except KeyboardInterrupt:
             print("error: interrupted by the user", file=sys.stderr, flush=True)
             raise SystemExit(130) from None

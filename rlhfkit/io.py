@@ -48,16 +48,19 @@ def write_bytes(path: str, payload: bytes) -> None:
 
 
 @contextlib.contextmanager
-def staging_dir(final_dir: str):
+def staging_dir(final_dir: str, publish_files: bool = True):
     """A temporary folder beside ``final_dir`` to save into; on success its files are published into
-    ``final_dir`` (created if needed, other contents kept), config files last. Removed on failure."""
+    ``final_dir`` (created if needed, other contents kept), config files last. Removed on failure.
+    ``publish_files=False`` (a process other than the main one, which must still take part in a gathered save)
+    only removes it."""
     final_dir = os.path.abspath(final_dir)
     parent = os.path.dirname(final_dir)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.saving-", dir=parent)
     try:
         yield staging
-        publish(staging, final_dir)
+        if publish_files:
+            publish(staging, final_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

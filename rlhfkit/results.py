@@ -18,10 +18,15 @@ def tokens_per_second(log_history: list[dict], runtime: float | None) -> dict:
 
 
 def write_results(output_dir: str, split: str, metrics: dict) -> str:
-    """Write ``{split}_results.json`` in ``output_dir`` (merging into an existing ``all_results.json``)."""
+    """Write ``{split}_results.json`` in ``output_dir`` (merging into an existing ``all_results.json``); under
+    several processes only the main one writes."""
     import json
 
+    from rlhfkit.cli import is_main_process
+
     path = os.path.join(output_dir, f"{split}_results.json")
+    if not is_main_process():
+        return path
     payload = dict(metrics)
     if split == "all" and os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:

@@ -87,6 +87,44 @@ def fault_guard(stop, bad):
     return FaultGuard()
 
 
+def make_checkpoints_atomic(trainer) -> None:
+    """Make the Trainer write each ``checkpoint-N`` into a hidden staging folder and rename it into place once
+    complete (the Trainer itself writes into ``checkpoint-N`` directly, so a crash mid-save would leave a folder
+    that looks like a checkpoint). Old checkpoints are rotated after the rename, as the Trainer would."""
+    import shutil
+
+    from transformers.trainer_utils import rotate_checkpoints
+
+    save_checkpoint, get_output_dir = trainer._save_checkpoint, trainer._get_output_dir
+
+    def atomic_save_checkpoint(model, trial):
+        run_dir = get_output_dir(trial=trial)
+        name = f"checkpoint-{trainer.state.global_step}"
+        staging = os.path.join(run_dir, f".{name}.saving")
+        trainer._get_output_dir = lambda trial=None: staging  # every process writes its part there
+        try:
+            save_checkpoint(model, trial)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # a failed save leaves nothing, not half a checkpoint
+            raise
+        finally:
+            trainer._get_output_dir = get_output_dir
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            final = os.path.join(run_dir, name)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            best = trainer.state.best_model_checkpoint
+            if best and best.startswith(staging):
+                trainer.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=trainer.args.save_total_limit,
+                               best_model_checkpoint=trainer.state.best_model_checkpoint, use_mtime=True)
+        trainer.accelerator.wait_for_everyone()
+
+    trainer._save_checkpoint = atomic_save_checkpoint
+
+
 def train_and_save(trainer, training_args, run_args) -> dict:
     """Train (resuming if asked), save the model atomically into output_dir, write train_results.json.
 
@@ -100,6 +138,7 @@ def train_and_save(trainer, training_args, run_args) -> dict:
     faults.check_disk_space(training_args.output_dir, faults.needed_bytes(trainer.model))
     stop, bad = faults.StopRequest(), faults.BadBatches(run_args.max_bad_batches)
     trainer.add_callback(fault_guard(stop, bad))
+    make_checkpoints_atomic(trainer)
     stop.install()
     try:
         train_result = trainer.train(resume_from_checkpoint=resolve_resume(training_args))
@@ -112,7 +151,8 @@ def train_and_save(trainer, training_args, run_args) -> dict:
                                        newest_complete_checkpoint(training_args.output_dir))
     metrics = dict(train_result.metrics)
     metrics.update(tokens_per_second(trainer.state.log_history, metrics.get("train_runtime")))
-    with io.staging_dir(training_args.output_dir) as staging:
+    # every process takes part (FSDP / ZeRO-3 gather the weights); the main one writes and publishes
+    with io.staging_dir(training_args.output_dir, publish_files=trainer.is_world_process_zero()) as staging:
         trainer.save_model(staging)
     trainer.save_state()
     write_results(training_args.output_dir, "train", metrics)

@@ -191,3 +191,37 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path):
         assert_user_error(result, "cannot write to --output_dir /proc/sys/rlhfkit-out")
         assert "Loading" not in result.stderr  # refused before any model was loaded
     assert not Path("/proc/sys/rlhfkit-out").exists()
+
+
+def test_trainer_checkpoints_appear_whole_or_not_at_all(monkeypatch, embedded_root, tmp_path):
+    """Checkpoints are renamed into place complete, and rotated; a save that fails leaves no checkpoint-N."""
+    import importlib.util
+
+    from transformers import Trainer
+
+    spec = importlib.util.spec_from_file_location("sft_under_checkpoint_test", REPO / "sft.py")
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    args = ["--max_steps", "6", "--per_device_train_batch_size", "4", "--max_train_samples", "200",
+            "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "2", "--disable_tqdm", "True",
+            "--report_to", "none"]
+    script.cli(["--output_dir", str(out), *args])
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(("checkpoint-", ".checkpoint"))) == [
+        "checkpoint-4", "checkpoint-6"]
+    assert all((out / c / "trainer_state.json").is_file() for c in ("checkpoint-4", "checkpoint-6"))
+
+    real = Trainer._save_rng_state
+
+    def fail_at_step_4(self, output_dir):
+        if self.state.global_step == 4:
+            raise OSError(5, "Input/output error (injected)")
+        return real(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", fail_at_step_4)
+    broken = tmp_path / "broken"
+    with pytest.raises(OSError, match="injected"):
+        script.cli(["--output_dir", str(broken), *args])
+    left = sorted(p.name for p in broken.iterdir() if "checkpoint" in p.name)
+    assert left == ["checkpoint-2"]  # no checkpoint-4, and no staging folder

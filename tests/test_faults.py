@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,25 @@ def test_disk_space_check(tmp_path):
     assert faults.needed_bytes(model) == 110 * 4 + 110 * 4 * 3
     model.requires_grad_(False)
     assert faults.needed_bytes(model) == 110 * 4
+
+
+def test_a_full_disk_while_writing_is_one_line(tmp_path, capsys):
+    import errno
+
+    from rlhfkit.errors import cli_entry
+    from rlhfkit.io import staging_dir
+
+    out = tmp_path / "out"
+
+    @cli_entry
+    def save():
+        with staging_dir(str(out)) as staging:
+            (Path(staging) / "model.safetensors").write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device", str(Path(staging) / "model.safetensors"))
+
+    with pytest.raises(SystemExit) as stopped:
+        save()
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the disk is full") and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing published, the staging folder removed

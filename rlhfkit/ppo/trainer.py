@@ -229,6 +229,7 @@ class PPOTrainer:
                 # decides the same); past --max_bad_batches the run stops before the optimizer sees them
                 if self.bad.check(self.model.parameters(), self.step_index + 1):
                     raise faults.diverged(self.bad, newest_checkpoint(args.output_dir))
+                self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 _mark_step()
