@@ -3,16 +3,12 @@ records (samples.jsonl) and the figure (comparison.png)."""
 
 from __future__ import annotations
 
-import io
-import logging
 import math
 
 import numpy as np
 
 from rlhfkit import schemas, stats
 from rlhfkit.compare import ModelSamples
-
-logger = logging.getLogger(__name__)
 
 
 def model_summary(samples: ModelSamples) -> dict:
@@ -101,13 +97,10 @@ def sample_records(prompts: list, samples: dict[str, ModelSamples]) -> list[dict
 def plot(samples: dict[str, ModelSamples], history: list[dict] | None) -> bytes | None:
     """comparison.png: reward (and gold) distributions per model; with a PPO training log, its score and KL
     curves. None (and a log line) without matplotlib."""
-    try:
-        import matplotlib
+    from rlhfkit import figures
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info("matplotlib is not installed: no comparison.png")
+    plt = figures.pyplot("comparison.png")
+    if plt is None:
         return None
     has_gold = any(s.gold is not None for s in samples.values())
     panels = 1 + int(has_gold) + (2 if history else 0)
@@ -131,15 +124,6 @@ def plot(samples: dict[str, ModelSamples], history: list[dict] | None) -> bytes 
     if has_gold:
         distributions(axes.pop(0), "gold", "gold-judge score per answer")
     if history:
-        episodes = [h["episode"] for h in history]
-        for ax, key, title in ((axes[0], "objective/scores", "PPO training: reward-model score"),
-                               (axes[1], "objective/kl", "PPO training: KL to the reference")):
-            ax.plot(episodes, [h.get(key, float("nan")) for h in history], lw=1.2)
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("episodes", fontsize=8)
-            ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
+        figures.curve(axes[0], history, "objective/scores", "PPO training: reward-model score")
+        figures.curve(axes[1], history, "objective/kl", "PPO training: KL to the reference")
+    return figures.png_bytes(fig)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
-logger = logging.getLogger(__name__)
-
 PANELS = (
     ("objective/scores", "score"),
     ("objective/kl", "KL to the reference (per sequence)"),
@@ -18,30 +14,14 @@ PANELS = (
 
 def plot_curves(history: list[dict], path: str) -> str | None:
     """Plot each metric of :data:`PANELS` against the episode count; None (and a log line) without matplotlib."""
-    if not history:
-        return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info("matplotlib is not installed: no %s", path)
-        return None
+    from rlhfkit import figures
     from rlhfkit.io import write_bytes
 
-    episodes = [h["episode"] for h in history]
+    plt = figures.pyplot(path) if history else None
+    if plt is None:
+        return None
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     for ax, (key, title) in zip(axes.flat, PANELS, strict=True):
-        ax.plot(episodes, [h.get(key, float("nan")) for h in history], lw=1.2)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("episodes", fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    write_bytes(path, buffer.getvalue())
+        figures.curve(ax, history, key, title)
+    write_bytes(path, figures.png_bytes(fig))
     return path
