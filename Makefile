@@ -74,7 +74,7 @@ sanity: install ## the main job: the pipeline on the embedded default (log in pp
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash ppo_pipeline_sanity.sh
 
 bench: install ## PPO benchmark: our engine vs TRL 1.12's PPOTrainer side by side (BENCH_ARGS="--setting 100m" ...)
-	$(PY) benchmarks/ppo_vs_trl.py $(BENCH_ARGS)
+	$(PY) bench/ppo_vs_trl.py $(BENCH_ARGS)
 
 build: ## build the Intel Gaudi image (Dockerfile; keeps the Habana image's own torch)
 	@$(REQUIRE_DOCKER)

@@ -10,8 +10,14 @@ from rlhfkit.errors import UserError
 logger = logging.getLogger(__name__)
 
 # Our defaults where TRL's suit large GPU runs but not a toolkit that must also run small models on CPU:
-# precision is explicit (--bf16/--fp16), gradient checkpointing is opt-in, TensorBoard logs are on.
-TRAINER_DEFAULTS = {"bf16": False, "gradient_checkpointing": False, "report_to": ["tensorboard"], "logging_steps": 10}
+# precision follows the device (bf16 None: rlhfkit.device.auto_precision; TRL's bf16=True fails on a CPU without
+# --use_cpu and is slow on one without native bfloat16), gradient checkpointing is opt-in (it recomputes the
+# forward pass: about a third more compute, worth it only when memory is short), TensorBoard logs are on.
+TRAINER_DEFAULTS = {"bf16": None, "gradient_checkpointing": False, "report_to": ["tensorboard"], "logging_steps": 10}
+# SFT also batches rows of similar length together (transformers' LengthGroupedSampler: mega-batches of 50
+# batches sorted by length): with per-batch padding, random batches of varied lengths spend much of each step on
+# padding. bench/ measures the effect (README, Benchmarks).
+SFT_DEFAULTS = {**TRAINER_DEFAULTS, "train_sampling_strategy": "group_by_length"}
 
 
 def newest_complete_checkpoint(output_dir: str) -> str | None:

@@ -110,30 +110,41 @@ class PPOTrainer:
         return rollout.left_pad([self.queries[i] for i in indices], self.tokenizer.pad_token_id, self.device)
 
     # --------------------------------------------------------------------------------------- rollout
+    def _clock(self) -> float:
+        """Wall time after the device's queued work is done (a GPU runs asynchronously), for the time shares."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     @torch.no_grad()
     def rollout(self, indices: list[int]):
+        """Sample, score and evaluate one batch of episodes; also returns the seconds spent in generation, in the
+        policy / value / reference forward passes and in scoring."""
         args, unwrapped = self.args, self.accelerator.unwrap_model(self.model)
         unwrapped.eval()
         queries, query_mask = self._collate(indices)
-        started = time.perf_counter()
+        started = self._clock()
         episodes = rollout.sample(unwrapped.policy, self.tokenizer, [self.prompts[i] for i in indices], queries,
                                   query_mask, self.gen_config, self.stop_ids, args.batched_gen)
-        generation_seconds = time.perf_counter() - started
+        generated = self._clock()
         logprobs, values, _ = rollout.forward(unwrapped, episodes, args.temperature)
         with unwrapped.reference(self.ref_model) as reference:
             ref_logprobs = rollout.reference_logprobs(reference, episodes, args.temperature)
+        forwarded = self._clock()
         scores = self.scorer(episodes.prompts, queries, query_mask, episodes.responses, episodes.response_mask,
                              episodes.stopped, episodes.response_texts)
         scores = scores.to(self.device).float()
         if args.missing_eos_penalty is not None:
             scores = scores - args.missing_eos_penalty * (~episodes.stopped).float()
-        return episodes, logprobs, ref_logprobs, values, scores, generation_seconds
+        seconds = {"generation": generated - started, "forward": forwarded - generated,
+                   "scoring": self._clock() - forwarded}
+        return episodes, logprobs, ref_logprobs, values, scores, seconds
 
     # ------------------------------------------------------------------------------------------- step
     def step(self) -> dict:
         args, acc = self.args, self.accelerator
-        started = time.perf_counter()
-        episodes, logprobs, ref_logprobs, values, scores, gen_seconds = self.rollout(self._batch_indices(self.step_index))
+        started = self._clock()
+        episodes, logprobs, ref_logprobs, values, scores, phase = self.rollout(self._batch_indices(self.step_index))
         mask = episodes.response_mask.float()
 
         # 2. shaping: score normalisation / clipping, per-token KL penalty, score at the last real token
@@ -153,7 +164,7 @@ class PPOTrainer:
         advantages = core.masked_whiten(advantages, mask)
 
         # 4. update
-        rollout_seconds = time.perf_counter() - started
+        rollout_seconds = self._clock() - started
         update_stats, early_stopped = self.update(episodes, logprobs, values, advantages, returns)
 
         # 5. KL controller, metrics
@@ -176,13 +187,14 @@ class PPOTrainer:
         metrics["val/num_eos_tokens"] *= self.world  # a count over all processes, not a mean
         self.step_index += 1
         self.episodes_done += args.batch_size * self.world
-        seconds = time.perf_counter() - started
+        seconds = self._clock() - started
         tokens = acc.reduce(lengths.sum(), "sum").item()
         metrics.update({
             "objective/kl_coef": kl_coef, "lr": self.scheduler.get_last_lr()[0],
             "episode": self.episodes_done, "step": self.step_index, "eps": args.batch_size * self.world / seconds,
             "time/rollout": rollout_seconds, "time/update": seconds - rollout_seconds,
-            "time/generation": gen_seconds, "tokens_per_second/generation": tokens / max(gen_seconds, 1e-9),
+            "time/generation": phase["generation"], "time/forward": phase["forward"], "time/scoring": phase["scoring"],
+            "tokens_per_second/generation": tokens / max(phase["generation"], 1e-9),
             "policy/early_stopped": float(early_stopped),
         })
         self._record(episodes, scores, kl_per_sequence, metrics)
@@ -335,6 +347,12 @@ class PPOTrainer:
             gen = sum(h["time/generation"] for h in history[-done:]) if done else 0.0
             tokens = sum(h["tokens_per_second/generation"] * h["time/generation"] for h in history[-done:])
             out["generated_tokens_per_second"] = tokens / gen if gen else 0.0
+            # where a step's time goes: generation, the policy/value/reference forward passes, scoring, update
+            recent = history[-done:] if done else []
+            total = sum(h["time/rollout"] + h["time/update"] for h in recent)
+            for phase in ("generation", "forward", "scoring", "update"):
+                spent = sum(h.get(f"time/{phase}", 0.0) for h in recent)
+                out[f"time_share/{phase}"] = spent / total if total else 0.0
             tail = history[-max(1, min(5, len(history))):]
             for key in ("objective/scores", "objective/kl", "objective/rlhf_reward", "objective/entropy"):
                 out[f"first/{key}"] = history[0][key]

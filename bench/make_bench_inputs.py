@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build the shared inputs of the PPO benchmark (``benchmarks/ppo_vs_trl.py``): a policy, a reward model and a
+"""Build the shared inputs of the PPO benchmark (``bench/ppo_vs_trl.py``): a policy, a reward model and a
 prompt file, written once into ``<out>/inputs`` and used unchanged by both our ``ppo.py`` and TRL's PPOTrainer.
 
 Settings:
@@ -20,7 +20,7 @@ prompt format for a tokenizer without a chat template, ``Question: ...\n\nAnswer
 TRL is fed exactly the same query tokens. ``inputs.json`` describes what was built; a second call with the same
 settings reuses it. Runs with the project's interpreter (it imports ``rlhfkit`` and ``ppo``).
 
-    python benchmarks/make_bench_inputs.py --setting small --out .bench/out-small
+    python bench/make_bench_inputs.py --setting small --out .bench/out-small
 """
 
 from __future__ import annotations

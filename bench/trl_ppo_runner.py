@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Run TRL 1.12's ``trl.experimental.ppo.PPOTrainer`` (the last TRL release with PPO) from a JSON spec and/or
-flags, and write its figures as JSON. The other half of ``benchmarks/ppo_vs_trl.py``; it runs in the benchmark's
+flags, and write its figures as JSON. The other half of ``bench/ppo_vs_trl.py``; it runs in the benchmark's
 own virtualenv (``.bench/trl-1.12``), never in the project's.
 
-    .bench/trl-1.12/bin/python benchmarks/trl_ppo_runner.py --spec .bench/out-small/trl_spec.json
+    .bench/trl-1.12/bin/python bench/trl_ppo_runner.py --spec .bench/out-small/trl_spec.json
 
 Batch arithmetic (TRL 1.12, one process): ``per_device_train_batch_size x gradient_accumulation_steps`` episodes
 per PPO step, split into ``num_mini_batches`` mini-batches; inside a mini-batch, micro-batches of

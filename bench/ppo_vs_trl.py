@@ -2,7 +2,7 @@
 """Benchmark (not a test): our PPO engine (``ppo.py``) against TRL 1.12.0's ``trl.experimental.ppo.PPOTrainer``,
 the last TRL release with PPO, on the same inputs and settings. Prints both sides' figures and the ratios.
 
-    python benchmarks/ppo_vs_trl.py --setting small|100m [--steps N] [--device cpu|cuda] [--out DIR]
+    python bench/ppo_vs_trl.py --setting small|100m [--steps N] [--device cpu|cuda] [--out DIR]
 
 One command, one process tree, one side after the other:
 
@@ -10,9 +10,9 @@ One command, one process tree, one side after the other:
    build with ``--device cuda``), ``trl==1.12.0`` and the transformers / accelerate / peft / datasets versions of
    the project's own environment (trl 1.12.0 accepts transformers >= 4.56.2, 5.x included), so that both sides
    run the same model code and only the PPO engines differ;
-2. the shared inputs, built once in ``<out>/inputs`` by ``benchmarks/make_bench_inputs.py``: policy, reward
+2. the shared inputs, built once in ``<out>/inputs`` by ``bench/make_bench_inputs.py``: policy, reward
    model, prompts (and their token ids exactly as ``ppo.py`` makes them, for TRL);
-3. ours: ``ppo.py`` with this interpreter; then TRL: ``benchmarks/trl_ppo_runner.py`` with the bench venv's.
+3. ours: ``ppo.py`` with this interpreter; then TRL: ``bench/trl_ppo_runner.py`` with the bench venv's.
    Each runs under a small wrapper (this script in ``--measure-child`` mode) whose
    ``getrusage(RUSAGE_CHILDREN)`` then holds that run alone: peak RSS per run (of the largest process of the
    run's tree). On CUDA the peak is ``torch.cuda.max_memory_allocated`` written by each run.
@@ -308,6 +308,7 @@ def ours_figures(out_dir: str, process: dict, cuda_peak: dict | None, s: dict) -
         "mean_response_tokens": sum(lengths) / len(lengths) if lengths else None,
         "eos_share": sum(h["val/num_eos_tokens"] for h in history) / max(1, summary["train_episodes"]),
         "cuda_max_memory_allocated": (cuda_peak or {}).get("cuda_max_memory_allocated"),
+        "time_shares": {k.split("/", 1)[1]: v for k, v in summary.items() if k.startswith("time_share/")},
         **_shared_figures(process, history),
         "optimizer_steps": s["steps"] * s["ppo_epochs"] * s["num_mini_batches"],
         "trainable_parameters": int(found.group(1).replace(",", "")) if found else None,
@@ -469,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
 
     trl_python = ensure_trl_venv(os.path.abspath(args.venv), args.device) if args.skip != "trl" else None
 
-    inputs_cmd = [sys.executable, "benchmarks/make_bench_inputs.py", "--setting", args.setting, "--out", args.out,
+    inputs_cmd = [sys.executable, "bench/make_bench_inputs.py", "--setting", args.setting, "--out", args.out,
                   "--num_prompts", str(args.num_prompts)]
     run(inputs_cmd, "inputs")
     commands["inputs"] = shlex.join(inputs_cmd)
@@ -499,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(spec_path, "w", encoding="utf-8") as handle:
         json.dump(trl_spec(manifest, s, trl_dir, args.device), handle, indent=1)
     python = trl_python or os.path.join(os.path.abspath(args.venv), "bin", "python")
-    cmd = [python, "benchmarks/trl_ppo_runner.py", "--spec", spec_path]
+    cmd = [python, "bench/trl_ppo_runner.py", "--spec", spec_path]
     commands["trl"] = shlex.join(cmd)
     if args.skip != "trl":
         shutil.rmtree(trl_dir, ignore_errors=True)
@@ -509,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(args.out, "trl_process.json"), encoding="utf-8") as handle:
             process = {**json.load(handle), "log": os.path.join(args.out, "trl.log")}
     trl = trl_figures(trl_dir, process)
-    commands["wrapper"] = (f"{shlex.quote(sys.executable)} benchmarks/ppo_vs_trl.py --measure-child RESULT LOG -- "
+    commands["wrapper"] = (f"{shlex.quote(sys.executable)} bench/ppo_vs_trl.py --measure-child RESULT LOG -- "
                            "<the ours / trl command>")
 
     text, ratios = table(ours, trl, cuda)

@@ -1,0 +1,128 @@
+"""The Markdown tables of a benchmark result (``bench/run.py``): the machine, then one table per stage, then the
+targets. Figures are medians over the repeats, with min-max in brackets where there were several runs."""
+
+from __future__ import annotations
+
+
+def _num(value, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit == "MiB":
+        return f"{value / 2**20:,.0f} MiB"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "%":
+        return f"{100 * value:.0f}%"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def cell(stat: dict | None, unit: str = "") -> str:
+    """``median (min-max)`` of a spread, or ``-``."""
+    if not stat:
+        return "-"
+    text = _num(stat["median"], unit)
+    if stat.get("n", 1) > 1 and stat["min"] != stat["max"]:
+        text += f" ({_num(stat['min'], unit)}-{_num(stat['max'], unit)})"
+    return text
+
+
+def _machine(results: dict) -> list[str]:
+    m, v = results["machine"], results["versions"]
+    gpu = f"; GPU {', '.join(m['gpus'])}" if m.get("gpus") else ""
+    cpu_bf16 = f", {m['cpu_bf16']}" if m.get("cpu_bf16") else ""
+    peaks = ", ".join(f"{k} {p['flops_per_second'] / 1e9:,.0f} GFLOP/s" for k, p in results["peak_matmul"].items())
+    lines = [
+        f"Machine: {m['cpu_model']} ({m['usable_cores']} usable cores{cpu_bf16}, "
+        f"{(m['memory_bytes'] or 0) / 2**30:.0f} GiB){gpu}; Python {m['python']}, torch {v.get('torch')}, "
+        f"transformers {v.get('transformers')}, trl {v.get('trl')}, peft {v.get('peft')}, accelerate "
+        f"{v.get('accelerate')}; torch threads {v.get('torch_threads')}.",
+        f"Measured peak matrix-product rate ({results['device']}): {peaks or '-'}.",
+        f"{results['repeats']} run(s) per side; medians (min-max). Suite time {results['total_seconds'] / 60:.1f} min. "
+        f"Command: `{results['commands']['suite']}`.",
+    ]
+    return lines
+
+
+def _sft(sft: dict, memory: str) -> list[str]:
+    s = sft["summary"]
+    model = sft["model"]
+    lines = [f"### SFT ({model['parameters'] / 1e6:.1f}M-parameter Llama from a config, {sft['rows']} rows, batch "
+             f"{sft['batch_size']}, {sft['steps']} steps, first {sft['warmup_steps_excluded']} not timed)", "",
+             f"| side | precision | non-padding tokens/s | step time (s) | MFU | {memory} | held-out loss |",
+             "|---|---|---|---|---|---|---|"]
+    names = {"ours": "ours (`sft.py` defaults, full fine-tuning)", "trl": "`trl sft` (its defaults)",
+             "bare": "bare PyTorch loop (ceiling)"}
+    for side, label in names.items():
+        runs = sft["runs"][side]
+        precision = runs[0]["precision"] + (" + grad. checkpointing" if runs[0].get("gradient_checkpointing") else "")
+        x = s[side]
+        lines.append(f"| {label} | {precision} | {cell(x.get('tokens_per_second'))} | {cell(x.get('step_seconds'))} | "
+                     f"{cell(x.get('mfu'))} | {cell(x.get('peak_memory_bytes'), 'MiB')} | {cell(x.get('eval_loss'))} |")
+    r = sft["ratios"]
+    lines += ["", f"Ratios, run by run: ours / trl sft tokens/s {cell(r['ours/trl']['tokens_per_second'], 'x')}; "
+                  f"ours / bare loop {cell(r['ours/bare']['tokens_per_second'], 'x')}; peak memory ours / trl sft "
+                  f"{cell(sft['memory_ratio']['ours/trl']['peak_memory_bytes'], 'x')}."]
+    return lines
+
+
+def _pairs(name: str, stage: dict, memory: str) -> str:
+    x = stage["summary"]["ours"]
+    run = stage["runs"]["ours"][0]
+    return (f"| {name} (`{stage['script']}` defaults, {run['precision']}) | batch {stage['batch_size']} | "
+            f"{cell(x.get('pairs_per_second'))} pairs/s | {cell(x.get('step_seconds'))} s/step | "
+            f"{cell(x.get('peak_memory_bytes'), 'MiB')} {memory} |")
+
+
+def _ppo(ppo: dict, memory: str) -> list[str]:
+    lines = ["### PPO", "", "| setting | side | episodes/s | generated tokens/s | time: generation / forward / "
+             f"scoring / update | {memory} |", "|---|---|---|---|---|---|"]
+    for setting, block in ppo.items():
+        if setting == "environments":
+            continue
+        for side in block["runs"]:
+            x = block["summary"][side]
+            shares = x.get("time_shares")
+            share_text = " / ".join(_num(shares.get(k), "%") for k in ("generation", "forward", "scoring", "update")) \
+                if shares else "-"
+            label = {"ours": "ours (`ppo.py`)", "trl": "TRL 1.12.0 PPOTrainer"}[side]
+            lines.append(f"| {setting} | {label} | {cell(x.get('episodes_per_second'))} | "
+                         f"{cell(x.get('generated_tokens_per_second'))} | {share_text} | "
+                         f"{cell(x.get('peak_memory_bytes'), 'MiB')} |")
+        if "ratios" in block:
+            r = block["ratios"]["ours/trl"]
+            lines.append(f"| {setting} | **ours / TRL** | {cell(r['episodes_per_second'], 'x')} | "
+                         f"{cell(r['generated_tokens_per_second'], 'x')} | | {cell(r['peak_memory_bytes'], 'x')} |")
+    return lines
+
+
+def markdown(results: dict) -> str:
+    cuda = results["device"] == "cuda"
+    memory = "peak GPU memory" if cuda else "peak RSS"
+    stages = results["stages"]
+    lines = [f"## Benchmark: {results['device']}, {results['date']}", "", *_machine(results), ""]
+    if "sft" in stages:
+        lines += _sft(stages["sft"], memory) + [""]
+    pair_rows = [_pairs(n, stages[k], memory) for n, k in (("reward model", "reward"), ("DPO", "dpo")) if k in stages]
+    if pair_rows:
+        lines += ["### Reward modeling and DPO", "", "| stage | batch | throughput | step time | memory |",
+                  "|---|---|---|---|---|", *pair_rows, ""]
+    if "ppo" in stages:
+        lines += _ppo(stages["ppo"], memory) + [""]
+    if "generation" in stages:
+        lines += ["### Generation (KV cache, sampling, 64 new tokens)", "", "| dtype, batch size | tokens/s | memory |",
+                  "|---|---|---|"]
+        for key, x in stages["generation"]["summary"].items():
+            dtype, batch = key.rsplit("_bs", 1)
+            lines.append(f"| {dtype}, {batch} | {cell(x.get('tokens_per_second'))} | "
+                         f"{cell(x.get('peak_memory_bytes'), 'MiB')} |")
+        lines.append("")
+    if results["targets"]:
+        lines += ["### Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+        for t in results["targets"]:
+            value = t["measured"]
+            shown = " vs ".join(_num(v) for v in value) if isinstance(value, list) else _num(value)
+            lines.append(f"| {t['what']} | {t['target']} | {shown} | {'yes' if t['met'] else '**no**'} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,440 @@
+#!/usr/bin/env python
+"""The benchmark suite (``make bench``): every stage of the toolkit on this machine, with side-by-side peers.
+
+    python bench/run.py [--device auto|cpu|cuda] [--repeats 3] [--stages sft,reward,dpo,ppo,generation]
+                        [--setup cpu|cuda|quick] [--out bench/results] [--work .bench/suite]
+
+Writes ``<out>/<device>-<date>.json`` (every run's figures, medians, ratios, the machine, the versions, the
+commands) and ``<out>/<device>-<date>.md`` (the tables the README shows). Not a test: nothing here asserts a
+speed; the figures are printed and written.
+
+Stages and what each reports:
+
+* **sft** - our ``sft.py`` (its defaults: bf16 autocast where the device has it natively, length-grouped
+  batches, no gradient checkpointing; ``--use_peft False`` because TRL's CLI fine-tunes in full) against
+  ``trl sft`` (TRL's CLI; it launches ``trl/scripts/sft.py`` through accelerate, which with one process is
+  that script: the suite runs it directly) with its defaults (on CPU plus ``--use_cpu True``, which its
+  default ``bf16=True`` demands), and a bare PyTorch loop on the same rows (``bench/bare_loop.py``: the
+  ceiling). Same model (a Llama built from a config, random weights), same rows, batch size, learning rate and
+  step count. Non-padding tokens/s over the steps after the warm-up, median step time, peak memory (RSS on CPU,
+  ``max_memory_allocated`` on a GPU), MFU = 6 x N x tokens/s / the measured peak matrix-product rate in the
+  run's dtype (``bench/machine.py``; N excludes the input embedding), held-out loss after training
+  (``bench/eval_loss.py``, the same for both).
+* **reward** / **dpo** - ``reward_modeling.py`` / ``dpo.py`` with their defaults on the toy pairs from the SFT
+  model: pairs/s, peak memory.
+* **ppo** - ``bench/ppo_vs_trl.py`` per repeat (ours against TRL 1.12.0's PPOTrainer in the venv it builds):
+  episodes/s, generated tokens/s, the share of a step in generation / forward passes / scoring / update, peak
+  memory; the ``100m`` setting (memory) once. Without peers: ``ppo.py`` alone on the embedded default.
+* **generation** - ``bench/gen_bench.py``: tokens/s at batch sizes 1 and 16, float32 and bfloat16.
+
+Peer runs are interleaved (ours, theirs, bare; then again), so drift on a shared machine hits every side; each
+ratio is taken run by run (ours_i / theirs_i) and reported as median, min and max over the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+sys.path.insert(0, BENCH)
+
+SETUPS = {
+    # sft_rows = batch_size x steps: one epoch, so length grouping sees every row once
+    "cpu": dict(sft_size="40m", long=True, batch_size=8, steps=16, warmup=2, pair_steps=12, pair_batch=8,
+                ppo=["small", "100m"], ppo_repeats={"100m": 1}, gen_batches=[1, 16], gen_batch_count=2),
+    "cuda": dict(sft_size="350m", long=True, batch_size=64, steps=12, warmup=3, pair_steps=20, pair_batch=32,
+                 ppo=["small", "100m"], ppo_repeats={}, gen_batches=[1, 16], gen_batch_count=4),
+    "quick": dict(sft_size="tiny", long=False, batch_size=4, steps=4, warmup=1, pair_steps=3, pair_batch=4,
+                  ppo=[], ppo_repeats={}, gen_batches=[1, 4], gen_batch_count=1),
+}
+STAGES = ("sft", "reward", "dpo", "ppo", "generation")
+TRL_SFT_SCRIPT = "trl/scripts/sft.py"
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run(cmd: list[str], log: str, what: str) -> None:
+    """Run ``cmd`` in the repository, output to ``log``; a failure stops the suite with the log's end."""
+    say(f"{what}: {shlex.join(cmd)}")
+    with open(log, "w", encoding="utf-8") as handle:
+        code = subprocess.run(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+                              env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}).returncode
+    if code != 0:
+        with open(log, encoding="utf-8", errors="replace") as handle:
+            tail = handle.read().strip().splitlines()[-8:]
+        raise SystemExit(f"error: {what} failed (exit {code}); log {log}:\n" + "\n".join(tail))
+
+
+def load(path: str) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def spread(values: list[float | None]) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def steady(record: dict, warmup: int) -> dict:
+    """Throughput over the steps after the first ``warmup`` (allocator, kernel selection and caches settle)."""
+    seconds, tokens, rows = (record[k][warmup:] for k in ("step_seconds", "step_tokens", "step_rows"))
+    total = sum(seconds)
+    return {"steps_timed": len(seconds), "tokens_per_second": sum(tokens) / total if total else None,
+            "rows_per_second": sum(rows) / total if total else None,
+            "step_seconds": statistics.median(seconds) if seconds else None}
+
+
+def peak_memory(record: dict, cuda: bool) -> int | None:
+    return record.get("cuda_max_memory_allocated") if cuda else record.get("peak_rss_bytes")
+
+
+# ------------------------------------------------------------------------------------------------- stages
+class Suite:
+    def __init__(self, args):
+        self.args = args
+        self.setup = SETUPS[args.setup]
+        self.cuda = args.device == "cuda"
+        self.work = os.path.abspath(args.work)
+        self.py = sys.executable
+        self.commands: dict[str, str] = {}
+        self.peaks: dict[str, dict] = {}
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.work, *parts)
+
+    def peak(self, dtype: str) -> float:
+        if dtype not in self.peaks:
+            out = self.path(f"peak_{dtype}.log")
+            cmd = [self.py, "bench/machine.py", "--peak", "--device", self.args.device, "--dtype", dtype,
+                   *(["--quick"] if self.args.setup == "quick" else [])]
+            run(cmd, out, f"peak matmul rate ({dtype})")
+            with open(out, encoding="utf-8") as handle:
+                self.peaks[dtype] = json.loads(handle.read().strip().splitlines()[-1])
+        return self.peaks[dtype]["flops_per_second"]
+
+    def inputs(self) -> dict:
+        import sft_inputs
+
+        s = self.setup
+        os.makedirs(self.work, exist_ok=True)
+        model_dir = self.path("model")
+        shutil.rmtree(model_dir, ignore_errors=True)
+        model = sft_inputs.build_model(s["sft_size"], model_dir)
+        data = sft_inputs.write_sft_data(self.work, s["batch_size"] * s["steps"], long=s["long"])
+        pairs_dir = self.path("pairs")
+        os.makedirs(pairs_dir, exist_ok=True)
+        rows = s["pair_batch"] * s["pair_steps"]
+        os.replace(sft_inputs.write_pairs(self.work, rows), os.path.join(pairs_dir, "train.jsonl"))
+        return {"model": model, "data": data, "pairs": pairs_dir, "pair_rows": rows}
+
+    # --------------------------------------------------------------------------------------------- sft
+    def sft_commands(self, inp: dict, repeat: int) -> dict[str, list[str]]:
+        s, device = self.setup, self.args.device
+        common = ["--model_name_or_path", inp["model"]["path"], "--max_steps", str(s["steps"]),
+                  "--per_device_train_batch_size", str(s["batch_size"]), "--save_strategy", "no"]
+        import trl
+
+        trl_script = os.path.join(os.path.dirname(os.path.dirname(trl.__file__)), TRL_SFT_SCRIPT)
+        probe = [self.py, "bench/trainer_probe.py"]
+        return {
+            "ours": [*probe, self.path(f"sft_ours_{repeat}.json"), "--", "sft.py", *common,
+                     "--dataset_name", inp["data"]["ours"], "--output_dir", self.path(f"sft_ours_{repeat}"),
+                     "--overwrite_output_dir", "--use_peft", "False", "--device", device],
+            "trl": [*probe, self.path(f"sft_trl_{repeat}.json"), "--", trl_script, *common,
+                    "--dataset_name", inp["data"]["trl"], "--output_dir", self.path(f"sft_trl_{repeat}"),
+                    *(["--use_cpu", "True"] if device == "cpu" else [])],
+        }
+
+    def bare_command(self, inp: dict, repeat: int, precision: str) -> list[str]:
+        s = self.setup
+        return [self.py, "bench/bare_loop.py", "--model", inp["model"]["path"],
+                "--data", os.path.join(inp["data"]["trl"], "train.jsonl"), "--steps", str(s["steps"]),
+                "--batch_size", str(s["batch_size"]), "--group_by_length", "--device", self.args.device,
+                *(["--bf16"] if precision == "bf16" else []), "--result", self.path(f"sft_bare_{repeat}.json")]
+
+    def sft(self, inp: dict) -> dict:
+        s, n = self.setup, inp["model"]["matmul_parameters"]
+        runs: dict[str, list[dict]] = {"ours": [], "trl": [], "bare": []}
+        for repeat in range(self.args.repeats):
+            cmds = self.sft_commands(inp, repeat)
+            for side in ("ours", "trl"):
+                shutil.rmtree(self.path(f"sft_{side}_{repeat}"), ignore_errors=True)
+                run(cmds[side], self.path(f"sft_{side}_{repeat}.log"), f"sft {side} #{repeat + 1}")
+                record = load(cmds[side][2])
+                if side == "ours":
+                    cmds["bare"] = self.bare_command(inp, repeat, record["precision"])
+                    run(cmds["bare"], self.path(f"sft_bare_{repeat}.log"), f"sft bare loop #{repeat + 1}")
+                    runs["bare"].append(self.sft_figures(load(self.path(f"sft_bare_{repeat}.json")), n, None))
+                evaluation = self.path(f"sft_{side}_{repeat}_eval.log")
+                run([self.py, "bench/eval_loss.py", "--model", self.path(f"sft_{side}_{repeat}"), "--data",
+                     inp["data"]["eval"], "--device", self.args.device], evaluation, f"eval loss ({side})")
+                with open(evaluation, encoding="utf-8") as handle:
+                    loss = json.loads(handle.read().strip().splitlines()[-1])["eval_loss"]
+                runs[side].append(self.sft_figures(record, n, loss))
+                shutil.rmtree(self.path(f"sft_{side}_{repeat}"), ignore_errors=True)
+            self.commands.update({f"sft_{k}": shlex.join(v) for k, v in cmds.items()})
+        return {"model": inp["model"], "rows": s["batch_size"] * s["steps"], "batch_size": s["batch_size"],
+                "steps": s["steps"], "warmup_steps_excluded": s["warmup"], "runs": runs,
+                "summary": self.summarise(runs), "ratios": self.ratios(runs, ["tokens_per_second", "mfu"],
+                                                                      [("ours", "trl"), ("ours", "bare")]),
+                "memory_ratio": self.ratios(runs, ["peak_memory_bytes"], [("ours", "trl")])}
+
+    def sft_figures(self, record: dict, n: int, eval_loss: float | None) -> dict:
+        dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(record["precision"], "float32")
+        figures = steady(record, self.setup["warmup"])
+        peak = self.peak(dtype)
+        tps = figures["tokens_per_second"]
+        return {**figures, "precision": record["precision"], "gradient_checkpointing": record["gradient_checkpointing"],
+                "peak_memory_bytes": peak_memory(record, self.cuda), "mfu": 6 * n * tps / peak if tps else None,
+                "peak_matmul_flops": peak, "eval_loss": eval_loss, "threads": record.get("torch_threads"),
+                "trainable_parameters": record.get("trainable_parameters")}
+
+    # ---------------------------------------------------------------------------------- reward, dpo
+    def pairs(self, inp: dict, script: str, name: str) -> dict:
+        s = self.setup
+        runs = []
+        for repeat in range(self.args.repeats):
+            out = self.path(f"{name}_{repeat}")
+            shutil.rmtree(out, ignore_errors=True)
+            result = self.path(f"{name}_{repeat}.json")
+            cmd = [self.py, "bench/trainer_probe.py", result, "--", script, "--model_name_or_path",
+                   inp["model"]["path"], "--dataset_name", inp["pairs"], "--output_dir", out, "--max_steps",
+                   str(s["pair_steps"]), "--per_device_train_batch_size", str(s["pair_batch"]), "--save_strategy",
+                   "no", "--device", self.args.device]
+            run(cmd, self.path(f"{name}_{repeat}.log"), f"{name} #{repeat + 1}")
+            record = load(result)
+            seconds = record["step_seconds"][s["warmup"]:]
+            pairs = s["pair_batch"] * len(seconds)
+            runs.append({"pairs_per_second": pairs / sum(seconds) if sum(seconds) else None,
+                         "step_seconds": statistics.median(seconds) if seconds else None,
+                         "peak_memory_bytes": peak_memory(record, self.cuda), "precision": record["precision"],
+                         "trainable_parameters": record.get("trainable_parameters")})
+            self.commands[name] = shlex.join(cmd)
+            shutil.rmtree(out, ignore_errors=True)
+        return {"script": script, "batch_size": s["pair_batch"], "steps": s["pair_steps"],
+                "runs": {"ours": runs}, "summary": self.summarise({"ours": runs})}
+
+    # ------------------------------------------------------------------------------------------- ppo
+    def ppo(self) -> dict:
+        if not self.setup["ppo"] or self.args.no_peers:
+            return self.ppo_alone()
+        out: dict = {}
+        for setting in self.setup["ppo"]:
+            repeats = self.setup["ppo_repeats"].get(setting, self.args.repeats)
+            runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+            for repeat in range(repeats):
+                folder = self.path(f"ppo_{setting}_{repeat}")
+                argv = ["--setting", setting, "--device", self.args.device, "--out", folder,
+                        "--threads", str(self.args.threads)]
+                say(f"ppo {setting} #{repeat + 1}: bench/ppo_vs_trl.py {shlex.join(argv)}")
+                with open(self.path(f"ppo_{setting}_{repeat}.log"), "w", encoding="utf-8") as log:
+                    code = subprocess.run([self.py, "bench/ppo_vs_trl.py", *argv], cwd=REPO, stdout=log,
+                                          stderr=subprocess.STDOUT).returncode
+                if code != 0:
+                    raise SystemExit(f"error: ppo {setting} failed (exit {code}): see {log.name}")
+                result = load(os.path.join(folder, "bench_results.json"))
+                memory_key = "cuda_max_memory_allocated" if self.cuda else "peak_rss_bytes"
+                for side in ("ours", "trl"):
+                    figures = result[side]
+                    runs[side].append({"episodes_per_second": figures["episodes_per_second"],
+                                       "generated_tokens_per_second": figures["generated_tokens_per_second"],
+                                       "peak_memory_bytes": figures[memory_key],
+                                       "time_shares": figures.get("time_shares"),
+                                       "reward_gain": figures["reward_gain"], "final_kl": figures["final_kl"]})
+                self.commands[f"ppo_{setting}"] = "python bench/ppo_vs_trl.py " + shlex.join(argv)
+                self.commands[f"ppo_{setting}_ours"] = result["commands"]["ours"]
+                self.commands[f"ppo_{setting}_trl"] = result["commands"]["trl"]
+                out.setdefault("environments", result["environments"])
+            out[setting] = {"settings": result["settings"], "runs": runs, "summary": self.summarise(runs),
+                            "ratios": self.ratios(runs, ["episodes_per_second", "generated_tokens_per_second",
+                                                         "peak_memory_bytes"], [("ours", "trl")])}
+        return out
+
+    def ppo_alone(self) -> dict:
+        """ppo.py on the embedded default (tiny policy, toy reward), no peer: the smoke path."""
+        runs = []
+        for repeat in range(self.args.repeats):
+            out = self.path(f"ppo_alone_{repeat}")
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [self.py, "ppo.py", "--output_dir", out, "--steps", "3", "--batch_size", "8",
+                   "--mini_batch_size", "4", "--reward_function", "toy", "--device", self.args.device,
+                   "--report_to", "none", "--save_merged", "False", "--sample_every", "0"]
+            run(cmd, self.path(f"ppo_alone_{repeat}.log"), f"ppo (ours alone) #{repeat + 1}")
+            summary = load(os.path.join(out, "all_results.json"))
+            runs.append({"episodes_per_second": summary["episodes_per_second"],
+                         "generated_tokens_per_second": summary.get("generated_tokens_per_second"),
+                         "time_shares": {k.split("/", 1)[1]: v for k, v in summary.items()
+                                         if k.startswith("time_share/")}})
+            self.commands["ppo_alone"] = shlex.join(cmd)
+        return {"alone": {"runs": {"ours": runs}, "summary": self.summarise({"ours": runs})}}
+
+    # ------------------------------------------------------------------------------------- generation
+    def generation(self, inp: dict) -> dict:
+        s = self.setup
+        runs: dict[str, list[dict]] = {}
+        for dtype in ("float32", "bfloat16"):
+            for batch in s["gen_batches"]:
+                key = f"{dtype}_bs{batch}"
+                runs[key] = []
+                for repeat in range(self.args.repeats):
+                    result = self.path(f"gen_{key}_{repeat}.json")
+                    cmd = [self.py, "bench/gen_bench.py", "--model", inp["model"]["path"], "--batch_size", str(batch),
+                           "--batches", str(s["gen_batch_count"]), "--dtype", dtype, "--device", self.args.device,
+                           "--result", result]
+                    run(cmd, self.path(f"gen_{key}_{repeat}.log"), f"generation {key} #{repeat + 1}")
+                    record = load(result)
+                    runs[key].append({"tokens_per_second": record["tokens_per_second"],
+                                      "new_tokens": record["new_tokens"],
+                                      "peak_memory_bytes": peak_memory(record, self.cuda)})
+                    self.commands[f"generation_{key}"] = shlex.join(cmd)
+        return {"model": inp["model"]["path"], "runs": runs, "summary": self.summarise(runs)}
+
+    # -------------------------------------------------------------------------------------- summaries
+    @staticmethod
+    def summarise(runs: dict[str, list[dict]]) -> dict:
+        out = {}
+        for side, items in runs.items():
+            keys = [k for k, v in (items[0] if items else {}).items() if isinstance(v, (int, float))
+                    and not isinstance(v, bool)]
+            out[side] = {k: spread([item.get(k) for item in items]) for k in keys}
+            shares = [item["time_shares"] for item in items if item.get("time_shares")]
+            if shares:
+                out[side]["time_shares"] = {k: statistics.median(s[k] for s in shares) for k in shares[0]}
+        return out
+
+    @staticmethod
+    def ratios(runs: dict[str, list[dict]], keys: list[str], pairs: list[tuple[str, str]]) -> dict:
+        """Run-by-run ratios ours_i / theirs_i: median, min, max."""
+        out = {}
+        for a, b in pairs:
+            out[f"{a}/{b}"] = {k: spread([x.get(k) / y.get(k) if x.get(k) and y.get(k) else None
+                                          for x, y in zip(runs[a], runs[b], strict=True)]) for k in keys}
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- targets
+def targets(stages: dict, device: str) -> list[dict]:
+    """The issue's targets, each with the measured median and whether it is met."""
+    out = []
+
+    def add(what: str, target: str, value, met):
+        out.append({"what": what, "target": target, "measured": value, "met": met})
+
+    sft = stages.get("sft")
+    if sft:
+        r = sft["ratios"]
+        ours_trl = (r["ours/trl"]["tokens_per_second"] or {}).get("median")
+        ours_bare = (r["ours/bare"]["tokens_per_second"] or {}).get("median")
+        add("SFT non-padding tokens/s, ours / trl sft", ">= 2.0x", ours_trl, ours_trl is not None and ours_trl >= 2.0)
+        add("SFT tokens/s, ours / bare PyTorch loop", ">= 0.8x", ours_bare, ours_bare is not None and ours_bare >= 0.8)
+        loss = sft["summary"]
+        ours_loss = (loss["ours"].get("eval_loss") or {}).get("median")
+        trl_loss = (loss["trl"].get("eval_loss") or {}).get("median")
+        add("SFT held-out loss, ours vs trl sft", "no worse", [ours_loss, trl_loss],
+            ours_loss is not None and trl_loss is not None and ours_loss <= trl_loss + 0.01)
+        mfu = (loss["ours"].get("mfu") or {}).get("median")
+        goal = 0.4 if device == "cuda" else 0.5
+        add(f"SFT MFU ({device}, {sft['model']['parameters'] / 1e6:.1f}M parameters)", f">= {goal}", mfu,
+            mfu is not None and mfu >= goal)
+    ppo = stages.get("ppo") or {}
+    if "small" in ppo:
+        value = (ppo["small"]["ratios"]["ours/trl"]["episodes_per_second"] or {}).get("median")
+        add("PPO episodes/s, ours / TRL 1.12 (small)", ">= 1.5x", value, value is not None and value >= 1.5)
+    if "100m" in ppo:
+        value = (ppo["100m"]["ratios"]["ours/trl"]["peak_memory_bytes"] or {}).get("median")
+        add("PPO peak memory, ours / TRL 1.12 (100M)", "<= 0.7x", value, value is not None and value <= 0.7)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--setup", choices=sorted(SETUPS), help="sizes and step counts (default: the device's)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per side (ratios: median, min, max)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of: {', '.join(STAGES)}")
+    parser.add_argument("--no_peers", action="store_true", help="PPO without TRL 1.12 (no venv to build)")
+    parser.add_argument("--threads", type=int, default=0, help="OMP/MKL threads of every run (0: torch's default)")
+    parser.add_argument("--out", default=os.path.join(BENCH, "results"), help="where the JSON and Markdown go")
+    parser.add_argument("--work", default=os.path.join(REPO, ".bench", "suite"), help="scratch folder")
+    args = parser.parse_args(argv)
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.setup = args.setup or args.device
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        parser.error(f"--stages: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(STAGES)}")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    args.stages = stages
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import machine
+    import report
+
+    args = parse_args(argv)
+    if args.threads:
+        os.environ.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    started = time.perf_counter()
+    suite = Suite(args)
+    say(f"device {args.device}, setup {args.setup}, stages {','.join(args.stages)}, {args.repeats} repeat(s); "
+        f"scratch {suite.work}")
+    inp = suite.inputs()
+    stages: dict = {}
+    for stage in args.stages:
+        say(f"stage {stage}")
+        if stage == "sft":
+            stages["sft"] = suite.sft(inp)
+        elif stage == "reward":
+            stages["reward"] = suite.pairs(inp, "reward_modeling.py", "reward")
+        elif stage == "dpo":
+            stages["dpo"] = suite.pairs(inp, "dpo.py", "dpo")
+        elif stage == "ppo":
+            stages["ppo"] = suite.ppo()
+        else:
+            stages["generation"] = suite.generation(inp)
+    date = datetime.date.today().isoformat()
+    results = {
+        "schema": 1, "date": date, "device": args.device, "setup": {"name": args.setup, **SETUPS[args.setup]},
+        "repeats": args.repeats, "machine": machine.describe(args.device), "versions": machine.versions(),
+        "threads": args.threads or "torch default", "peak_matmul": suite.peaks, "stages": stages,
+        "targets": targets(stages, args.device), "commands": {"suite": shlex.join(["python", "bench/run.py",
+                                                                                    *(argv or sys.argv[1:])]),
+                                                               **suite.commands},
+        "total_seconds": time.perf_counter() - started,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{args.device}-{date}" + ("" if args.setup == args.device else f"-{args.setup}"))
+    with open(stem + ".json.tmp", "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=1)
+    os.replace(stem + ".json.tmp", stem + ".json")
+    text = report.markdown(results)
+    with open(stem + ".md.tmp", "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(stem + ".md.tmp", stem + ".md")
+    print("\n" + text, flush=True)
+    say(f"wrote {stem}.json and {stem}.md in {results['total_seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
