@@ -8,7 +8,7 @@ tokens as ``sft.py``, with nothing around it (no Trainer, no callbacks, no loggi
 Each step: forward, completion-only cross-entropy, backward, fused AdamW step (lr 2e-5, as TRL's default), zero
 grad. Rows are tokenised as ``prompt + completion + EOS`` (the ids TRL's SFTTrainer makes for plain-text
 prompt/completion rows, padded on the right); ``--group_by_length`` orders them as transformers'
-LengthGroupedSampler does (mega-batches of 50 batches sorted by length, longest batch first). ``--bf16``:
+LengthGroupedSampler does (its own function: mega-batches of up to 50 batches sorted by length). ``--bf16``:
 autocast to bfloat16 on the model's device with fp32 weights, as the Trainer's ``--bf16`` does. Writes the same
 per-step figures as ``bench/trainer_probe.py``.
 """
@@ -21,19 +21,20 @@ import resource
 import time
 
 
-def batches(rows: list[list[int]], prompt_lengths: list[int], batch_size: int, steps: int, group: bool, seed: int):
-    """Index batches: a seeded shuffle (or length-grouped order), cycled until ``steps`` batches."""
+def batches(rows: list[list[int]], batch_size: int, steps: int, group: bool, seed: int) -> list[list[int]]:
+    """Index batches for ``steps`` steps, epoch after epoch: a seeded shuffle, or with ``group`` transformers' own
+    length grouping (``get_length_grouped_indices``, what the Trainer's LengthGroupedSampler uses)."""
     import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
 
     out: list[list[int]] = []
     epoch = 0
     while len(out) < steps:
         generator = torch.Generator().manual_seed(seed + epoch)
-        order = torch.randperm(len(rows), generator=generator).tolist()
         if group:
-            mega = batch_size * 50
-            groups = [sorted(order[i:i + mega], key=lambda k: -len(rows[k])) for i in range(0, len(order), mega)]
-            order = [k for g in groups for k in g]
+            order = get_length_grouped_indices([len(r) for r in rows], batch_size, generator=generator)
+        else:
+            order = torch.randperm(len(rows), generator=generator).tolist()
         out += [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
         epoch += 1
     return out[:steps]
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
               "trainable_parameters": sum(p.numel() for p in model.parameters())}
     sync()
     last = time.perf_counter()
-    for index in batches(rows, prompt_lengths, args.batch_size, args.steps, args.group_by_length, args.seed):
+    for index in batches(rows, args.batch_size, args.steps, args.group_by_length, args.seed):
         width = max(len(rows[k]) for k in index)
         ids = torch.full((len(index), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         record["step_rows"].append(len(index))
         record["step_tokens"].append(int(mask.sum()))
         last = now
-    record.update(returncode=0, final_loss=float(loss), peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    record.update(returncode=0, final_loss=float(loss.detach()), peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                   * 1024, cuda_max_memory_allocated=torch.cuda.max_memory_allocated() if device.type == "cuda" else None)
     with open(args.result, "w", encoding="utf-8") as handle:
         json.dump(record, handle)

@@ -113,7 +113,8 @@ def run_with_cuda_peak(argv: list[str]) -> int:
 
         peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
         with open(result_path, "w", encoding="utf-8") as handle:
-            json.dump({"cuda_max_memory_allocated": peak}, handle)
+            json.dump({"cuda_max_memory_allocated": peak,
+                       "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}, handle)
     return code
 
 

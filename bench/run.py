@@ -51,11 +51,14 @@ sys.path.insert(0, BENCH)
 SETUPS = {
     # sft_rows = batch_size x steps: one epoch, so length grouping sees every row once
     "cpu": dict(sft_size="40m", long=True, batch_size=8, steps=16, warmup=2, pair_steps=12, pair_batch=8,
-                ppo=["small", "100m"], ppo_repeats={"100m": 1}, gen_batches=[1, 16], gen_batch_count=2),
+                ppo=["small", "100m"], ppo_repeats={"100m": 1}, gen_batches=[1, 16], gen_batch_count=2,
+                ppo_alone=dict(steps=3, batch_size=16, response_length=32)),
     "cuda": dict(sft_size="350m", long=True, batch_size=64, steps=12, warmup=3, pair_steps=20, pair_batch=32,
-                 ppo=["small", "100m"], ppo_repeats={}, gen_batches=[1, 16], gen_batch_count=4),
+                 ppo=["small", "100m"], ppo_repeats={}, gen_batches=[1, 16], gen_batch_count=4,
+                 ppo_alone=dict(steps=4, batch_size=64, response_length=64)),
     "quick": dict(sft_size="tiny", long=False, batch_size=4, steps=4, warmup=1, pair_steps=3, pair_batch=4,
-                  ppo=[], ppo_repeats={}, gen_batches=[1, 4], gen_batch_count=1),
+                  ppo=[], ppo_repeats={}, gen_batches=[1, 4], gen_batch_count=1,
+                  ppo_alone=dict(steps=2, batch_size=4, response_length=8)),
 }
 STAGES = ("sft", "reward", "dpo", "ppo", "generation")
 TRL_SFT_SCRIPT = "trl/scripts/sft.py"
@@ -229,9 +232,9 @@ class Suite:
                 "runs": {"ours": runs}, "summary": self.summarise({"ours": runs})}
 
     # ------------------------------------------------------------------------------------------- ppo
-    def ppo(self) -> dict:
+    def ppo(self, inp: dict) -> dict:
         if not self.setup["ppo"] or self.args.no_peers:
-            return self.ppo_alone()
+            return self.ppo_alone(inp)
         out: dict = {}
         for setting in self.setup["ppo"]:
             repeats = self.setup["ppo_repeats"].get(setting, self.args.repeats)
@@ -264,23 +267,34 @@ class Suite:
                                                          "peak_memory_bytes"], [("ours", "trl")])}
         return out
 
-    def ppo_alone(self) -> dict:
-        """ppo.py on the embedded default (tiny policy, toy reward), no peer: the smoke path."""
+    def ppo_alone(self, inp: dict) -> dict:
+        """``ppo.py`` alone (no peer) with the suite's model as the policy and the toy gold judge as the reward:
+        the smoke path, and the GPU's generation figures when TRL 1.12 cannot be installed."""
+        s = self.setup
         runs = []
         for repeat in range(self.args.repeats):
             out = self.path(f"ppo_alone_{repeat}")
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [self.py, "ppo.py", "--output_dir", out, "--steps", "3", "--batch_size", "8",
-                   "--mini_batch_size", "4", "--reward_function", "toy", "--device", self.args.device,
-                   "--report_to", "none", "--save_merged", "False", "--sample_every", "0"]
+            result = self.path(f"ppo_alone_{repeat}_memory.json")
+            cmd = [self.py, "bench/ppo_vs_trl.py", "--cuda-peak", result, "--", "ppo.py",
+                   "--model_name_or_path", inp["model"]["path"], "--output_dir", out,
+                   "--steps", str(s["ppo_alone"]["steps"]), "--batch_size", str(s["ppo_alone"]["batch_size"]),
+                   "--mini_batch_size", str(s["ppo_alone"]["batch_size"] // 2),
+                   "--output_max_length", str(s["ppo_alone"]["response_length"]), "--reward_function", "toy",
+                   "--device", self.args.device, "--report_to", "none", "--save_merged", "False",
+                   "--sample_every", "0"]
             run(cmd, self.path(f"ppo_alone_{repeat}.log"), f"ppo (ours alone) #{repeat + 1}")
             summary = load(os.path.join(out, "all_results.json"))
+            memory = load(result)
             runs.append({"episodes_per_second": summary["episodes_per_second"],
                          "generated_tokens_per_second": summary.get("generated_tokens_per_second"),
+                         "peak_memory_bytes": memory.get("cuda_max_memory_allocated") if self.cuda
+                         else memory.get("max_rss_bytes"),
                          "time_shares": {k.split("/", 1)[1]: v for k, v in summary.items()
                                          if k.startswith("time_share/")}})
             self.commands["ppo_alone"] = shlex.join(cmd)
-        return {"alone": {"runs": {"ours": runs}, "summary": self.summarise({"ours": runs})}}
+            shutil.rmtree(out, ignore_errors=True)
+        return {"alone": {"settings": s["ppo_alone"], "runs": {"ours": runs}, "summary": self.summarise({"ours": runs})}}
 
     # ------------------------------------------------------------------------------------- generation
     def generation(self, inp: dict) -> dict:
@@ -409,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         elif stage == "dpo":
             stages["dpo"] = suite.pairs(inp, "dpo.py", "dpo")
         elif stage == "ppo":
-            stages["ppo"] = suite.ppo()
+            stages["ppo"] = suite.ppo(inp)
         else:
             stages["generation"] = suite.generation(inp)
     date = datetime.date.today().isoformat()
