@@ -13,8 +13,9 @@ TORCH_VERSION ?= 2.13.0
 TORCH ?= cpu
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
-# `make bench`: the small setting on CPU; e.g. BENCH_ARGS="--setting 100m" or "--setting small --device cuda"
-BENCH_ARGS ?= --setting small
+# `make bench`: the whole suite on this machine's device (bench/run.py; results in bench/results/). E.g.
+# BENCH_ARGS="--stages sft --repeats 5", "--device cuda", "--no_peers" (PPO without building the TRL 1.12 venv)
+BENCH_ARGS ?=
 
 # Intel Gaudi container (Dockerfile). The defaults match the Dockerfile's ARGs.
 IMAGE ?= rlhfkit-gaudi
@@ -73,8 +74,8 @@ default: install ## build the embedded default (tiny model, offline tokenizer, t
 sanity: install ## the main job: the pipeline on the embedded default (log in ppo_pipeline_sanity.log)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash ppo_pipeline_sanity.sh
 
-bench: install ## PPO benchmark: our engine vs TRL 1.12's PPOTrainer side by side (BENCH_ARGS="--setting 100m" ...)
-	$(PY) bench/ppo_vs_trl.py $(BENCH_ARGS)
+bench: install ## benchmark suite with side-by-side peers -> bench/results/<device>-<date>.json and .md
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 build: ## build the Intel Gaudi image (Dockerfile; keeps the Habana image's own torch)
 	@$(REQUIRE_DOCKER)

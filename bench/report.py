@@ -39,7 +39,8 @@ def _machine(results: dict) -> list[str]:
         f"transformers {v.get('transformers')}, trl {v.get('trl')}, peft {v.get('peft')}, accelerate "
         f"{v.get('accelerate')}; torch threads {v.get('torch_threads')}.",
         f"Measured peak matrix-product rate ({results['device']}): {peaks or '-'}.",
-        f"{results['repeats']} run(s) per side; medians (min-max). Suite time {results['total_seconds'] / 60:.1f} min. "
+        f"{results['repeats']} run(s) per side with a peer, {results.get('other_repeats', results['repeats'])} "
+        f"per stage without; medians (min-max). Suite time {results['total_seconds'] / 60:.1f} min. "
         f"Command: `{results['commands']['suite']}`.",
     ]
     return lines

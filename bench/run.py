@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """The benchmark suite (``make bench``): every stage of the toolkit on this machine, with side-by-side peers.
 
-    python bench/run.py [--device auto|cpu|cuda] [--repeats 3] [--stages sft,reward,dpo,ppo,generation]
-                        [--setup cpu|cuda|quick] [--out bench/results] [--work .bench/suite]
+    python bench/run.py [--device auto|cpu|cuda] [--repeats 3] [--other_repeats 1] [--no_peers]
+                        [--stages sft,reward,dpo,ppo,generation] [--setup cpu|cuda|quick]
+                        [--out bench/results] [--work .bench/suite]
 
 Writes ``<out>/<device>-<date>.json`` (every run's figures, medians, ratios, the machine, the versions, the
 commands) and ``<out>/<device>-<date>.md`` (the tables the README shows). Not a test: nothing here asserts a
@@ -27,8 +28,9 @@ Stages and what each reports:
   memory; the ``100m`` setting (memory) once. Without peers: ``ppo.py`` alone on the embedded default.
 * **generation** - ``bench/gen_bench.py``: tokens/s at batch sizes 1 and 16, float32 and bfloat16.
 
-Peer runs are interleaved (ours, theirs, bare; then again), so drift on a shared machine hits every side; each
-ratio is taken run by run (ours_i / theirs_i) and reported as median, min and max over the repeats.
+Peer runs are interleaved (ours, bare, theirs; then again, with seed 42 + i in run i), so drift on a shared
+machine hits every side; each ratio is taken run by run (ours_i / theirs_i) and reported as median, min and max
+over ``--repeats`` runs. Stages without a peer run ``--other_repeats`` times.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ SETUPS = {
     "cpu": dict(sft_size="40m", long=True, batch_size=8, steps=16, warmup=2, pair_steps=12, pair_batch=8,
                 ppo=["small", "100m"], ppo_repeats={"100m": 1}, gen_batches=[1, 16], gen_batch_count=2,
                 ppo_alone=dict(steps=3, batch_size=16, response_length=32)),
-    "cuda": dict(sft_size="350m", long=True, batch_size=64, steps=12, warmup=3, pair_steps=20, pair_batch=32,
+    "cuda": dict(sft_size="350m", long=True, batch_size=64, steps=30, warmup=5, pair_steps=20, pair_batch=32,
                  ppo=["small", "100m"], ppo_repeats={}, gen_batches=[1, 16], gen_batch_count=4,
                  ppo_alone=dict(steps=4, batch_size=64, response_length=64)),
     "quick": dict(sft_size="tiny", long=False, batch_size=4, steps=4, warmup=1, pair_steps=3, pair_batch=4,
@@ -137,7 +139,7 @@ class Suite:
         model_dir = self.path("model")
         shutil.rmtree(model_dir, ignore_errors=True)
         model = sft_inputs.build_model(s["sft_size"], model_dir)
-        data = sft_inputs.write_sft_data(self.work, s["batch_size"] * s["steps"], long=s["long"])
+        data = sft_inputs.write_sft_data(self.work, s["batch_size"] * s["steps"], long=s["long"], eval_rows=32)
         pairs_dir = self.path("pairs")
         os.makedirs(pairs_dir, exist_ok=True)
         rows = s["pair_batch"] * s["pair_steps"]
@@ -147,8 +149,10 @@ class Suite:
     # --------------------------------------------------------------------------------------------- sft
     def sft_commands(self, inp: dict, repeat: int) -> dict[str, list[str]]:
         s, device = self.setup, self.args.device
+        # repeat i uses seed 42 + i on every side: different batch orders, so the held-out losses have a spread
         common = ["--model_name_or_path", inp["model"]["path"], "--max_steps", str(s["steps"]),
-                  "--per_device_train_batch_size", str(s["batch_size"]), "--save_strategy", "no"]
+                  "--per_device_train_batch_size", str(s["batch_size"]), "--save_strategy", "no",
+                  "--seed", str(42 + repeat)]
         import trl
 
         trl_script = os.path.join(os.path.dirname(os.path.dirname(trl.__file__)), TRL_SFT_SCRIPT)
@@ -167,6 +171,7 @@ class Suite:
         return [self.py, "bench/bare_loop.py", "--model", inp["model"]["path"],
                 "--data", os.path.join(inp["data"]["trl"], "train.jsonl"), "--steps", str(s["steps"]),
                 "--batch_size", str(s["batch_size"]), "--group_by_length", "--device", self.args.device,
+                "--seed", str(42 + repeat),
                 *(["--bf16"] if precision == "bf16" else []), "--result", self.path(f"sft_bare_{repeat}.json")]
 
     def sft(self, inp: dict) -> dict:
@@ -210,7 +215,7 @@ class Suite:
     def pairs(self, inp: dict, script: str, name: str) -> dict:
         s = self.setup
         runs = []
-        for repeat in range(self.args.repeats):
+        for repeat in range(self.args.other_repeats):
             out = self.path(f"{name}_{repeat}")
             shutil.rmtree(out, ignore_errors=True)
             result = self.path(f"{name}_{repeat}.json")
@@ -272,7 +277,7 @@ class Suite:
         the smoke path, and the GPU's generation figures when TRL 1.12 cannot be installed."""
         s = self.setup
         runs = []
-        for repeat in range(self.args.repeats):
+        for repeat in range(self.args.other_repeats):
             out = self.path(f"ppo_alone_{repeat}")
             shutil.rmtree(out, ignore_errors=True)
             result = self.path(f"ppo_alone_{repeat}_memory.json")
@@ -304,7 +309,7 @@ class Suite:
             for batch in s["gen_batches"]:
                 key = f"{dtype}_bs{batch}"
                 runs[key] = []
-                for repeat in range(self.args.repeats):
+                for repeat in range(self.args.other_repeats):
                     result = self.path(f"gen_{key}_{repeat}.json")
                     cmd = [self.py, "bench/gen_bench.py", "--model", inp["model"]["path"], "--batch_size", str(batch),
                            "--batches", str(s["gen_batch_count"]), "--dtype", dtype, "--device", self.args.device,
@@ -358,8 +363,8 @@ def targets(stages: dict, device: str) -> list[dict]:
         loss = sft["summary"]
         ours_loss = (loss["ours"].get("eval_loss") or {}).get("median")
         trl_loss = (loss["trl"].get("eval_loss") or {}).get("median")
-        add("SFT held-out loss, ours vs trl sft", "no worse", [ours_loss, trl_loss],
-            ours_loss is not None and trl_loss is not None and ours_loss <= trl_loss + 0.01)
+        add("SFT held-out loss, ours vs trl sft", "no worse (within 1%)", [ours_loss, trl_loss],
+            ours_loss is not None and trl_loss is not None and ours_loss <= 1.01 * trl_loss)
         mfu = (loss["ours"].get("mfu") or {}).get("median")
         goal = 0.4 if device == "cuda" else 0.5
         add(f"SFT MFU ({device}, {sft['model']['parameters'] / 1e6:.1f}M parameters)", f">= {goal}", mfu,
@@ -380,6 +385,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--setup", choices=sorted(SETUPS), help="sizes and step counts (default: the device's)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per side (ratios: median, min, max)")
+    parser.add_argument("--other_repeats", type=int, default=1, help="runs of the stages without a peer "
+                        "(reward, dpo, generation, PPO alone)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of: {', '.join(STAGES)}")
     parser.add_argument("--no_peers", action="store_true", help="PPO without TRL 1.12 (no venv to build)")
     parser.add_argument("--threads", type=int, default=0, help="OMP/MKL threads of every run (0: torch's default)")
@@ -395,8 +402,8 @@ def parse_args(argv: list[str] | None):
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
         parser.error(f"--stages: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(STAGES)}")
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    if min(args.repeats, args.other_repeats) < 1:
+        parser.error("--repeats and --other_repeats must be at least 1")
     args.stages = stages
     return args
 
@@ -429,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.date.today().isoformat()
     results = {
         "schema": 1, "date": date, "device": args.device, "setup": {"name": args.setup, **SETUPS[args.setup]},
-        "repeats": args.repeats, "machine": machine.describe(args.device), "versions": machine.versions(),
+        "repeats": args.repeats, "other_repeats": args.other_repeats, "machine": machine.describe(args.device), "versions": machine.versions(),
         "threads": args.threads or "torch default", "peak_matmul": suite.peaks, "stages": stages,
         "targets": targets(stages, args.device), "commands": {"suite": shlex.join(["python", "bench/run.py",
                                                                                     *(argv or sys.argv[1:])]),

@@ -146,13 +146,13 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def cpu_bf16_feature() -> str | None:
+def cpu_bf16_feature(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     """The CPU feature that makes bfloat16 matrix products fast here (``amx_bf16``, ``avx512_bf16``), or None.
 
     Without one of them oneDNN emulates bfloat16 and autocast is slower than float32; with AMX, bfloat16
     matrix products run about 2.5x float32's rate (measured on a 2-core Sapphire Rapids: 740 vs 290 GFLOP/s)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        with open(cpuinfo, encoding="utf-8") as handle:
             for line in handle:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
@@ -162,13 +162,13 @@ def cpu_bf16_feature() -> str | None:
     return None
 
 
-def usable_cpu_cores() -> int:
+def usable_cpu_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     """Cores this process may use: its CPU affinity, further capped by a cgroup v2 CPU quota (``cpu.max``)."""
     import math
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        with open("/sys/fs/cgroup/cpu.max", encoding="utf-8") as handle:
+        with open(cpu_max, encoding="utf-8") as handle:
             quota, period = handle.read().split()[:2]
         if quota != "max":
             cores = min(cores, max(1, math.ceil(int(quota) / int(period))))

@@ -185,7 +185,77 @@ def test_configure_training_args_cpu_without_precision(tmp_path, no_habana):
 
     args = TrainingArguments(output_dir=str(tmp_path / "out"))
     configure_training_args(args, DeviceArguments(device="cpu"))
-    assert (args.use_cpu, args.bf16, args.fp16) == (True, False, False)
+    assert (args.use_cpu, args.bf16, args.fp16) == (True, False, False)  # bf16=False given: float32
+
+
+# --- automatic precision and CPU threads ---
+
+CPUINFO = "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu sse2 avx2 {extra}\n\n"
+
+
+@pytest.mark.parametrize("extra, expected", [("avx512f amx_tile amx_bf16 avx512_bf16", "amx_bf16"),
+                                             ("avx512f avx512_bf16", "avx512_bf16"), ("avx512f", None), ("", None)])
+def test_cpu_bf16_feature_reads_the_flags(tmp_path, extra, expected):
+    path = tmp_path / "cpuinfo"
+    path.write_text(CPUINFO.format(extra=extra))
+    assert device.cpu_bf16_feature(str(path)) == expected
+    assert device.cpu_bf16_feature(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize("feature, expected", [("amx_bf16", "bfloat16"), (None, "float32")])
+def test_no_precision_flag_follows_the_cpu(monkeypatch, caplog, feature, expected):
+    monkeypatch.setattr(device, "cpu_bf16_feature", lambda: feature)
+    with caplog.at_level("INFO", logger="rlhfkit.device"):
+        assert resolve_precision(DeviceInfo("cpu"), bf16=None, fp16=False) == expected
+    assert f"precision: {expected}" in caplog.text
+    assert resolve_precision(DeviceInfo("cpu"), bf16=False, fp16=False) == "float32"  # an explicit no wins
+    assert resolve_precision(DeviceInfo("cpu"), bf16=True, fp16=False) == "bfloat16"
+
+
+def test_no_precision_flag_on_gpus_and_gaudi(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Test GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision(DeviceInfo("cuda"), bf16=None, fp16=False) == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision(DeviceInfo("cuda"), bf16=None, fp16=False) == "float32"
+    assert resolve_precision(DeviceInfo("cuda"), bf16=None, fp16=True) == "float16"
+    assert resolve_precision(DeviceInfo("hpu"), bf16=None, fp16=False) == "bfloat16"
+
+
+def test_configure_training_args_resolves_an_absent_precision(no_habana, monkeypatch):
+    monkeypatch.setattr(device, "cpu_bf16_feature", lambda: "amx_bf16")
+    ns = argparse.Namespace(device="cpu", use_habana=False, use_lazy_mode=False, bf16=None, fp16=False, use_cpu=False)
+    configure_training_args(ns, ns)
+    assert (ns.use_cpu, ns.bf16, ns.fp16) == (True, True, False)
+    monkeypatch.setattr(device, "cpu_bf16_feature", lambda: None)
+    ns.bf16 = None
+    configure_training_args(ns, ns)
+    assert ns.bf16 is False
+
+
+def test_usable_cores_follow_affinity_and_cgroup_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    quota = tmp_path / "cpu.max"
+    quota.write_text("250000 100000\n")  # 2.5 CPUs: 3 threads
+    assert device.usable_cpu_cores(str(quota)) == 3
+    quota.write_text("max 100000\n")
+    assert device.usable_cpu_cores(str(quota)) == 8
+    assert device.usable_cpu_cores(str(tmp_path / "absent")) == 8
+
+
+def test_cpu_threads_capped_at_usable_cores(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(device, "usable_cpu_cores", lambda: 1)
+    try:
+        torch.set_num_threads(2)
+        assert device.cap_cpu_threads() == 1
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's explicit choice stays
+        torch.set_num_threads(2)
+        assert device.cap_cpu_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_configure_training_args_refuses_fp16_on_cpu(no_habana):

@@ -1,0 +1,126 @@
+"""The benchmark suite (bench/): its arithmetic, and a smoke run on the tiny setting that must write valid JSON and
+Markdown. No speed is asserted anywhere: figures are the benchmark's output, not a test's."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+import report  # noqa: E402
+import run as bench_run  # noqa: E402
+import trainer_probe  # noqa: E402
+
+
+def test_steady_throughput_skips_the_warmup_steps():
+    record = {"step_seconds": [10.0, 1.0, 2.0, 1.0], "step_tokens": [999, 100, 300, 100], "step_rows": [8, 8, 8, 8]}
+    got = bench_run.steady(record, warmup=1)
+    assert got["steps_timed"] == 3
+    assert got["tokens_per_second"] == pytest.approx(500 / 4.0)
+    assert got["rows_per_second"] == pytest.approx(24 / 4.0)
+    assert got["step_seconds"] == 1.0  # the median
+
+
+def test_spread_and_run_by_run_ratios():
+    assert bench_run.spread([3.0, None, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert bench_run.spread([None]) is None
+    runs = {"ours": [{"t": 4.0}, {"t": 6.0}, {"t": 3.0}], "trl": [{"t": 2.0}, {"t": 2.0}, {"t": 3.0}]}
+    ratio = bench_run.Suite.ratios(runs, ["t"], [("ours", "trl")])["ours/trl"]["t"]
+    assert ratio == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}  # 2, 3, 1: pairwise, not medians' ratio
+
+
+def test_summary_keeps_numbers_and_time_shares():
+    runs = {"ours": [{"eps": 2.0, "precision": "bf16", "time_shares": {"generation": 0.5, "update": 0.5}},
+                     {"eps": 4.0, "precision": "bf16", "time_shares": {"generation": 0.7, "update": 0.3}}]}
+    summary = bench_run.Suite.summarise(runs)["ours"]
+    assert summary["eps"]["median"] == 3.0
+    assert "precision" not in summary
+    assert summary["time_shares"] == {"generation": pytest.approx(0.6), "update": pytest.approx(0.4)}
+
+
+def test_targets_judge_medians():
+    stages = {"sft": {"model": {"parameters": 40e6},
+                      "ratios": {"ours/trl": {"tokens_per_second": {"median": 2.1}},
+                                 "ours/bare": {"tokens_per_second": {"median": 0.7}}},
+                      "summary": {"ours": {"eval_loss": {"median": 4.0}, "mfu": {"median": 0.3}},
+                                  "trl": {"eval_loss": {"median": 3.98}}}}}
+    got = {t["what"].split(",")[0]: (t["target"], t["met"]) for t in bench_run.targets(stages, "cpu")}
+    assert got == {"SFT non-padding tokens/s": (">= 2.0x", True), "SFT tokens/s": (">= 0.8x", False),
+                   "SFT held-out loss": ("no worse (within 1%)", True),  # 4.0 <= 1.01 * 3.98
+                   "SFT MFU (cpu": (">= 0.5", False)}
+    stages["sft"]["summary"]["trl"]["eval_loss"]["median"] = 3.9  # 4.0 > 1.01 * 3.9
+    assert [t["met"] for t in bench_run.targets(stages, "cpu") if "loss" in t["what"]] == [False]
+
+
+def test_report_cells():
+    assert report.cell({"median": 1234.5, "min": 1000.0, "max": 1500.0, "n": 3}) == "1,234 (1,000-1,500)"
+    assert report.cell({"median": 0.5, "min": 0.5, "max": 0.5, "n": 3}, "x") == "0.50x"
+    assert report.cell({"median": 2**30, "min": 2**30, "max": 2**30, "n": 1}, "MiB") == "1,024 MiB"
+    assert report.cell(None) == "-"
+
+
+def test_probe_counts_rows_and_non_padding_tokens():
+    import torch
+
+    batch = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 1, 0, 0],
+                                                                                             [1, 1, 1, 1, 1]]),
+             "labels": torch.ones(2, 5, dtype=torch.long)}
+    assert trainer_probe._count(batch) == (2, 8)
+    padding_free = {"input_ids": torch.ones(1, 7, dtype=torch.long), "position_ids": torch.arange(7)[None]}
+    assert trainer_probe._count(padding_free) == (1, 7)
+
+
+def test_bare_loop_groups_rows_by_length_like_the_trainer():
+    import bare_loop
+
+    rows = [[0] * n for n in (5, 50, 7, 48, 6, 49, 8, 47)]
+    batches = bare_loop.batches(rows, batch_size=2, steps=6, group=True, seed=0)
+    assert len(batches) == 6
+    first_epoch = [i for b in batches[:4] for i in b]
+    assert sorted(first_epoch) == list(range(8))  # one epoch covers every row once
+    assert max(len(rows[i]) for i in batches[0]) == 50  # the longest row's batch comes first, as in transformers
+
+
+@pytest.mark.slow
+def test_suite_smoke_run_writes_valid_json_and_markdown(tmp_path):
+    """bench/run.py on the tiny setup, one run per side, PPO without the TRL 1.12 venv: every stage runs and the
+    result files hold the machine, the versions and positive, finite figures."""
+    out, work = tmp_path / "results", tmp_path / "work"
+    done = subprocess.run([sys.executable, "bench/run.py", "--setup", "quick", "--device", "cpu", "--repeats", "1",
+                           "--no_peers", "--out", str(out), "--work", str(work)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = sorted(os.listdir(out))
+    assert len(files) == 2 and files[0].startswith("cpu-") and files[0].endswith("-quick.json"), files
+    results = json.loads((out / files[0]).read_text())
+    assert set(results["stages"]) == {"sft", "reward", "dpo", "ppo", "generation"}
+    assert results["machine"]["usable_cores"] >= 1 and results["versions"]["torch"]
+    assert results["peak_matmul"] and all(p["flops_per_second"] > 0 for p in results["peak_matmul"].values())
+
+    def positive(value):
+        return isinstance(value, float | int) and math.isfinite(value) and value > 0
+
+    sft = results["stages"]["sft"]
+    for side in ("ours", "trl", "bare"):
+        run = sft["runs"][side][0]
+        assert positive(run["tokens_per_second"]) and positive(run["mfu"]) and positive(run["peak_memory_bytes"])
+    assert sft["runs"]["trl"][0]["gradient_checkpointing"] is True  # TRL's default, measured as it is
+    assert sft["runs"]["ours"][0]["gradient_checkpointing"] is False
+    assert positive(sft["runs"]["ours"][0]["eval_loss"]) and positive(sft["runs"]["trl"][0]["eval_loss"])
+    assert positive(sft["ratios"]["ours/trl"]["tokens_per_second"]["median"])
+    for stage in ("reward", "dpo"):
+        assert positive(results["stages"][stage]["runs"]["ours"][0]["pairs_per_second"])
+    ppo = results["stages"]["ppo"]["alone"]["runs"]["ours"][0]
+    assert positive(ppo["episodes_per_second"]) and positive(ppo["generated_tokens_per_second"])
+    assert sum(ppo["time_shares"].values()) == pytest.approx(1.0, abs=0.1)
+    assert {"float32_bs1", "float32_bs4", "bfloat16_bs1", "bfloat16_bs4"} <= set(results["stages"]["generation"]["runs"])
+    assert [t["what"].split(",")[0] for t in results["targets"]][:2] == ["SFT non-padding tokens/s", "SFT tokens/s"]
+    markdown = (out / files[1]).read_text()
+    assert "### SFT" in markdown and "### PPO" in markdown and "| target | goal | measured | met |" in markdown
