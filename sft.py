@@ -28,7 +28,7 @@ from rlhfkit.device import DeviceArguments, configure_training_args
 from rlhfkit.errors import UserError, cli_entry
 from rlhfkit.faults import RunArguments
 from rlhfkit.modelargs import ModelArguments
-from rlhfkit.training import SFT_DEFAULTS, prepare_output, train_and_save, will_train
+from rlhfkit.training import TRAINER_DEFAULTS, prepare_output, train_and_save, will_train
 
 logger = logging.getLogger("sft")
 
@@ -53,7 +53,7 @@ def make_parser_for_sft():
         (ScriptArguments, ModelArguments, DeviceArguments, SFTConfig),
         description=__doc__,
         prepare=lambda ns: configure_training_args(ns, ns),
-        defaults=SFT_DEFAULTS,
+        defaults=TRAINER_DEFAULTS,
     )
 
 

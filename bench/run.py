@@ -11,8 +11,8 @@ speed; the figures are printed and written.
 
 Stages and what each reports:
 
-* **sft** - our ``sft.py`` (its defaults: bf16 autocast where the device has it natively, length-grouped
-  batches, no gradient checkpointing; ``--use_peft False`` because TRL's CLI fine-tunes in full) against
+* **sft** - our ``sft.py`` (its defaults: bf16 autocast where the device has it natively, no gradient
+  checkpointing; ``--use_peft False`` because TRL's CLI fine-tunes in full) against
   ``trl sft`` (TRL's CLI; it launches ``trl/scripts/sft.py`` through accelerate, which with one process is
   that script: the suite runs it directly) with its defaults (on CPU plus ``--use_cpu True``, which its
   default ``bf16=True`` demands), and a bare PyTorch loop on the same rows (``bench/bare_loop.py``: the
@@ -51,7 +51,7 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
 
 SETUPS = {
-    # sft_rows = batch_size x steps: one epoch, so length grouping sees every row once
+    # sft rows = batch_size x steps: one epoch
     "cpu": dict(sft_size="40m", long=True, batch_size=8, steps=16, warmup=2, pair_steps=12, pair_batch=8,
                 ppo=["small", "100m"], ppo_repeats={"100m": 1}, gen_batches=[1, 16], gen_batch_count=2,
                 ppo_alone=dict(steps=3, batch_size=16, response_length=32)),
@@ -170,7 +170,7 @@ class Suite:
         s = self.setup
         return [self.py, "bench/bare_loop.py", "--model", inp["model"]["path"],
                 "--data", os.path.join(inp["data"]["trl"], "train.jsonl"), "--steps", str(s["steps"]),
-                "--batch_size", str(s["batch_size"]), "--group_by_length", "--device", self.args.device,
+                "--batch_size", str(s["batch_size"]), "--device", self.args.device,
                 "--seed", str(42 + repeat),
                 *(["--bf16"] if precision == "bf16" else []), "--result", self.path(f"sft_bare_{repeat}.json")]
 

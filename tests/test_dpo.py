@@ -30,7 +30,9 @@ DPO_ARGS = ["--max_steps", str(DPO_STEPS), "--per_device_train_batch_size", "16"
             "--beta", "0.1", "--eval_subset", "200", *QUIET]
 SMALL = ["--train_subset", "64", "--eval_subset", "16", "--per_device_train_batch_size", "8",
          "--per_device_eval_batch_size", "8"]
-FULL_ARGS = ["--use_peft", "False", "--max_steps", "5", "--learning_rate", "1e-4", *SMALL, *QUIET]
+# fp32: the margin before training must be exactly 0 (policy and reference are the same weights); bf16 autocast,
+# the CPU default here, rounds the two forward passes differently
+FULL_ARGS = ["--use_peft", "False", "--max_steps", "5", "--learning_rate", "1e-4", "--bf16", "False", *SMALL, *QUIET]
 ALPACA = ("data", "llamafactory-alpaca_en_demo.json")
 GOLD_QUESTIONS = 100
 MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.json", "model.safetensors")
