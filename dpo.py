@@ -23,6 +23,7 @@ from rlhfkit.cli import make_parser, setup_logging
 from rlhfkit.device import DeviceArguments, configure_training_args
 from rlhfkit.errors import UserError, cli_entry
 from rlhfkit.faults import RunArguments
+from rlhfkit.hpu import StaticShapeArguments, TrainerHPUGraphArguments
 from rlhfkit.modelargs import ModelArguments
 from rlhfkit.pairs import PairDataArguments, load_pairs, render_pairs
 from rlhfkit.training import TRAINER_DEFAULTS, prepare_output, train_and_save, will_train
@@ -31,7 +32,7 @@ logger = logging.getLogger("dpo")
 
 
 @dataclass
-class ScriptArguments(PairDataArguments, RunArguments):
+class ScriptArguments(PairDataArguments, RunArguments, StaticShapeArguments, TrainerHPUGraphArguments):
     pass
 
 
@@ -57,14 +58,14 @@ def held_out_metrics(trainer, prefix: str) -> dict:
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):
     from transformers import set_seed
-    from trl import DPOTrainer
 
-    from rlhfkit import device, models
+    from rlhfkit import device, hpu, models
     from rlhfkit.results import write_results
 
     if not training_args.output_dir:
         raise UserError("--output_dir is required: where to write the trained policy")
     info = configure_training_args(training_args, device_args)
+    hpu.prepare_trainer_shapes(training_args, script_args)
     set_seed(training_args.seed)
     prepare_output(training_args, script_args)  # a bad --resume_from_checkpoint or --output_dir fails first
 
@@ -86,15 +87,14 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
         ref_model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,
                                           allow_pickle=model_args.allow_pickle, merge_adapter=True)
         ref_model.requires_grad_(False).eval()
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=ref_model,
-        args=training_args,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    if script_args.use_hpu_graphs and peft_config is not None and ref_model is None:
+        # the reference pass runs the same module with its adapter switched off: a captured graph would replay
+        # the adapter-on computation, and the reference would silently equal the policy
+        raise UserError("--use_hpu_graphs with LoRA: DPO's reference pass disables the adapter, which a captured "
+                        "HPU graph would not see; use --use_peft False (a separate reference) or drop the flag")
+    trainer, shapes = hpu.make_trainer("dpo", info, training_args, script_args, model=model, ref_model=ref_model,
+                                       train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
+                                       peft_config=peft_config)
     held = models.count_parameters(trainer.model)
     reference = "adapter disabled (no copy)" if trainer.ref_model is None and peft_config else (
         "precomputed log-probs" if trainer.ref_model is None else
@@ -107,6 +107,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     results.update(held_out_metrics(trainer, "eval_before"))
     if will_train(training_args):
         results.update(train_and_save(trainer, training_args, script_args))
+        results.update(shapes.results())
     metrics = held_out_metrics(trainer, "eval")
     write_results(training_args.output_dir, "eval", metrics)
     results.update(metrics)

@@ -30,6 +30,7 @@ from rlhfkit.cli import make_parser, setup_logging
 from rlhfkit.device import DeviceArguments, configure_training_args
 from rlhfkit.errors import UserError, cli_entry
 from rlhfkit.faults import RunArguments
+from rlhfkit.hpu import StaticShapeArguments, TrainerHPUGraphArguments
 from rlhfkit.modelargs import ModelArguments
 from rlhfkit.pairs import PairDataArguments, load_pairs, render_pairs
 from rlhfkit.training import TRAINER_DEFAULTS, prepare_output, train_and_save, will_train
@@ -38,7 +39,7 @@ logger = logging.getLogger("reward_modeling")
 
 
 @dataclass
-class ScriptArguments(PairDataArguments, RunArguments):
+class ScriptArguments(PairDataArguments, RunArguments, StaticShapeArguments, TrainerHPUGraphArguments):
     eval_batch_size: int = field(default=16, metadata={"help": "Pairs per batch when scoring the held-out pairs."})
 
 
@@ -64,14 +65,14 @@ def evaluate_pairs(model, tokenizer, rendered, batch_size: int, max_length: int 
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):
     from transformers import set_seed
-    from trl import RewardTrainer
 
-    from rlhfkit import device, models
+    from rlhfkit import device, hpu, models
     from rlhfkit.results import write_results
 
     if not training_args.output_dir:
         raise UserError("--output_dir is required: where to write the reward model")
     info = configure_training_args(training_args, device_args)
+    hpu.prepare_trainer_shapes(training_args, script_args)
     set_seed(training_args.seed)
     prepare_output(training_args, script_args)  # a bad --resume_from_checkpoint or --output_dir fails first
 
@@ -87,14 +88,9 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
                                             allow_pickle=model_args.allow_pickle,
                                             pad_token_id=tokenizer.pad_token_id)
     peft_config = model_args.lora_config("SEQ_CLS")
-    trainer = RewardTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train,
-        eval_dataset=evaluation if training_args.eval_strategy != "no" else None,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    trainer, shapes = hpu.make_trainer("reward", info, training_args, script_args, model=model, train_dataset=train,
+                                       eval_dataset=evaluation if training_args.eval_strategy != "no" else None,
+                                       processing_class=tokenizer, peft_config=peft_config)
     logger.info("model %s: %d parameters, %d trainable (%s)", model_name, models.count_parameters(trainer.model),
                 models.count_parameters(trainer.model, trainable_only=True), "LoRA" if peft_config else "full")
 
@@ -103,6 +99,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
         metrics = train_and_save(trainer, training_args, script_args)
         metrics["train_pairs_per_second"] = metrics.get("train_samples_per_second")  # a sample is one pair
         results.update(metrics)
+        results.update(shapes.results())
     metrics = evaluate_pairs(trainer.model, tokenizer, evaluation, script_args.eval_batch_size,
                              training_args.max_length)
     write_results(training_args.output_dir, "eval", metrics)

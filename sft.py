@@ -27,6 +27,7 @@ from rlhfkit.data import DatasetArguments
 from rlhfkit.device import DeviceArguments, configure_training_args
 from rlhfkit.errors import UserError, cli_entry
 from rlhfkit.faults import RunArguments
+from rlhfkit.hpu import StaticShapeArguments, TrainerHPUGraphArguments
 from rlhfkit.modelargs import ModelArguments
 from rlhfkit.training import TRAINER_DEFAULTS, prepare_output, train_and_save, will_train
 
@@ -34,7 +35,7 @@ logger = logging.getLogger("sft")
 
 
 @dataclass
-class ScriptArguments(DatasetArguments, RunArguments):
+class ScriptArguments(DatasetArguments, RunArguments, StaticShapeArguments, TrainerHPUGraphArguments):
     eval_split: str | None = field(
         default=None,
         metadata={"help": "Split to evaluate on with --do_eval; default: hold out --size_valid_set training rows."},
@@ -117,14 +118,14 @@ def check_room_for_completions(train, tokenizer, max_length: int | None) -> None
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):
     from transformers import set_seed
-    from trl import SFTTrainer
 
-    from rlhfkit import device, models
+    from rlhfkit import device, hpu, models
     from rlhfkit.results import write_results
 
     if not training_args.output_dir:
         raise UserError("--output_dir is required: where to write the trained model")
     info = configure_training_args(training_args, device_args)
+    hpu.prepare_trainer_shapes(training_args, script_args)
     set_seed(training_args.seed)
     do_train = will_train(training_args)
     prepare_output(training_args, script_args)  # a bad --resume_from_checkpoint or --output_dir fails first
@@ -137,14 +138,9 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,
                                   allow_pickle=model_args.allow_pickle, merge_adapter=True)
     peft_config = model_args.lora_config("CAUSAL_LM")
-    trainer = SFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    trainer, shapes = hpu.make_trainer("sft", info, training_args, script_args, model=model,
+                                       train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                       processing_class=tokenizer, peft_config=peft_config)
     trainable = models.count_parameters(trainer.model, trainable_only=True)
     logger.info("model %s: %d parameters, %d trainable (%s)", model_name, models.count_parameters(trainer.model),
                 trainable, "LoRA" if peft_config else "full fine-tuning")
@@ -152,6 +148,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     results = {"device": device.describe(info), "model": model_name, "use_peft": bool(peft_config)}
     if do_train:
         results.update(train_and_save(trainer, training_args, script_args))
+        results.update(shapes.results())
     if eval_dataset is not None:
         metrics = trainer.evaluate()
         if "eval_loss" in metrics:
