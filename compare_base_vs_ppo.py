@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from rlhfkit.cli import make_parser, setup_logging
 from rlhfkit.device import DeviceArguments, PrecisionArguments
 from rlhfkit.errors import UserError, cli_entry
+from rlhfkit.hpu import HPUGraphArguments
 
 logger = logging.getLogger("compare_base_vs_ppo")
 
@@ -123,13 +124,17 @@ def load_prompts(args: CompareArguments) -> list:
     return prompts
 
 
-def main(args: CompareArguments, device_args: DeviceArguments, precision: PrecisionArguments):
+def main(args: CompareArguments, device_args: DeviceArguments, precision: PrecisionArguments,
+         graphs: HPUGraphArguments | None = None):
     validate(args)
-    from rlhfkit import compare, compare_report, device, io, models
+    from rlhfkit import compare, compare_report, device, hpu, io, models
     from rlhfkit.ppo import policy as policy_lib
     from rlhfkit.ppo import scoring
 
+    graphs = graphs or HPUGraphArguments()
     info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
+    hpu.warn_graphs_off_gaudi(info, graphs.use_hpu_graphs)
+    static = graphs.use_hpu_graphs and info.type == "hpu"
     dtype = device.torch_dtype(device.resolve_precision(info, precision.bf16, precision.fp16))
     prompts = load_prompts(args)
     gold, gold_name = compare.resolve_gold_judge(args.gold_judge, prompts)
@@ -144,8 +149,12 @@ def main(args: CompareArguments, device_args: DeviceArguments, precision: Precis
         ("finetuned", args.finetuned_model)]
 
     def load(name, path):
-        return compare.load_model(name, path, fallback, dtype, info.torch_device, args.trust_remote_code,
-                                  args.allow_pickle)
+        loaded = compare.load_model(name, path, fallback, dtype, info.torch_device, args.trust_remote_code,
+                                    args.allow_pickle)
+        if static:  # generation through a graph-wrapped view; the KL passes run the model itself, without graphs
+            loaded.generator = hpu.wrap_for_inference(hpu.inference_view(loaded.model), info, True,
+                                                      f"generation of the {name} model (static KV cache)")
+        return loaded
 
     base = load("base", base_path)
     reward_tok = models.load_reward_tokenizer(args.reward_model, args.reward_tokenizer_name, base.tokenizer,
@@ -155,9 +164,12 @@ def main(args: CompareArguments, device_args: DeviceArguments, precision: Precis
                                                    allow_pickle=args.allow_pickle, pad_token_id=reward_tok.pad_token_id)
     reward_model.requires_grad_(False).eval().to(info.torch_device)
     policy_lib.disable_dropout(reward_model)
+    hpu.wrap_for_inference(scoring.backbone(scoring.unwrap_peft(reward_model)), info, graphs.use_hpu_graphs,
+                           "reward scoring")
 
     def scorer_for(tokenizer):
-        return scoring.RewardModelScorer(reward_model, reward_tok, tokenizer, batch_size=args.batch_size)
+        return scoring.RewardModelScorer(reward_model, reward_tok, tokenizer, batch_size=args.batch_size,
+                                         pad_multiple=args.input_max_length + args.max_new_tokens if static else None)
 
     # tokenizers first: a prompt too long for any model is dropped for all, so every comparison stays paired
     others = {name: load(name, path) for name, path in order[1:]}
@@ -169,7 +181,8 @@ def main(args: CompareArguments, device_args: DeviceArguments, precision: Precis
                 args.reward_model, gold_name or "none", info.type)
     samples = {}
     for model in loaded:
-        samples[model.name] = compare.sample_model(model, prompts, ids[model.name], settings, scorer_for, gold, base)
+        samples[model.name] = compare.sample_model(model, prompts, ids[model.name], settings, scorer_for, gold, base,
+                                                   static_shapes=static)
     pairs = [("finetuned", "base")] + ([("sft", "base"), ("finetuned", "sft")] if args.sft_model else [])
     summary = compare_report.summarize(samples, pairs, args.confidence, args.seed)
     history = compare.find_training_log(args.finetuned_model)
@@ -196,7 +209,8 @@ def main(args: CompareArguments, device_args: DeviceArguments, precision: Precis
 
 
 def build_parser():
-    return make_parser((CompareArguments, DeviceArguments, PrecisionArguments), description=__doc__)
+    return make_parser((CompareArguments, DeviceArguments, PrecisionArguments, HPUGraphArguments),
+                       description=__doc__)
 
 
 @cli_entry

@@ -137,13 +137,14 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     from accelerate import Accelerator
     from transformers import set_seed
 
-    from rlhfkit import device, faults, models
+    from rlhfkit import device, faults, hpu, models
     from rlhfkit.ppo import policy as policy_lib
     from rlhfkit.ppo import scoring
     from rlhfkit.ppo.trainer import PPOTrainer, newest_checkpoint
 
     info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
     dtype = device.torch_dtype(device.resolve_precision(info, precision.bf16, precision.fp16))
+    hpu.warn_graphs_off_gaudi(info, args.use_hpu_graphs)
     accelerator = Accelerator(cpu=info.type == "cpu")
     if not accelerator.is_main_process:  # one process speaks; the others only warn
         logging.getLogger().setLevel(logging.WARNING)
@@ -168,7 +169,11 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
         reward_model.eval()
         policy_lib.disable_dropout(reward_model)
         reward_model.to(accelerator.device)
-        scorer = scoring.RewardModelScorer(reward_model, reward_tok, tokenizer, batch_size=args.batch_size)
+        hpu.wrap_for_inference(scoring.backbone(scoring.unwrap_peft(reward_model)), info, args.use_hpu_graphs,
+                               "reward scoring")
+        scorer = scoring.RewardModelScorer(
+            reward_model, reward_tok, tokenizer, batch_size=args.batch_size,
+            pad_multiple=args.input_max_length + args.output_max_length if args.pad_max else None)
         if args.value_model == "reward" and not scorer.reuse_ids:
             raise UserError("--value_model reward: the critic reads the policy's token ids, but the reward model has "
                             "another tokenizer; use --value_model head")
@@ -176,13 +181,22 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
         scorer = scoring.load_rule(args.reward_function)
     if ref_model is not None:
         ref_model.to(accelerator.device)
+        ref_model = hpu.wrap_for_inference(ref_model, info, args.use_hpu_graphs, "the frozen reference")
+    generator = None
+    if args.use_hpu_graphs and info.type == "hpu":
+        # generation through a graph-wrapped view of the transformers model (under PEFT's wrapper, whose generate
+        # calls it): the training forward and the adapter-disabled reference pass run the model object itself,
+        # outside any captured graph
+        module.policy.to(accelerator.device)
+        generator = hpu.wrap_for_inference(hpu.inference_view(policy_lib.unwrap_peft(module.policy)), info, True,
+                                           "the policy's generation (static KV cache)")
 
     faults.check_disk_space(args.output_dir, faults.needed_bytes(module))
     if accelerator.is_main_process:  # only now: a refused run leaves no folder behind
         os.makedirs(args.output_dir, exist_ok=True)
     accelerator.wait_for_everyone()
     trainer = PPOTrainer(args, accelerator, module, ref_model, scorer, tokenizer, prompts, queries, stop_ids,
-                         total_steps)
+                         total_steps, generator)
     if args.resume_from_checkpoint:
         path = args.resume_from_checkpoint
         if path.lower() in ("last", "true", "latest"):

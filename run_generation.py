@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from rlhfkit.cli import make_parser, setup_logging
 from rlhfkit.device import DeviceArguments, PrecisionArguments
 from rlhfkit.errors import UserError, cli_entry
+from rlhfkit.hpu import HPUGraphArguments
 
 logger = logging.getLogger("run_generation")
 
@@ -87,13 +88,19 @@ def validate(args: GenerationArguments) -> None:
         raise UserError("--num_return_sequences > 1 needs --do_sample (greedy decoding gives one answer)")
 
 
-def main(args: GenerationArguments, device_args: DeviceArguments, precision: PrecisionArguments):
+def main(args: GenerationArguments, device_args: DeviceArguments, precision: PrecisionArguments,
+         graphs: HPUGraphArguments | None = None):
     validate(args)
     from transformers import set_seed
 
-    from rlhfkit import device, generation, models
+    from rlhfkit import device, generation, hpu, models
 
+    graphs = graphs or HPUGraphArguments()
     info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
+    hpu.warn_graphs_off_gaudi(info, graphs.use_hpu_graphs)
+    static = graphs.use_hpu_graphs and info.type == "hpu"
+    if static and not args.use_kv_cache:
+        raise UserError("--use_hpu_graphs decodes with a static KV cache: drop --use_kv_cache False")
     dtype = device.torch_dtype(device.resolve_precision(info, precision.bf16, precision.fp16))
     prompts = list(args.prompt or []) + (read_prompt_file(args.prompt_file) if args.prompt_file else [])
 
@@ -102,6 +109,8 @@ def main(args: GenerationArguments, device_args: DeviceArguments, precision: Pre
     model = models.load_causal_lm(name, dtype=dtype, trust_remote_code=args.trust_remote_code,
                                   allow_pickle=args.allow_pickle, merge_adapter=True)
     model.to(info.torch_device)
+    model = hpu.wrap_for_inference(model, info, graphs.use_hpu_graphs,
+                                   "generation (static KV cache, prompts left-padded to the longest)")
     texts = [generation.format_prompt(tokenizer, p, args.prompt_format) for p in prompts]
     set_seed(args.seed)
     logger.info("generating for %d prompt(s) on %s (%s)", len(texts), info.type, str(dtype).replace("torch.", ""))
@@ -109,7 +118,7 @@ def main(args: GenerationArguments, device_args: DeviceArguments, precision: Pre
         model, tokenizer, texts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         num_return_sequences=args.num_return_sequences, use_cache=args.use_kv_cache,
-        progress=lambda done: logger.info("%d/%d prompts done", done, len(texts)),
+        progress=lambda done: logger.info("%d/%d prompts done", done, len(texts)), static_shapes=static,
     )
     records = [
         {"prompt": prompt, "formatted_prompt": text, "completions": completions}
@@ -132,7 +141,8 @@ def main(args: GenerationArguments, device_args: DeviceArguments, precision: Pre
 @cli_entry
 def cli(argv: list[str] | None = None):
     setup_logging()
-    parser = make_parser((GenerationArguments, DeviceArguments, PrecisionArguments), description=__doc__)
+    parser = make_parser((GenerationArguments, DeviceArguments, PrecisionArguments, HPUGraphArguments),
+                         description=__doc__)
     return main(*parser.parse_args_and_config(argv))
 
 

@@ -70,6 +70,7 @@ class LoadedModel:
     path: str
     model: torch.nn.Module
     tokenizer: object
+    generator: torch.nn.Module | None = None  # what generates, when not ``model`` (an HPU-graph view on Gaudi)
 
 
 def load_model(name: str, path: str, tokenizer_fallback: str | None, dtype, device, trust_remote_code: bool = False,
@@ -162,10 +163,12 @@ def kl_unavailable(loaded: LoadedModel, reference: LoadedModel | None, settings:
 
 @torch.no_grad()
 def sample_model(loaded: LoadedModel, prompts: list, ids: list[list[int]], settings: SamplingSettings, scorer_for,
-                 gold: Callable[[str, str], float] | None, reference: LoadedModel | None = None) -> ModelSamples:
+                 gold: Callable[[str, str], float] | None, reference: LoadedModel | None = None,
+                 static_shapes: bool = False) -> ModelSamples:
     """Generate ``generations_per_prompt`` answers per prompt with ``loaded``, in batches, and score them.
 
-    ``scorer_for(tokenizer)`` returns the reward scorer for this model's token ids."""
+    ``scorer_for(tokenizer)`` returns the reward scorer for this model's token ids. ``static_shapes`` (HPU
+    graphs): prompts left-padded to the longest of the run and a static KV cache."""
     from transformers import set_seed
 
     from rlhfkit import models
@@ -175,7 +178,9 @@ def sample_model(loaded: LoadedModel, prompts: list, ids: list[list[int]], setti
     device = next(model.parameters()).device
     stop_ids = models.stop_token_ids("eos", tokenizer, model.generation_config)
     config = rollout.generation_config(settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p,
-                                       stop_ids, tokenizer.pad_token_id, do_sample=settings.do_sample)
+                                       stop_ids, tokenizer.pad_token_id, do_sample=settings.do_sample,
+                                       static_cache=static_shapes)
+    width = max(len(row) for row in ids) if static_shapes else None
     scorer = scorer_for(tokenizer)
     kl_note = kl_unavailable(loaded, reference, settings)
     k = settings.generations_per_prompt
@@ -187,8 +192,9 @@ def sample_model(loaded: LoadedModel, prompts: list, ids: list[list[int]], setti
         chunk = list(range(first, min(first + per_batch, len(prompts))))
         rows = [ids[i] for i in chunk for _ in range(k)]
         batch_prompts = [prompts[i] for i in chunk for _ in range(k)]
-        queries, query_mask = rollout.left_pad(rows, tokenizer.pad_token_id, device)
-        episodes = rollout.sample(model, tokenizer, batch_prompts, queries, query_mask, config, stop_ids)
+        queries, query_mask = rollout.left_pad(rows, tokenizer.pad_token_id, device, width)
+        episodes = rollout.sample(loaded.generator or model, tokenizer, batch_prompts, queries, query_mask, config,
+                                  stop_ids)
         rewards.append(scorer(episodes.prompts, queries, query_mask, episodes.responses, episodes.response_mask,
                               episodes.stopped, episodes.response_texts).float().cpu())
         if gold is not None:

@@ -76,11 +76,14 @@ def generate(
     num_return_sequences: int = 1,
     use_cache: bool = True,
     progress=None,
+    static_shapes: bool = False,
 ) -> GenerationResult:
     """Generate for already formatted ``prompts`` in batches; returns the new text only.
 
     Stops at the model's EOS; special tokens are dropped from the decoded text. ``progress`` is called with
-    the number of prompts done after each batch.
+    the number of prompts done after each batch. ``static_shapes`` (for HPU graphs): every batch is left-padded
+    to the longest prompt of the whole run and decodes with a static KV cache, so each step of each batch has
+    the same shapes (one graph for the prompt, one for the decoding steps; a last, smaller batch adds a pair).
     """
     import torch
 
@@ -97,6 +100,11 @@ def generate(
         settings.update(temperature=temperature, top_p=top_p, top_k=top_k)
     else:
         settings.update(temperature=None, top_p=None, top_k=None)
+    padding: dict = {"padding": True}
+    if static_shapes:
+        width = max(len(ids) for ids in tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"])
+        padding = {"padding": "max_length", "max_length": width}
+        settings.update(cache_implementation="static")
     completions: list[list[str]] = []
     new_tokens = 0
     start = time.perf_counter()
@@ -104,7 +112,7 @@ def generate(
     try:
         for first in range(0, len(prompts), batch_size):
             batch = prompts[first : first + batch_size]
-            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=add_special).to(device)
+            enc = tokenizer(batch, return_tensors="pt", add_special_tokens=add_special, **padding).to(device)
             with torch.no_grad():
                 out = model.generate(**enc, **settings)
             generated = out[:, enc["input_ids"].shape[1] :]

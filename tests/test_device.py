@@ -54,6 +54,8 @@ def habana_stub(monkeypatch):
     _unset_lazy_env(monkeypatch)
     monkeypatch.syspath_prepend(str(STUBS))
     monkeypatch.setattr(device, "_hpu_core", None)
+    # the stand-in points DeviceInfo's HPU torch.device at the CPU when imported: undone after the test
+    monkeypatch.setattr(DeviceInfo, "torch_device", DeviceInfo.torch_device)
     yield
     _drop_habana_modules()
     device._hpu_core = None

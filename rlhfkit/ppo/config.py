@@ -123,6 +123,17 @@ class PPOArguments(RunArguments):
     num_samples_logged: int = field(default=4, metadata={"help": "Rows in each sample table."})
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard or none.",
                                                             "choices": ("tensorboard", "none")})
+    pad_max: bool = field(
+        default=False,
+        metadata={"help": "Static shapes (Gaudi): prompts left-padded to --input_max_length, responses always "
+                  "--output_max_length tokens (generation runs past the stop token; the response is cut after "
+                  "it as usual), reward-model rows padded to their sum."},
+    )
+    use_hpu_graphs: bool = field(
+        default=False,
+        metadata={"help": "Gaudi: HPU graphs for the policy's generation (static KV cache), reward scoring and a "
+                  "frozen reference copy; the update stays in lazy mode. Ignored off Gaudi."},
+    )
     seed: int = field(default=42, metadata={"help": "Random seed (each process adds its rank)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code shipped with checkpoints."})
 
@@ -157,6 +168,9 @@ class PPOArguments(RunArguments):
             raise UserError("--value_model reward initialises the critic from the reward model: pass --reward_model_name")
         if self.adaptive_kl and self.kl_target <= 0:
             raise UserError("--kl_target must be positive with --adaptive_kl")
+        if self.pad_max and not self.batched_gen:
+            raise UserError("--pad_max pads a batch of prompts to one width, --batched_gen False generates one prompt "
+                            "at a time without padding: drop one")
         if self.save_steps < 0 or self.save_total_limit < 1:
             raise UserError("--save_steps must be >= 0 and --save_total_limit >= 1")
 

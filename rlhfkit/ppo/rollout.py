@@ -43,21 +43,31 @@ class Episodes:
 
 
 def generation_config(max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop_ids: list[int],
-                      pad_token_id: int, do_sample: bool = True):
-    """Sampling settings built from scratch (``do_sample=False``: greedy decoding, for evaluation only)."""
+                      pad_token_id: int, do_sample: bool = True, fixed_length: bool = False,
+                      static_cache: bool = False):
+    """Sampling settings built from scratch (``do_sample=False``: greedy decoding, for evaluation only).
+
+    ``fixed_length`` (static shapes): generation does not stop at the stop tokens, so every response has
+    ``max_new_tokens`` tokens; :func:`truncate` then cuts each after its first stop token as usual. Each token up
+    to and including the stop token is sampled from the same distribution either way (stopping only skips what
+    comes after), so the episodes mean the same; the cost is the tokens generated past the stop.
+    ``static_cache``: a KV cache of fixed size, so every decoding step has the same shapes (for HPU graphs)."""
     from transformers import GenerationConfig
 
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else dict(
         temperature=None, top_k=None, top_p=None)
+    extra = {"cache_implementation": "static"} if static_cache else {}
+    # no stop tokens: [] (generate fills a None from the checkpoint's own generation config, EOS included)
     return GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stop_ids or None, pad_token_id=pad_token_id,
-        use_cache=True, bos_token_id=None, repetition_penalty=1.0, **sampling,
+        max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=[] if fixed_length else stop_ids or None,
+        pad_token_id=pad_token_id, use_cache=True, bos_token_id=None, repetition_penalty=1.0, **sampling, **extra,
     )
 
 
-def left_pad(rows: list[list[int]], pad_token_id: int, device=None):
-    """(ids, attention mask) of token-id lists, left-padded: every response then starts at the same column."""
-    width = max(len(r) for r in rows)
+def left_pad(rows: list[list[int]], pad_token_id: int, device=None, width: int | None = None):
+    """(ids, attention mask) of token-id lists, left-padded to the longest row, or to ``width`` (static shapes):
+    every response then starts at the same column."""
+    width = max(len(r) for r in rows) if width is None else width
     ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):

@@ -36,9 +36,11 @@ def same_vocabulary(reward_tokenizer, policy_tokenizer) -> bool:
 class RewardModelScorer:
     """Scalar scores from a sequence-classification reward model, in batches, without gradients."""
 
-    def __init__(self, model, tokenizer, policy_tokenizer, batch_size: int = 16, max_length: int | None = None):
+    def __init__(self, model, tokenizer, policy_tokenizer, batch_size: int = 16, max_length: int | None = None,
+                 pad_multiple: int | None = None):
         self.model, self.tokenizer, self.policy_tokenizer = model, tokenizer, policy_tokenizer
         self.batch_size, self.max_length = batch_size, max_length
+        self.pad_multiple = pad_multiple  # static shapes: rows padded to a multiple of this
         self.reuse_ids = same_vocabulary(tokenizer, policy_tokenizer)
         self.trunk, self.head = backbone(unwrap_peft(model)), score_head(unwrap_peft(model))
         if not self.reuse_ids:
@@ -55,6 +57,8 @@ class RewardModelScorer:
                                  max_length=self.max_length)
             rows = [torch.tensor(ids) for ids in enc["input_ids"]]
         width = max(len(r) for r in rows)
+        if self.pad_multiple:
+            width = -(-width // self.pad_multiple) * self.pad_multiple
         ids = torch.zeros((len(rows), width), dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):  # right padding; the mask, not a pad id, marks the real tokens

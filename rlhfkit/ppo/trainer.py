@@ -34,7 +34,7 @@ import time
 
 import torch
 
-from rlhfkit import faults
+from rlhfkit import faults, hpu
 from rlhfkit.errors import UserError
 from rlhfkit.ppo import core, rollout
 from rlhfkit.ppo.policy import PolicyAndValue
@@ -61,7 +61,7 @@ def newest_checkpoint(output_dir: str) -> str | None:
 
 class PPOTrainer:
     def __init__(self, args, accelerator, module: PolicyAndValue, ref_model, scorer, tokenizer, prompts, queries,
-                 stop_ids: list[int], total_steps: int):
+                 stop_ids: list[int], total_steps: int, generator=None):
         self.args, self.accelerator, self.tokenizer = args, accelerator, tokenizer
         self.prompts, self.queries = prompts, queries  # raw prompts; token ids of the formatted prompts
         self.scorer, self.ref_model, self.stop_ids = scorer, ref_model, stop_ids
@@ -84,8 +84,12 @@ class PPOTrainer:
         else:
             self.kl_ctl = core.FixedKLController(args.kl_coef)
         self.moments = core.RunningMoments()
+        # --pad_max: every response output_max_length tokens; HPU graphs: a static KV cache as well
         self.gen_config = rollout.generation_config(args.output_max_length, args.temperature, args.top_k, args.top_p,
-                                                    stop_ids, tokenizer.pad_token_id)
+                                                    stop_ids, tokenizer.pad_token_id, fixed_length=args.pad_max,
+                                                    static_cache=generator is not None)
+        self.generator = generator  # the policy as generation sees it (an HPU-graph view on Gaudi), or None
+        self.rollout_shapes: set[tuple[int, int]] = set()  # distinct (episodes, tokens) shapes seen
         self.shuffle = torch.Generator().manual_seed(args.seed + self.rank)
         self.stop, self.bad = faults.StopRequest(), faults.BadBatches(args.max_bad_batches)
         self.step_index, self.episodes_done, self.log_history = 0, 0, []
@@ -107,7 +111,8 @@ class PPOTrainer:
         return out
 
     def _collate(self, indices: list[int]):
-        return rollout.left_pad([self.queries[i] for i in indices], self.tokenizer.pad_token_id, self.device)
+        width = self.args.input_max_length if self.args.pad_max else None  # longer prompts were dropped at load
+        return rollout.left_pad([self.queries[i] for i in indices], self.tokenizer.pad_token_id, self.device, width)
 
     # --------------------------------------------------------------------------------------- rollout
     def _clock(self) -> float:
@@ -124,9 +129,10 @@ class PPOTrainer:
         unwrapped.eval()
         queries, query_mask = self._collate(indices)
         started = self._clock()
-        episodes = rollout.sample(unwrapped.policy, self.tokenizer, [self.prompts[i] for i in indices], queries,
-                                  query_mask, self.gen_config, self.stop_ids, args.batched_gen)
+        episodes = rollout.sample(self.generator or unwrapped.policy, self.tokenizer, [self.prompts[i] for i in indices],
+                                  queries, query_mask, self.gen_config, self.stop_ids, args.batched_gen)
         generated = self._clock()
+        self.rollout_shapes.add(tuple(episodes.input_ids.shape))
         logprobs, values, _ = rollout.forward(unwrapped, episodes, args.temperature)
         with unwrapped.reference(self.ref_model) as reference:
             ref_logprobs = rollout.reference_logprobs(reference, episodes, args.temperature)
@@ -224,7 +230,7 @@ class PPOTrainer:
                                                             args.cliprange_value)
                         loss = pg_loss + args.vf_coef * vf_loss
                         acc.backward(loss / args.gradient_accumulation_steps)
-                    _mark_step()
+                    hpu.flush_after_backward()  # Gaudi lazy mode: run the forward/backward graph now
                     with torch.no_grad():
                         entropy = core.masked_mean(core.entropy_from_logits(logits, args.temperature), mask)
                     stats = {"loss/policy": pg_loss.detach(), "loss/value": vf_loss.detach(),
@@ -244,7 +250,7 @@ class PPOTrainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                _mark_step()
+                hpu.flush_after_optimizer_step()
                 for k, v in step_stats.items():
                     sums[k] = sums.get(k, 0) + v
                 count += 1
@@ -342,7 +348,8 @@ class PPOTrainer:
         done = self.step_index - self._first_step
         episodes = done * self.args.batch_size * self.world
         out = {"train_runtime": runtime, "train_steps": self.step_index, "train_episodes": self.episodes_done,
-               "episodes_per_second": episodes / runtime if runtime > 0 else 0.0}
+               "episodes_per_second": episodes / runtime if runtime > 0 else 0.0,
+               "rollout_shapes": sorted([list(shape) for shape in self.rollout_shapes])}
         if history:
             gen = sum(h["time/generation"] for h in history[-done:]) if done else 0.0
             tokens = sum(h["tokens_per_second/generation"] * h["time/generation"] for h in history[-done:])
@@ -446,9 +453,4 @@ def _truncate_csv(path: str, last_step: int) -> None:
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")[:200]
 
-
-def _mark_step() -> None:
-    from rlhfkit.device import mark_step
-
-    mark_step()
 
