@@ -14,11 +14,14 @@ ARG PYTORCH_VERSION=2.7.1
 ARG BASE_TAG=latest
 FROM vault.habana.ai/gaudi-docker/${GAUDI_VERSION}/${OS}/habanalabs/pytorch-installer-${PYTORCH_VERSION}:${BASE_TAG}
 
-# optimum-habana is NOT installed by default: its newest release (1.21.2) requires transformers>=4.55,<4.56 and
-# accelerate>=1.7,<=1.10.1, while rlhfkit needs transformers>=5.23,<6 and accelerate>=1.15 (requirements.txt).
-# rlhfkit does not use it (it drives the HPU through habana_frameworks, which the base image ships).
-# WITH_OPTIMUM_HABANA=1 installs requirements-hpu.txt into its own environment, /opt/optimum-habana (it sees
-# the image's torch and habana_frameworks), e.g. for optimum-habana's own examples/trl scripts:
+# The Python stack is requirements-hpu.txt: exact versions that belong together on this image (Gaudi software
+# 1.22.0, Habana's torch 2.7.1, Python 3.12), checked on every CI run by `make hpu-check`.
+# optimum-habana is NOT installed by default: its final release (1.21.2; end of support 2026-10-31) requires
+# transformers>=4.55,<4.56 and accelerate<=1.10.1, while TRL 1.x needs transformers>=4.56.2. rlhfkit takes the
+# Gaudi pieces of optimum-habana's GaudiTrainer (lazy-mode flushes, fused AdamW, fused clip norm, HPU graphs) from
+# habana_frameworks directly (rlhfkit/hpu.py). WITH_OPTIMUM_HABANA=1 installs requirements-optimum-habana.txt
+# into its own environment, /opt/optimum-habana (it sees the image's torch and habana_frameworks), for
+# optimum-habana's own examples:
 #   /opt/optimum-habana/bin/python <script>.py ...
 ARG WITH_OPTIMUM_HABANA=0
 
@@ -41,23 +44,22 @@ ENV TOKENIZERS_PARALLELISM=false
 WORKDIR /workspace/trl
 
 # Requirements first, so that editing the code does not reinstall them.
-COPY requirements.txt requirements-hpu.txt ./
+COPY requirements-hpu.txt requirements-optimum-habana.txt ./
 
 # PIPELINE_PROFILE=seed: ./ppo_pipeline_sanity.sh runs seed 000's configuration (gemma-3-270m on
 # stack-exchange-paired, bf16, lazy mode); PIPELINE_PROFILE=toy runs the offline toy pipeline instead.
 
 # Keep the image's torch: /opt/rlhfkit/torch-constraints.txt pins the torch packages the image ships (torch,
-# torchvision, torchaudio ...), the torch line of requirements.txt (a CPU/CUDA version) is filtered out, and
-# the install fails if pip changed any of them anyway.
+# torchvision, torchaudio ...), requirements-hpu.txt never names torch, and the install fails if pip changed any
+# of them anyway.
 RUN mkdir -p /opt/rlhfkit \
     && python3 -m pip list --format=freeze | grep -iE '^torch[a-z_-]*==' > /opt/rlhfkit/torch-constraints.txt \
-    && grep -vE '^torch([<>=!~ ;[]|$)' requirements.txt > /opt/rlhfkit/requirements-no-torch.txt \
     && python3 -m pip install --no-cache-dir --constraint /opt/rlhfkit/torch-constraints.txt \
-         --requirement /opt/rlhfkit/requirements-no-torch.txt \
+         --requirement requirements-hpu.txt \
     && if [ "$WITH_OPTIMUM_HABANA" = 1 ]; then \
          python3 -m venv --system-site-packages --without-pip /opt/optimum-habana \
          && python3 -m pip --python /opt/optimum-habana/bin/python install --no-cache-dir \
-              --constraint /opt/rlhfkit/torch-constraints.txt --requirement requirements-hpu.txt; \
+              --constraint /opt/rlhfkit/torch-constraints.txt --requirement requirements-optimum-habana.txt; \
        fi \
     && python3 -m pip list --format=freeze | grep -iE '^torch[a-z_-]*==' \
          | diff /opt/rlhfkit/torch-constraints.txt - \

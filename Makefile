@@ -36,24 +36,30 @@ CMD ?=
 REQUIRE_DOCKER = command -v docker >/dev/null || { echo "error: docker is not installed: make $@ needs the Docker CLI and daemon (https://docs.docker.com/engine/install/)" >&2; exit 1; }; \
 	docker info >/dev/null 2>&1 || { echo "error: cannot reach the Docker daemon (docker info failed): start it, or check DOCKER_HOST and your permissions" >&2; exit 1; }
 
-.PHONY: help install test lint sanity bench default clean build run
+.PHONY: help install test lint sanity bench default clean build run hpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## create .venv and install torch, the requirements and the dev tools
 
+# $(call install_torch,PYTHON): torch $(TORCH_VERSION) into PYTHON's environment unless there already (the CPU build
+# unless TORCH=gpu)
+define install_torch
+if [ "$(TORCH)" = cpu ]; then spec="torch==$(TORCH_VERSION)+cpu"; else spec="torch==$(TORCH_VERSION)"; fi; \
+if $(1) -c "import sys, torch; sys.exit(torch.__version__ != '$${spec#torch==}'.replace('==', ''))" 2>/dev/null; then \
+  echo "torch $${spec#torch==} already installed"; \
+else \
+  $(1) -m pip install --quiet "$$spec" $(TORCH_PIP_ARGS) || { \
+    echo "error: could not install $$spec. For the CPU build pass an index that has it, e.g." \
+         "make install TORCH_PIP_ARGS='--index-url <pytorch CPU wheel index> --extra-index-url <PyPI>'," \
+         "or use TORCH=gpu for the CUDA build" >&2; exit 1; }; \
+fi
+endef
+
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@if [ "$(TORCH)" = cpu ]; then spec="torch==$(TORCH_VERSION)+cpu"; else spec="torch==$(TORCH_VERSION)"; fi; \
-	if $(PY) -c "import sys, torch; sys.exit(torch.__version__ != '$${spec#torch==}'.replace('==', ''))" 2>/dev/null; then \
-	  echo "torch $${spec#torch==} already installed"; \
-	else \
-	  $(PY) -m pip install --quiet "$$spec" $(TORCH_PIP_ARGS) || { \
-	    echo "error: could not install $$spec. For the CPU build pass an index that has it, e.g." \
-	         "make install TORCH_PIP_ARGS='--index-url <pytorch CPU wheel index> --extra-index-url <PyPI>'," \
-	         "or use TORCH=gpu for the CUDA build" >&2; exit 1; }; \
-	fi
+	@$(call install_torch,$(PY))
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	@touch $(STAMP)
 
@@ -67,6 +73,16 @@ lint: install ## ruff over the tree; shellcheck (shell scripts) and hadolint (Do
 	@hadolint=$$(command -v $(VENV)/bin/hadolint || command -v hadolint); \
 	if [ -n "$$hadolint" ]; then "$$hadolint" Dockerfile && echo "hadolint: ok"; \
 	else echo "hadolint not installed: Dockerfile not checked"; fi
+
+# The Gaudi image's Python stack (requirements-hpu.txt) in an environment of its own, with the CPU torch standing in for
+# Habana's build: pins, the image's torch/Python bounds, every script's import and --help, and SFT and PPO steps
+# against the stand-in Gaudi runtime (.ci/hpu_check.py). CI runs it.
+HPU_VENV ?= .venv-hpu
+hpu-check: ## check the Gaudi dependency set (requirements-hpu.txt) in its own .venv-hpu
+	@test -x $(HPU_VENV)/bin/python || $(PYTHON) -m venv $(HPU_VENV)
+	@$(call install_torch,$(HPU_VENV)/bin/python)
+	$(HPU_VENV)/bin/python -m pip install --quiet -r requirements-hpu.txt
+	$(HPU_VENV)/bin/python .ci/hpu_check.py
 
 default: install ## build the embedded default (tiny model, offline tokenizer, toy data) into the cache
 	$(PY) -m rlhfkit.embedded
