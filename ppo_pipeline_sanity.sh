@@ -14,7 +14,9 @@
 #        [--dataset D] [--device auto|cpu|cuda|hpu] [--workdir DIR] [--sft-steps N] [--rm-epochs N]
 #        [--ppo-steps N] [--num-samples N]
 # or the same as environment variables: FORCE=1 WITH_DPO=1 PIPELINE_PROFILE MODEL TOKENIZER DATASET DEVICE
-# WORKDIR SFT_STEPS RM_EPOCHS PPO_STEPS NUM_SAMPLES, and PPO_SAVE_STEPS, PYTHON, LOG. DEVICE=hpu: Gaudi lazy mode.
+# WORKDIR SFT_STEPS RM_EPOCHS PPO_STEPS NUM_SAMPLES, and PPO_SAVE_STEPS, PYTHON, LOG. On Gaudi (DEVICE=hpu, or
+# auto with habana_frameworks installed): lazy mode, length buckets in training, fixed-shape PPO rollouts and
+# HPU graphs for generation and scoring.
 #
 # Output and errors of every stage go to the terminal, to ppo_pipeline_sanity.log and to
 # <workdir>/logs/<stage>.log. A finished stage writes <workdir>/<stage>/.stage_done last; a rerun skips
@@ -22,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 need() {
   if [ "$#" -lt 2 ] || [ -z "$2" ]; then echo "error: $1 needs a value (see --help)" >&2; exit 2; fi
 }
@@ -63,10 +65,24 @@ case "$PROFILE" in
   *) echo "error: --profile $PROFILE is not toy or seed" >&2; exit 2 ;;
 esac
 case "$DEVICE" in
-  auto|cpu|cuda) DEVICE_ARGS=(--device "$DEVICE") ;;
-  hpu) export PT_HPU_LAZY_MODE=${PT_HPU_LAZY_MODE:-1}; DEVICE_ARGS=(--device hpu --use_lazy_mode) ;;
+  auto|cpu|cuda|hpu) ;;
   *) echo "error: DEVICE=$DEVICE is not auto, cpu, cuda or hpu" >&2; exit 2 ;;
 esac
+# auto picks Gaudi first (as the scripts do): decided here too, so that the Gaudi settings below apply
+if [ "$DEVICE" = auto ] && "$PYTHON" -c 'import importlib.util, sys
+sys.exit(importlib.util.find_spec("habana_frameworks") is None)' 2>/dev/null; then
+  DEVICE=hpu
+fi
+# Gaudi compiles a graph per input shape: training batches padded to one of 16 length buckets, PPO rollouts of
+# one fixed shape, HPU graphs for generation and reward scoring (rlhfkit/hpu.py)
+GAUDI_TRAIN=(); GAUDI_PPO=(); GAUDI_INFER=()
+if [ "$DEVICE" = hpu ]; then
+  export PT_HPU_LAZY_MODE=${PT_HPU_LAZY_MODE:-1}
+  DEVICE_ARGS=(--device hpu --use_lazy_mode)
+  GAUDI_TRAIN=(--num_buckets 16); GAUDI_PPO=(--pad_max --use_hpu_graphs); GAUDI_INFER=(--use_hpu_graphs)
+else
+  DEVICE_ARGS=(--device "$DEVICE")
+fi
 for knob in SFT_STEPS RM_EPOCHS PPO_STEPS PPO_SAVE_STEPS NUM_SAMPLES; do
   value=${!knob:-1}
   [[ "$value" =~ ^[1-9][0-9]*$ ]] || { echo "error: $knob=$value is not a positive whole number" >&2; exit 2; }
@@ -146,7 +162,7 @@ QUIET=(--save_strategy no --disable_tqdm True)
 run_stage sft "$WORKDIR/sft" "$PYTHON" sft.py \
   --model_name_or_path "$MODEL" --tokenizer_name_or_path "$TOKENIZER" --dataset_name "$DATASET" \
   --output_dir "$WORKDIR/sft" "${DEVICE_ARGS[@]}" --do_train "${SFT_ARGS[@]}" \
-  --lora_target_modules q_proj k_proj v_proj o_proj "${PRECISION[@]}" "${QUIET[@]}"
+  --lora_target_modules q_proj k_proj v_proj o_proj "${PRECISION[@]}" "${QUIET[@]}" "${GAUDI_TRAIN[@]}"
 
 run_stage merge_sft "$WORKDIR/sft_merged" "$PYTHON" merge_peft_adapter.py \
   --base_model_name "$MODEL" --adapter_model_name "$WORKDIR/sft" --output_name "$WORKDIR/sft_merged"
@@ -154,7 +170,7 @@ run_stage merge_sft "$WORKDIR/sft_merged" "$PYTHON" merge_peft_adapter.py \
 # the reward adapter is merged into the model it was trained on (seed 000's step 4 names the raw base instead)
 run_stage reward_model "$WORKDIR/rm" "$PYTHON" reward_modeling.py \
   --model_name_or_path "$WORKDIR/sft_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/rm" \
-  "${DEVICE_ARGS[@]}" --optim adamw_torch "${RM_ARGS[@]}" "${PRECISION[@]}" "${QUIET[@]}"
+  "${DEVICE_ARGS[@]}" --optim adamw_torch "${RM_ARGS[@]}" "${PRECISION[@]}" "${QUIET[@]}" "${GAUDI_TRAIN[@]}"
 
 run_stage merge_rm "$WORKDIR/rm_merged" "$PYTHON" merge_peft_adapter.py \
   --base_model_name "$WORKDIR/sft_merged" --adapter_model_name "$WORKDIR/rm" --output_name "$WORKDIR/rm_merged"
@@ -171,27 +187,27 @@ print(newest_checkpoint(sys.argv[1]) or "")' "$WORKDIR/ppo")
 fi
 RESUME=$(( ${#RESUME_ARGS[@]} > 0 )) run_stage ppo "$WORKDIR/ppo" "$PYTHON" ppo.py \
   --model_name_or_path "$WORKDIR/sft_merged" --reward_model_name "$WORKDIR/rm_merged" --dataset_name "$DATASET" \
-  --output_dir "$WORKDIR/ppo" "${DEVICE_ARGS[@]}" "${PPO_ARGS[@]}" "${RESUME_ARGS[@]}"
+  --output_dir "$WORKDIR/ppo" "${DEVICE_ARGS[@]}" "${PPO_ARGS[@]}" "${RESUME_ARGS[@]}" "${GAUDI_PPO[@]}"
 
 run_stage generation "$WORKDIR/generation" "$PYTHON" run_generation.py \
   --model_name_or_path "$WORKDIR/ppo" "${DEVICE_ARGS[@]}" --use_kv_cache "${GEN_ARGS[@]}" "${PRECISION[@]}" \
-  --output_file "$WORKDIR/generation/generations.jsonl"
+  --output_file "$WORKDIR/generation/generations.jsonl" "${GAUDI_INFER[@]}"
 
 run_stage comparison "$WORKDIR/comparison" "$PYTHON" compare_base_vs_ppo.py \
   --base_model "$MODEL" --sft_model "$WORKDIR/sft_merged" --finetuned_model "$WORKDIR/ppo" \
   --reward_model "$WORKDIR/rm_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/comparison" \
-  "${DEVICE_ARGS[@]}" "${CMP_ARGS[@]}"
+  "${DEVICE_ARGS[@]}" "${CMP_ARGS[@]}" "${GAUDI_INFER[@]}"
 
 if [ "$WITH_DPO" = 1 ]; then
   run_stage dpo "$WORKDIR/dpo" "$PYTHON" dpo.py \
     --model_name_or_path "$WORKDIR/sft_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/dpo" \
-    "${DEVICE_ARGS[@]}" "${DPO_ARGS[@]}" "${PRECISION[@]}" "${QUIET[@]}"
+    "${DEVICE_ARGS[@]}" "${DPO_ARGS[@]}" "${PRECISION[@]}" "${QUIET[@]}" "${GAUDI_TRAIN[@]}"
   run_stage merge_dpo "$WORKDIR/dpo_merged" "$PYTHON" merge_peft_adapter.py \
     --base_model_name "$WORKDIR/sft_merged" --adapter_model_name "$WORKDIR/dpo" --output_name "$WORKDIR/dpo_merged"
   run_stage comparison_dpo "$WORKDIR/comparison_dpo" "$PYTHON" compare_base_vs_ppo.py \
     --base_model "$MODEL" --sft_model "$WORKDIR/sft_merged" --finetuned_model "$WORKDIR/dpo_merged" \
     --reward_model "$WORKDIR/rm_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/comparison_dpo" \
-    "${DEVICE_ARGS[@]}" "${CMP_ARGS[@]}"
+    "${DEVICE_ARGS[@]}" "${CMP_ARGS[@]}" "${GAUDI_INFER[@]}"
 fi
 
 # The verdict, from comparison.json: on the toy profile PPO must beat the base on both judges.

@@ -376,3 +376,60 @@ def test_compare_with_hpu_graphs(embedded_root, tmp_path):
     assert {width for _, width in scoring} == {256 + 12}  # --input_max_length + --max_new_tokens
     summary = json.loads((out / "comparison.json").read_text())
     assert summary["win_rates"]["finetuned_vs_base"]["reward"]["ties"] == 6
+
+
+# ------------------------------------------------------------------------------------------------ pipeline
+
+
+def recording_python(tmp_path: Path) -> tuple[Path, Path]:
+    """(an interpreter for the pipeline's PYTHON, the file it writes): it records each script command instead of
+    running it, and runs anything else (-c, -m) with the real Python."""
+    record = tmp_path / "commands.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+case "$1" in
+  *.py) printf '%s\\n' "$*" >> {record}; exit 0 ;;
+  -) cat >/dev/null; exit 0 ;;
+  *) exec {sys.executable} "$@" ;;
+esac
+""")
+    fake.chmod(0o755)
+    return fake, record
+
+
+@pytest.mark.parametrize("device", ["hpu", "auto"])
+def test_pipeline_on_gaudi_passes_the_gaudi_settings(device, embedded_root, tmp_path):
+    """ppo_pipeline_sanity.sh on Gaudi (DEVICE=hpu, or auto where habana_frameworks is installed): every stage
+    gets lazy mode, the training stages length buckets, PPO fixed shapes and HPU graphs, generation and the
+    comparison HPU graphs. The stages' scripts are recorded by a stand-in interpreter, not run (their Gaudi
+    paths are tested above)."""
+    fake, record = recording_python(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PT_HPU_LAZY_MODE"}
+    env.update(PYTHON=str(fake), PYTHONPATH=str(STUBS), WORKDIR=str(tmp_path / "work"), LOG=str(tmp_path / "log"),
+               PIPELINE_PROFILE="toy", DEVICE=device, WITH_DPO="1")
+    result = subprocess.run(["bash", str(REPO / "ppo_pipeline_sanity.sh")], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    commands = {line.split()[0]: line.split() for line in record.read_text().splitlines()}
+    assert set(commands) == {"sft.py", "merge_peft_adapter.py", "reward_modeling.py", "ppo.py", "run_generation.py",
+                             "compare_base_vs_ppo.py", "dpo.py"}
+    for script, args in commands.items():
+        if script != "merge_peft_adapter.py":
+            assert args[args.index("--device") + 1] == "hpu" and "--use_lazy_mode" in args, script
+    for script in ("sft.py", "reward_modeling.py", "dpo.py"):
+        assert commands[script][commands[script].index("--num_buckets") + 1] == "16"
+    assert {"--pad_max", "--use_hpu_graphs"} <= set(commands["ppo.py"])
+    assert "--use_hpu_graphs" in commands["run_generation.py"] and "--use_hpu_graphs" in commands["compare_base_vs_ppo.py"]
+
+
+def test_pipeline_off_gaudi_adds_no_gaudi_settings(embedded_root, tmp_path):
+    fake, record = recording_python(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("PT_HPU_LAZY_MODE", "PYTHONPATH")}
+    env.update(PYTHON=str(fake), WORKDIR=str(tmp_path / "work"), LOG=str(tmp_path / "log"), PIPELINE_PROFILE="toy")
+    result = subprocess.run(["bash", str(REPO / "ppo_pipeline_sanity.sh")], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    text = record.read_text()
+    assert "--device auto" in text
+    for flag in ("--use_lazy_mode", "--num_buckets", "--pad_max", "--use_hpu_graphs"):
+        assert flag not in text
