@@ -164,8 +164,7 @@ def main(args: CompareArguments, device_args: DeviceArguments, precision: Precis
                                                    allow_pickle=args.allow_pickle, pad_token_id=reward_tok.pad_token_id)
     reward_model.requires_grad_(False).eval().to(info.torch_device)
     policy_lib.disable_dropout(reward_model)
-    hpu.wrap_for_inference(scoring.backbone(scoring.unwrap_peft(reward_model)), info, graphs.use_hpu_graphs,
-                           "reward scoring")
+    scoring.wrap_in_hpu_graph(reward_model, info, graphs.use_hpu_graphs)
 
     def scorer_for(tokenizer):
         return scoring.RewardModelScorer(reward_model, reward_tok, tokenizer, batch_size=args.batch_size,

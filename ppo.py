@@ -169,8 +169,7 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
         reward_model.eval()
         policy_lib.disable_dropout(reward_model)
         reward_model.to(accelerator.device)
-        hpu.wrap_for_inference(scoring.backbone(scoring.unwrap_peft(reward_model)), info, args.use_hpu_graphs,
-                               "reward scoring")
+        scoring.wrap_in_hpu_graph(reward_model, info, args.use_hpu_graphs)
         scorer = scoring.RewardModelScorer(
             reward_model, reward_tok, tokenizer, batch_size=args.batch_size,
             pad_multiple=args.input_max_length + args.output_max_length if args.pad_max else None)

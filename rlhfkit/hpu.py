@@ -264,7 +264,7 @@ def build_trainer(choice: TrainerChoice, info, training_args, use_hpu_graphs: bo
 def prepare_trainer_shapes(training_args, script_args) -> None:
     """Before any loading: static shapes set up (:func:`apply_static_shapes`) and training graphs checked."""
     apply_static_shapes(training_args, script_args)
-    check_training_graphs(training_args, script_args, script_args.use_hpu_graphs)
+    check_training_graphs(training_args, script_args)
 
 
 def make_trainer(kind: str, info, training_args, script_args, **kwargs):
@@ -276,9 +276,10 @@ def make_trainer(kind: str, info, training_args, script_args, **kwargs):
     return trainer, instrument_trainer(trainer, info, script_args.use_hpu_graphs, choice.backend)
 
 
-def check_training_graphs(training_args, shapes: StaticShapeArguments, use_hpu_graphs: bool) -> None:
-    """Refuse ``--use_hpu_graphs`` for training where a captured graph would be wrong or useless."""
-    if not use_hpu_graphs:
+def check_training_graphs(training_args, shapes) -> None:
+    """Refuse ``--use_hpu_graphs`` for training (``shapes``: the script's arguments, with the static-shape and
+    graph flags) where a captured graph would be wrong or useless."""
+    if not shapes.use_hpu_graphs:
         return
     if not (shapes.pad_max or shapes.num_buckets):
         raise UserError("--use_hpu_graphs for training needs static shapes (a graph per batch length would "

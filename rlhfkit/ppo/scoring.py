@@ -79,6 +79,14 @@ class RewardModelScorer:
         return torch.cat(scores)
 
 
+def wrap_in_hpu_graph(reward_model, info, enabled: bool) -> None:
+    """Score through an HPU graph of the reward model's trunk on Gaudi (frozen weights: safe to capture), in place:
+    every :class:`RewardModelScorer` on this model then uses it. Nothing changes off Gaudi or when not enabled."""
+    from rlhfkit import hpu
+
+    hpu.wrap_for_inference(backbone(unwrap_peft(reward_model)), info, enabled, "reward scoring")
+
+
 class RuleScorer:
     """Scores from a Python function ``f(prompt, response) -> float`` on the raw prompt and decoded response."""
 
