@@ -127,9 +127,7 @@ def load_prompts(args: CompareArguments) -> list:
 def main(args: CompareArguments, device_args: DeviceArguments, precision: PrecisionArguments,
          graphs: HPUGraphArguments | None = None):
     validate(args)
-    from rlhfkit import compare, compare_report, device, hpu, io, models
-    from rlhfkit.ppo import policy as policy_lib
-    from rlhfkit.ppo import scoring
+    from rlhfkit import compare, compare_report, device, hpu, io, models, scoring
 
     graphs = graphs or HPUGraphArguments()
     info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
@@ -157,13 +155,9 @@ def main(args: CompareArguments, device_args: DeviceArguments, precision: Precis
         return loaded
 
     base = load("base", base_path)
-    reward_tok = models.load_reward_tokenizer(args.reward_model, args.reward_tokenizer_name, base.tokenizer,
-                                              args.trust_remote_code)
-    reward_model = models.load_sequence_classifier(args.reward_model, dtype=dtype, trained_head=True,
-                                                   trust_remote_code=args.trust_remote_code,
-                                                   allow_pickle=args.allow_pickle, pad_token_id=reward_tok.pad_token_id)
-    reward_model.requires_grad_(False).eval().to(info.torch_device)
-    policy_lib.disable_dropout(reward_model)
+    reward_model, reward_tok = scoring.load_reward_model(args.reward_model, args.reward_tokenizer_name,
+                                                         base.tokenizer, dtype, info.torch_device,
+                                                         args.trust_remote_code, args.allow_pickle)
     scoring.wrap_in_hpu_graph(reward_model, info, graphs.use_hpu_graphs)
 
     def scorer_for(tokenizer):

@@ -53,7 +53,7 @@ def policy_tokenizer(name: str, trust_remote_code: bool, stop_ids_of):
 def load_prompts(data_args: DatasetArguments, args: PPOArguments, tokenizer):
     """(prompt texts, token ids of the formatted prompts), prompts over --input_max_length dropped."""
     from rlhfkit import data, defaults, schemas
-    from rlhfkit.generation import encode_prompts
+    from rlhfkit.sampling import encode_prompts
 
     name, subset = defaults.dataset_for("rl", data_args.dataset_name, data_args.subset)
     rows = data.load_canonical(name, "prompt", subset, data_args.split, strict=data_args.error_on_invalid_rows,
@@ -138,8 +138,8 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     from transformers import set_seed
 
     from rlhfkit import device, faults, hpu, models
+    from rlhfkit import scoring
     from rlhfkit.ppo import policy as policy_lib
-    from rlhfkit.ppo import scoring
     from rlhfkit.ppo.trainer import PPOTrainer, newest_checkpoint
 
     info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
@@ -159,16 +159,9 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     module, ref_model = policy_lib.build(model_args, args, dtype, tokenizer, args.reward_model_name)
     stop_ids = models.stop_token_ids(args.stop_token, tokenizer, module.policy.generation_config)
     if args.reward_model_name:
-        reward_tok = models.load_reward_tokenizer(args.reward_model_name, args.reward_tokenizer_name, tokenizer,
-                                                  args.trust_remote_code)
-        reward_model = models.load_sequence_classifier(args.reward_model_name, dtype=dtype, trained_head=True,
-                                                       trust_remote_code=args.trust_remote_code,
-                                                       allow_pickle=model_args.allow_pickle,
-                                                       pad_token_id=reward_tok.pad_token_id)
-        reward_model.requires_grad_(False)
-        reward_model.eval()
-        policy_lib.disable_dropout(reward_model)
-        reward_model.to(accelerator.device)
+        reward_model, reward_tok = scoring.load_reward_model(
+            args.reward_model_name, args.reward_tokenizer_name, tokenizer, dtype, accelerator.device,
+            args.trust_remote_code, model_args.allow_pickle)
         scoring.wrap_in_hpu_graph(reward_model, info, args.use_hpu_graphs)
         scorer = scoring.RewardModelScorer(
             reward_model, reward_tok, tokenizer, batch_size=args.batch_size,

@@ -55,12 +55,13 @@ def make_reward_parser():
 
 
 def evaluate_pairs(model, tokenizer, rendered, batch_size: int, max_length: int | None) -> dict:
-    from rlhfkit import reward
+    from rlhfkit import scoring
+    from rlhfkit.preference_metrics import pair_metrics
 
-    chosen_texts, rejected_texts = reward.pair_texts(rendered, tokenizer)
-    chosen = reward.score_texts(model, tokenizer, chosen_texts, batch_size, max_length)
-    rejected = reward.score_texts(model, tokenizer, rejected_texts, batch_size, max_length)
-    return {f"eval_{k}": v for k, v in reward.pair_metrics(chosen, rejected).items()}
+    chosen_texts, rejected_texts = scoring.pair_texts(rendered, tokenizer)
+    chosen = scoring.score_texts(model, tokenizer, chosen_texts, batch_size, max_length)
+    rejected = scoring.score_texts(model, tokenizer, rejected_texts, batch_size, max_length)
+    return {f"eval_{k}": v for k, v in pair_metrics(chosen, rejected).items()}
 
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):

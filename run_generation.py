@@ -93,7 +93,7 @@ def main(args: GenerationArguments, device_args: DeviceArguments, precision: Pre
     validate(args)
     from transformers import set_seed
 
-    from rlhfkit import device, generation, hpu, models
+    from rlhfkit import device, hpu, models, sampling
 
     graphs = graphs or HPUGraphArguments()
     info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
@@ -111,18 +111,17 @@ def main(args: GenerationArguments, device_args: DeviceArguments, precision: Pre
     model.to(info.torch_device)
     model = hpu.wrap_for_inference(model, info, graphs.use_hpu_graphs,
                                    "generation (static KV cache, prompts left-padded to the longest)")
-    texts = [generation.format_prompt(tokenizer, p, args.prompt_format) for p in prompts]
     set_seed(args.seed)
-    logger.info("generating for %d prompt(s) on %s (%s)", len(texts), info.type, str(dtype).replace("torch.", ""))
-    result = generation.generate(
-        model, tokenizer, texts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+    logger.info("generating for %d prompt(s) on %s (%s)", len(prompts), info.type, str(dtype).replace("torch.", ""))
+    result = sampling.generate_text(
+        model, tokenizer, prompts, args.prompt_format, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         num_return_sequences=args.num_return_sequences, use_cache=args.use_kv_cache,
-        progress=lambda done: logger.info("%d/%d prompts done", done, len(texts)), static_shapes=static,
+        progress=lambda done: logger.info("%d/%d prompts done", done, len(prompts)), static_shapes=static,
     )
     records = [
         {"prompt": prompt, "formatted_prompt": text, "completions": completions}
-        for prompt, text, completions in zip(prompts, texts, result.completions, strict=True)
+        for prompt, text, completions in zip(prompts, result.prompts, result.completions, strict=True)
     ]
     for record in records:
         print(f"### prompt: {record['prompt'] if isinstance(record['prompt'], str) else json.dumps(record['prompt'])}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generation throughput through the toolkit's own path (``rlhfkit.generation.generate``, what
+"""Generation throughput through the toolkit's own path (``rlhfkit.sampling.generate_text``, what
 ``run_generation.py`` and the comparison use): KV cache, left padding, sampling at temperature 1.
 
     python bench/gen_bench.py --model DIR --batch_size 16 --dtype bfloat16 --device cpu --result R.json
@@ -36,20 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlhfkit import generation, toy
+    from rlhfkit import sampling, toy
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(args.device)
     rng = random.Random(0)
     questions = [toy.make_question(rng) for _ in range(args.batch_size * args.batches)]
-    texts = [generation.format_prompt(tokenizer, q) for q in questions]
-    generation.generate(model, tokenizer, texts[:1], max_new_tokens=8, batch_size=1, do_sample=True)  # warm-up
+    sampling.generate_text(model, tokenizer, questions[:1], max_new_tokens=8, batch_size=1, do_sample=True)  # warm-up
     if args.device == "cuda":
         torch.cuda.synchronize()
-    result = generation.generate(model, tokenizer, texts, max_new_tokens=args.max_new_tokens,
-                                 batch_size=args.batch_size, do_sample=True, temperature=1.0)
-    record = {"batch_size": args.batch_size, "dtype": args.dtype, "prompts": len(texts),
+    result = sampling.generate_text(model, tokenizer, questions, max_new_tokens=args.max_new_tokens,
+                                    batch_size=args.batch_size, do_sample=True, temperature=1.0)
+    record = {"batch_size": args.batch_size, "dtype": args.dtype, "prompts": len(questions),
               "new_tokens": result.new_tokens, "seconds": result.seconds,
               "tokens_per_second": result.tokens_per_second,
               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

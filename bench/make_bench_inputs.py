@@ -83,7 +83,7 @@ def tokenize_like_ppo(prompts_path: str, tokenizer_name: str) -> tuple[list[str]
     import ppo
     from rlhfkit import models
     from rlhfkit.data import DatasetArguments
-    from rlhfkit.generation import format_prompt
+    from rlhfkit.sampling import format_prompt
     from rlhfkit.ppo.config import PPOArguments
 
     args = PPOArguments(reward_function="toy")

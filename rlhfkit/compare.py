@@ -1,16 +1,16 @@
 """Answers from several models to the same held-out prompts, scored (the engine of compare_base_vs_ppo.py).
 
-Each model samples with the same settings from a fresh ``GenerationConfig`` (as in PPO, so a checkpoint's own
-generation settings cannot make one model look better), starting from the same seed. Every answer is
-truncated after its first stop token and scored by the reward model at its last real token
-(:class:`rlhfkit.ppo.scoring.RewardModelScorer`, which also handles a reward model with its own tokenizer),
-and by a gold judge when there is one (the toy task's :func:`rlhfkit.toy.gold_score`, or a rule).
+Each model samples through :mod:`rlhfkit.sampling` with the same settings and nothing inherited from its
+checkpoint (as in PPO, so a checkpoint's own generation settings cannot make one model look better), starting
+from the same seed. Every answer is truncated after its first stop token and scored by the reward model as it
+was trained (:class:`rlhfkit.scoring.RewardModelScorer`, which also handles a reward model with its own
+tokenizer), and by a gold judge when there is one (the toy task's :func:`rlhfkit.toy.gold_score`, or a rule).
 
 KL from the base is measured on each model's *own* samples: the sum over response tokens of
 ``log p_model - log p_base`` at the sampling temperature (the k1 estimator, unbiased for
-KL(model || base) of the temperature-scaled distributions; top-k/top-p truncation is not accounted for,
-as in TRL's ``objective/kl``). It needs the base to read the model's token ids (same vocabulary) and
-sampled answers; otherwise it is reported as missing with the reason.
+KL(model || base) of the temperature-scaled distributions, as TRL's ``objective/kl``). It needs the base to
+read the model's token ids (same vocabulary) and answers sampled from the full distribution (no top-k/top-p
+truncation, which the log-probs would not account for); otherwise it is reported as missing with the reason.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def resolve_gold_judge(spec: str, prompts: list) -> tuple[Callable[[str, str], f
         return None, None
     if spec == "toy":
         return toy.gold_score, "toy"
-    from rlhfkit.ppo.scoring import load_rule
+    from rlhfkit.scoring import load_rule
 
     return load_rule(spec).function, spec
 
@@ -116,7 +116,7 @@ def resolve_gold_judge(spec: str, prompts: list) -> tuple[Callable[[str, str], f
 def prompt_ids(loaded: list[LoadedModel], prompts: list, prompt_format: str, max_length: int) -> tuple[list, dict]:
     """(kept prompts, {model name: token ids of each kept prompt}): a prompt longer than ``max_length`` tokens
     under any model's tokenizer is dropped for every model, so the comparison stays paired."""
-    from rlhfkit.generation import encode_prompts
+    from rlhfkit.sampling import encode_prompts
 
     encoded = {m.name: encode_prompts(m.tokenizer, prompts, prompt_format)[1] for m in loaded}
     keep = [i for i in range(len(prompts)) if all(len(ids[i]) <= max_length for ids in encoded.values())]
@@ -131,9 +131,9 @@ def prompt_ids(loaded: list[LoadedModel], prompts: list, prompt_format: str, max
 def kl_from_reference(loaded: LoadedModel, reference: LoadedModel, episodes, temperature: float) -> torch.Tensor:
     """Per-sequence KL estimate sum_t (log p_model - log p_ref) on ``episodes`` sampled from ``loaded``; NaN
     for a sequence holding a token the reference does not have (an added pad token, say)."""
-    from rlhfkit.ppo import rollout
+    from rlhfkit.sampling import response_logprobs
 
-    logprobs = rollout.reference_logprobs(loaded.model, episodes, temperature)
+    logprobs = response_logprobs(loaded.model, episodes, temperature)
     size = reference.model.get_input_embeddings().weight.shape[0]
     unknown = ((episodes.responses >= size) & episodes.response_mask.bool()).any(-1)
     unknown |= ((episodes.queries >= size) & episodes.query_mask.bool()).any(-1)
@@ -142,7 +142,7 @@ def kl_from_reference(loaded: LoadedModel, reference: LoadedModel, episodes, tem
                           episodes.query_mask,
                           episodes.responses.masked_fill(episodes.response_mask == 0, 0).clamp(max=size - 1),
                           episodes.response_mask, episodes.stopped, episodes.response_texts)
-    ref_logprobs = rollout.reference_logprobs(reference.model, safe, temperature)
+    ref_logprobs = response_logprobs(reference.model, safe, temperature)
     mask = episodes.response_mask.float()
     kl = ((logprobs - ref_logprobs) * mask).sum(-1).float()
     return kl.masked_fill(unknown, float("nan"))
@@ -150,12 +150,14 @@ def kl_from_reference(loaded: LoadedModel, reference: LoadedModel, episodes, tem
 
 def kl_unavailable(loaded: LoadedModel, reference: LoadedModel | None, settings: SamplingSettings) -> str | None:
     """Why KL from the base cannot be measured for ``loaded`` (None when it can)."""
-    from rlhfkit.ppo.scoring import same_vocabulary
+    from rlhfkit.scoring import same_vocabulary
 
     if reference is None or loaded is reference:
         return "this is the base" if loaded is reference else "no base model"
     if not settings.do_sample:
         return "greedy decoding (KL needs sampled answers)"
+    if settings.top_k or settings.top_p < 1:
+        return "top-k/top-p sampling (KL needs answers sampled from the full distribution)"
     if not same_vocabulary(reference.tokenizer, loaded.tokenizer):
         return "the model and the base have different tokenizers"
     return None
@@ -171,15 +173,14 @@ def sample_model(loaded: LoadedModel, prompts: list, ids: list[list[int]], setti
     graphs): prompts left-padded to the longest of the run and a static KV cache."""
     from transformers import set_seed
 
-    from rlhfkit import models
-    from rlhfkit.ppo import rollout
+    from rlhfkit import models, sampling
 
     model, tokenizer = loaded.model, loaded.tokenizer
     device = next(model.parameters()).device
     stop_ids = models.stop_token_ids("eos", tokenizer, model.generation_config)
-    config = rollout.generation_config(settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p,
-                                       stop_ids, tokenizer.pad_token_id, do_sample=settings.do_sample,
-                                       static_cache=static_shapes)
+    config = sampling.generation_config(settings.max_new_tokens, stop_ids, tokenizer.pad_token_id,
+                                        do_sample=settings.do_sample, temperature=settings.temperature,
+                                        top_k=settings.top_k, top_p=settings.top_p, static_cache=static_shapes)
     width = max(len(row) for row in ids) if static_shapes else None
     scorer = scorer_for(tokenizer)
     kl_note = kl_unavailable(loaded, reference, settings)
@@ -192,8 +193,8 @@ def sample_model(loaded: LoadedModel, prompts: list, ids: list[list[int]], setti
         chunk = list(range(first, min(first + per_batch, len(prompts))))
         rows = [ids[i] for i in chunk for _ in range(k)]
         batch_prompts = [prompts[i] for i in chunk for _ in range(k)]
-        queries, query_mask = rollout.left_pad(rows, tokenizer.pad_token_id, device, width)
-        episodes = rollout.sample(loaded.generator or model, tokenizer, batch_prompts, queries, query_mask, config,
+        queries, query_mask = sampling.left_pad(rows, tokenizer.pad_token_id, device, width)
+        episodes = sampling.sample(loaded.generator or model, tokenizer, batch_prompts, queries, query_mask, config,
                                   stop_ids)
         rewards.append(scorer(episodes.prompts, queries, query_mask, episodes.responses, episodes.response_mask,
                               episodes.stopped, episodes.response_texts).float().cpu())

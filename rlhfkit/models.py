@@ -266,3 +266,66 @@ def stop_token_ids(spec: str | None, tokenizer, generation_config=None) -> list[
             raise UserError(f"--stop_token {spec!r} is not one token of this tokenizer ({len(encoded)} tokens)")
         token_id = encoded[0]
     return [token_id]
+
+
+# ------------------------------------------------------------------------------------------ model pieces
+def unwrap_peft(model):
+    """The transformers model inside a PEFT wrapper (LoRA layers still in place), or ``model`` itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def backbone(model):
+    """The transformer trunk of a transformers model (``model.model`` for Llama, ``model.transformer`` ...)."""
+    from torch import nn
+
+    prefix = getattr(model, "base_model_prefix", None)
+    trunk = getattr(model, prefix, None) if prefix else None
+    if not isinstance(trunk, nn.Module):
+        raise UserError(f"{type(model).__name__} has no trunk named by base_model_prefix ({prefix!r}): pass a "
+                        "standard transformers model")
+    return trunk
+
+
+def score_head(model):
+    """The scalar head of a sequence-classification model (``score``; ``classifier`` in some families)."""
+    from torch import nn
+
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise UserError(f"the reward model ({type(model).__name__}) has no 'score' or 'classifier' head: pass a model "
+                    "saved by reward_modeling.py (AutoModelForSequenceClassification with num_labels=1)")
+
+
+def _is_dropout_name(name: str) -> bool:
+    return "dropout" in name or name.endswith("pdrop")  # attention_dropout, hidden_dropout, attn_pdrop, ...
+
+
+def disable_dropout(model) -> None:
+    """Dropout off in every form it takes, in place: ``nn.Dropout`` modules (LoRA's included), dropout rates
+    that model code reads from a module attribute at run time (``self.attention_dropout`` in Llama, Qwen2 and
+    Gemma attention, ``self.dropout`` in OPT and BART layers), and the config fields they come from (so a
+    module built later, or a saved model, has none either).
+
+    RL needs this (Huang et al. 2024): with dropout the log-probs of the rollout (eval mode) and of the update
+    (train mode) differ before any update, and the PPO ratio no longer starts at 1."""
+    from torch import nn
+
+    configs = []
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if _is_dropout_name(name) and isinstance(value, float):
+                setattr(module, name, 0.0)
+        config = getattr(module, "config", None)
+        if config is not None and all(config is not seen for seen in configs):
+            configs.append(config)
+    while configs:
+        config = configs.pop()
+        for name, value in list(vars(config).items()):
+            if _is_dropout_name(name) and isinstance(value, float):
+                setattr(config, name, 0.0)
+            elif hasattr(value, "to_dict") and hasattr(value, "model_type"):  # a sub-config (text_config, ...)
+                configs.append(value)

@@ -97,35 +97,7 @@ def test_masked_whiten_padding_is_zero_and_has_no_influence(shift_mean):
     assert first[0, 2] == 0 and first[0, 3] == 0 and first[1, 3] == 0
 
 
-# ------------------------------------------------------------------------------- log-probs and entropy
-def test_logprobs_from_logits_with_temperature():
-    # B=2, T=2, V=3; temperature 2 halves the logits before the log-softmax
-    logits = t([[[2.0, 4.0, 0.0], [0.0, 0.0, 0.0]], [[-2.0, 6.0, 2.0], [10.0, 0.0, 0.0]]])
-    tokens = torch.tensor([[1, 2], [0, 0]])
-    # /2: [1, 2, 0], [0, 0, 0], [-1, 3, 1], [5, 0, 0]
-    lse_a = math.log(math.exp(1) + math.exp(2) + math.exp(0))
-    lse_b = math.log(3.0)
-    lse_c = math.log(math.exp(-1) + math.exp(3) + math.exp(1))
-    lse_d = math.log(math.exp(5) + 2.0)
-    expected = [[2 - lse_a, 0 - lse_b], [-1 - lse_c, 5 - lse_d]]
-    got = core.logprobs_from_logits(logits, tokens, temperature=2.0)
-    assert got.dtype == torch.float32
-    assert_values(got, expected)
-    # at temperature 1 the first value is 4 - log(e^2 + e^4 + 1): a different number, so temperature matters
-    at_one = core.logprobs_from_logits(logits, tokens)
-    assert_values(at_one[0, 0], 4 - math.log(math.exp(2) + math.exp(4) + 1))
-    assert abs(at_one[0, 0].item() - got[0, 0].item()) > 0.1
-
-
-def test_logprobs_from_logits_computes_in_float32():
-    logits = torch.tensor([[[0.0, math.log(3.0)]]], dtype=torch.bfloat16)  # p = [1/4, 3/4] (up to bf16 rounding)
-    got = core.logprobs_from_logits(logits, torch.tensor([[0]]), temperature=0.5)
-    assert got.dtype == torch.float32
-    # /0.5: [0, 2 log 3] -> p = [1/10, 9/10]; bf16 rounds log 3 = 1.0986 to 1.1015625
-    z = 2 * 1.1015625
-    assert_values(got, [[-math.log(1 + math.exp(z))]])
-
-
+# ------------------------------------------------------------------------------------------------ entropy
 def test_entropy_uniform_is_log_v():
     logits = torch.zeros(2, 3, 5)
     logits[1] = 7.5  # any constant row is uniform
@@ -191,38 +163,7 @@ def test_kl_unknown_estimator_raises():
         core.kl_estimate(t([[0.0]]), t([[0.0]]), "k2")
 
 
-# ------------------------------------------------------------------------------ stop token and indices
-PAD = 99
-
-
-def test_truncate_after_stop_single_stop_id():
-    responses = torch.tensor([[5, 9, 7, 8], [9, 3, 4, 5], [1, 2, 3, 4]])
-    original = responses.clone()
-    truncated, mask, lengths, stopped = core.truncate_after_stop(responses, [9], PAD)
-    # row 0: stop in the middle, kept, rest padded; row 1: stop at position 0; row 2: no stop at all
-    assert truncated.tolist() == [[5, 9, PAD, PAD], [9, PAD, PAD, PAD], [1, 2, 3, 4]]
-    assert mask.tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
-    assert mask.dtype == torch.long
-    assert lengths.tolist() == [2, 1, 4]
-    assert stopped.tolist() == [True, True, False]
-    assert torch.equal(responses, original)  # the input is not modified
-
-
-def test_truncate_after_stop_several_ids_and_garbage():
-    responses = torch.tensor([[5, 8, 9, 7, 6], [1, 2, 3, 4, 8], [6, 9, 9, 3, 8], [4, 4, 4, 4, 4]])
-    truncated, mask, lengths, stopped = core.truncate_after_stop(responses, (9, 8), PAD)
-    # the first of either stop id ends the response; later stop ids and anything else after it are garbage
-    assert truncated.tolist() == [
-        [5, 8, PAD, PAD, PAD],
-        [1, 2, 3, 4, 8],
-        [6, 9, PAD, PAD, PAD],
-        [4, 4, 4, 4, 4],
-    ]
-    assert mask.tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
-    assert lengths.tolist() == [2, 5, 2, 5]
-    assert stopped.tolist() == [True, True, True, False]
-
-
+# ---------------------------------------------------------------------------------------------- indices
 def test_last_token_index_right_padding():
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
     assert core.last_token_index(mask).tolist() == [2, 4, 0, 0]  # an empty row gives 0, as documented
@@ -355,6 +296,9 @@ def test_policy_loss_by_hand():
     assert_values(stats["clipfrac"], 2 / 5)
     lr2 = [math.log(1.5) ** 2, math.log(0.5) ** 2, math.log(0.5) ** 2, math.log(1.1) ** 2, math.log(1.5) ** 2]
     assert_values(stats["approxkl"], 0.5 * sum(lr2) / 5)
+    # old TRL's k1 estimate: mean(log p_old - log p) = -mean(log ratio)
+    lr = [math.log(1.5), math.log(0.5), math.log(0.5), math.log(1.1), math.log(1.5)]
+    assert_values(stats["policykl"], -sum(lr) / 5)
     assert_values(stats["ratio"], (1.5 + 0.5 + 0.5 + 1.1 + 1.5) / 5)  # 1.02
     # deviations from 1.02: .48, -.52, -.52, .08, .48 -> squares sum to 1.008, unbiased / 4
     assert_values(stats["ratio_var"], 1.008 / 4)
@@ -494,21 +438,3 @@ def test_running_moments_state_dict_round_trip():
     restored.update(t([10.0, 20.0]))
     assert restored.mean == moments.mean == pytest.approx(40 / 6, rel=1e-12)
     assert restored.std == moments.std
-
-
-# ------------------------------------------------------------------------------------------------ pad_to
-def test_pad_to_right_and_left():
-    tokens = torch.tensor([[1, 2], [3, 4]])
-    assert core.pad_to(tokens, 4, 0).tolist() == [[1, 2, 0, 0], [3, 4, 0, 0]]
-    assert core.pad_to(tokens, 4, -1, left=True).tolist() == [[-1, -1, 1, 2], [-1, -1, 3, 4]]
-    assert core.pad_to(tokens, 3, 7).dtype == torch.long
-
-
-def test_pad_to_no_op_and_last_dimension():
-    tokens = torch.tensor([[1, 2, 3]])
-    assert core.pad_to(tokens, 3, 0).tolist() == [[1, 2, 3]]
-    assert core.pad_to(tokens, 2, 0).tolist() == [[1, 2, 3]]  # never truncates
-    cube = torch.ones(2, 2, 1)
-    padded = core.pad_to(cube, 3, 0.5, left=True)
-    assert padded.shape == (2, 2, 3)
-    assert padded[1, 1].tolist() == [0.5, 0.5, 1.0]

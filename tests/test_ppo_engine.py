@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import ppo as ppo_script
-from rlhfkit import models
+from rlhfkit import models, sampling, scoring
 from rlhfkit.errors import UserError
-from rlhfkit.ppo import core, rollout, scoring
-from rlhfkit.ppo.policy import PolicyAndValue
+from rlhfkit.ppo.policy import PolicyAndValue, logprobs_and_values
 
 STORIES = ("models", "stories260K")
 GPT2_TOKENIZER = ("tokenizers", "gpt2")
@@ -46,12 +45,13 @@ def _episodes(tokenizer, prompts: list[str], responses: list[list[int]]):
     for i, row in enumerate(ids):
         queries[i, width - len(row):], query_mask[i, width - len(row):] = torch.tensor(row), 1
     longest = max(map(len, responses))
-    padded = torch.stack([core.pad_to(torch.tensor(r), longest, tokenizer.pad_token_id) for r in responses])
-    truncated, mask, stopped = rollout.truncate(padded, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    padded = torch.stack([torch.nn.functional.pad(torch.tensor(r), (0, longest - len(r)), value=tokenizer.pad_token_id)
+                          for r in responses])
+    truncated, mask, stopped = sampling.truncate(padded, [tokenizer.eos_token_id], tokenizer.pad_token_id)
     # as in generation: a response that never stopped ran to the full width
     assert all(len(r) == longest for r, s in zip(responses, stopped.tolist(), strict=True) if not s)
     texts = tokenizer.batch_decode(truncated, skip_special_tokens=True)
-    return rollout.Episodes(prompts, queries, query_mask, truncated, mask, stopped, texts)
+    return sampling.Episodes(prompts, queries, query_mask, truncated, mask, stopped, texts)
 
 
 # ------------------------------------------------------------------------------------------ tokens
@@ -89,21 +89,21 @@ def test_logprobs_match_the_sampling_distribution_of_generate(base):
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
     assert (enc["attention_mask"][:, 0] == 0).any()  # really left-padded
     temperature = 0.7
-    config = rollout.generation_config(12, temperature, 0, 1.0, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    config = sampling.generation_config(12, [tokenizer.eos_token_id], tokenizer.pad_token_id, temperature=temperature)
     torch.manual_seed(1)
     out = module.policy.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                  generation_config=config, output_scores=True, return_dict_in_generate=True)
     responses = out.sequences[:, enc["input_ids"].shape[1]:]
-    truncated, mask, stopped = rollout.truncate(responses, [tokenizer.eos_token_id], tokenizer.pad_token_id)
-    episodes = rollout.Episodes(prompts, enc["input_ids"], enc["attention_mask"], truncated, mask, stopped,
+    truncated, mask, stopped = sampling.truncate(responses, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    episodes = sampling.Episodes(prompts, enc["input_ids"], enc["attention_mask"], truncated, mask, stopped,
                                 [""] * len(prompts))
     with torch.no_grad():
-        logprobs, values, _ = rollout.forward(module, episodes, temperature)
+        logprobs, values, _ = logprobs_and_values(module, episodes, temperature)
     expected = torch.stack([s.log_softmax(-1) for s in out.scores], 1)  # scores are already divided by T
     expected = expected.gather(2, responses.unsqueeze(-1)).squeeze(-1)
     real = mask.bool()
     assert torch.allclose(logprobs[real], expected[real], atol=1e-4), (logprobs[real] - expected[real]).abs().max()
-    wrong_t = core.logprobs_from_logits(torch.stack(out.scores, 1) * temperature, responses, 1.0)
+    wrong_t = sampling.logprobs_from_logits(torch.stack(out.scores, 1) * temperature, responses, 1.0)
     assert not torch.allclose(wrong_t[real], logprobs[real], atol=1e-3)  # the check can tell temperatures apart
     assert values.shape == logprobs.shape and torch.all(values == 0)  # the value head starts at zero
 
@@ -116,8 +116,8 @@ def test_left_padding_does_not_change_logprobs(base):
     alone = _episodes(tokenizer, [short], [answer])
     assert together.query_mask[0].sum() < together.query_mask.shape[1]  # the short prompt is padded
     with torch.no_grad():
-        batch_lp, batch_v, _ = rollout.forward(module, together, 0.7)
-        alone_lp, alone_v, _ = rollout.forward(module, alone, 0.7)
+        batch_lp, batch_v, _ = logprobs_and_values(module, together, 0.7)
+        alone_lp, alone_v, _ = logprobs_and_values(module, alone, 0.7)
     assert torch.allclose(batch_lp[0], alone_lp[0], atol=1e-5)
 
 
@@ -130,10 +130,10 @@ def test_reference_is_the_policy_with_its_adapter_disabled(base):
         lora_b = [p for n, p in module.named_parameters() if "lora_B" in n]
         for p in lora_b:
             p.normal_(0, 0.5)  # LoRA B starts at zero; make the adapter matter
-        policy_lp, _, _ = rollout.forward(module, episodes, 1.0)
+        policy_lp, _, _ = logprobs_and_values(module, episodes, 1.0)
         with module.reference(None) as reference:
-            ref_lp = rollout.reference_logprobs(reference, episodes, 1.0)
-        plain_lp = rollout.reference_logprobs(plain, episodes, 1.0)
+            ref_lp = sampling.response_logprobs(reference, episodes, 1.0)
+        plain_lp = sampling.response_logprobs(plain, episodes, 1.0)
         for p in lora_b:
             p.zero_()
     assert torch.allclose(ref_lp, plain_lp, atol=1e-5)
@@ -217,8 +217,8 @@ def test_reward_model_with_another_tokenizer(base):
                    episodes.response_mask, episodes.stopped, episodes.response_texts)
     text = "Question: Describe the garden.\n\nAnswer: The garden is lovely." + rm_tokenizer.eos_token
     ids = torch.tensor([rm_tokenizer(text)["input_ids"]])
-    with torch.no_grad():
-        expected = rm.score(rm.model(input_ids=ids).last_hidden_state[0, -1]).item()
+    with torch.no_grad():  # transformers' own read (pad == EOS here: the token before the EOS)
+        expected = rm(input_ids=ids).logits[0, 0].item()
     assert score.item() == pytest.approx(expected, abs=1e-4)
 
 

@@ -81,8 +81,10 @@ class PPOArguments(RunArguments):
         metadata={"help": "Generate the whole batch at once (left-padded); False: one prompt at a time."},
     )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (also used for log-probs)."})
-    top_k: int = field(default=0, metadata={"help": "Sample among the k likeliest tokens; 0: no limit."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    top_k: int = field(default=0, metadata={"help": "Accepted as 0 only (no truncation, as TRL's PPO samples): the "
+                                                      "ratio and the KL are computed on the full distribution."})
+    top_p: float = field(default=1.0, metadata={"help": "Accepted as 1.0 only (no truncation, as TRL's PPO samples): "
+                                                        "the ratio and the KL are computed on the full distribution."})
     stop_token: str | None = field(
         default="eos",
         metadata={"help": "Responses end after the first stop token: 'eos', any token text, or 'none'."},
@@ -158,8 +160,10 @@ class PPOArguments(RunArguments):
             )
         if self.temperature <= 0:
             raise UserError("--temperature must be positive (PPO samples its responses)")
-        if not 0 < self.top_p <= 1:
-            raise UserError("--top_p must be in (0, 1]")
+        if self.top_k != 0 or self.top_p != 1.0:
+            raise UserError(f"--top_k {self.top_k} --top_p {self.top_p}: PPO samples from the full distribution at "
+                            "--temperature, the one its log-probs, ratio and KL are computed on; truncated sampling "
+                            "would make them wrong. Drop --top_k/--top_p (a lower --temperature sharpens sampling)")
         if self.learning_rate <= 0:
             raise UserError("--learning_rate must be positive")
         if (self.reward_model_name is None) == (self.reward_function is None):

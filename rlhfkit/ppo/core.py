@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -57,17 +56,7 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     return whitened * mask.to(values.dtype)
 
 
-# ------------------------------------------------------------------------------- log-probs and entropy
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probability of each of ``tokens`` (B, T) under ``logits`` (B, T, V) divided by ``temperature``.
-
-    The same temperature that sampled the tokens: a policy sampled at 0.7 but scored at 1.0 gives wrong
-    ratios and a wrong KL (a pitfall listed by Huang et al. 2024). Computed in float32.
-    """
-    logits = logits.float() / temperature
-    return torch.gather(logits.log_softmax(-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
-
-
+# ------------------------------------------------------------------------------------------------ entropy
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy (nats) of the sampling distribution at each position: logsumexp(z) - sum(softmax(z) * z)."""
     logits = logits.float() / temperature
@@ -92,27 +81,7 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
     raise ValueError(f"unknown KL estimator {estimator!r}: use one of {KL_ESTIMATORS}")
 
 
-# ------------------------------------------------------------------------------ stop token and indices
-def truncate_after_stop(responses: torch.Tensor, stop_token_ids, pad_token_id: int):
-    """Cut each response after its first stop token (kept) and pad the rest.
-
-    Returns ``(truncated, mask, lengths, stopped)``: ``lengths`` counts real tokens (the stop token
-    included), ``stopped`` says whether a stop token was produced. Generation may write anything after a
-    stop (other sequences of the batch are still running); none of it may count.
-    """
-    stop = torch.zeros_like(responses, dtype=torch.bool)
-    for token_id in stop_token_ids:
-        stop |= responses == token_id
-    stopped = stop.any(-1)
-    width = responses.shape[1]
-    positions = torch.arange(width, device=responses.device).expand_as(responses)
-    first = torch.where(stop, positions, torch.full_like(positions, width)).min(-1).values
-    lengths = torch.where(stopped, first + 1, torch.full_like(first, width))
-    mask = positions < lengths.unsqueeze(-1)
-    truncated = responses.masked_fill(~mask, pad_token_id)
-    return truncated, mask.long(), lengths, stopped
-
-
+# ---------------------------------------------------------------------------------------------- indices
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real (mask 1) token of each row, whatever the padding side.
 
@@ -179,7 +148,8 @@ def policy_loss(
     """PPO's clipped surrogate: ``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))``, masked mean.
 
     Stats (detached): ``clipfrac`` (share of tokens where the clipped term won), ``approxkl``
-    (``0.5 * mean((log ratio)^2)``, TRL's estimate), ``ratio`` (mean) and ``ratio_var``.
+    (``0.5 * mean((log ratio)^2)``, TRL 1.x's k2 estimate), ``policykl`` (``mean(log p_old - log p)``, old
+    TRL's k1 estimate, which its early stopping reads), ``ratio`` (mean) and ``ratio_var``.
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
@@ -190,6 +160,7 @@ def policy_loss(
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
             "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
+            "policykl": masked_mean(-log_ratio, mask),
             "ratio": masked_mean(ratio, mask),
             "ratio_var": masked_var(ratio, mask),
         }
@@ -282,10 +253,3 @@ class RunningMoments:
     def load_state_dict(self, state: dict) -> None:
         self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])
 
-
-def pad_to(tensor: torch.Tensor, width: int, value, left: bool = False) -> torch.Tensor:
-    """Pad the last dimension of ``tensor`` to ``width`` with ``value`` (on the left or the right)."""
-    missing = width - tensor.shape[-1]
-    if missing <= 0:
-        return tensor
-    return F.pad(tensor, (missing, 0) if left else (0, missing), value=value)

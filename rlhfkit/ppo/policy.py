@@ -24,15 +24,10 @@ import torch
 from torch import nn
 
 from rlhfkit.errors import UserError
+from rlhfkit.models import backbone, disable_dropout, score_head, unwrap_peft
+from rlhfkit.sampling import Episodes, logprobs_from_logits, position_ids_from_mask
 
 logger = logging.getLogger(__name__)
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Set every dropout probability in ``model`` to 0 (LoRA's dropout included)."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
 
 
 def hidden_size(config) -> int:
@@ -44,40 +39,6 @@ def hidden_size(config) -> int:
     if text_config is not None:
         return hidden_size(text_config)
     raise UserError(f"cannot find the hidden size of {type(config).__name__}: use --value_model reward")
-
-
-def score_head(model: nn.Module) -> nn.Module:
-    """The scalar head of a sequence-classification model (``score``; ``classifier`` in some families)."""
-    for name in ("score", "classifier"):
-        head = getattr(model, name, None)
-        if isinstance(head, nn.Module):
-            return head
-    raise UserError(
-        f"the reward model ({type(model).__name__}) has no 'score' or 'classifier' head: pass a model saved by "
-        "reward_modeling.py (AutoModelForSequenceClassification with num_labels=1)"
-    )
-
-
-def backbone(model: nn.Module) -> nn.Module:
-    """The transformer trunk of a transformers model (``model.model`` for Llama, ``model.transformer`` ...)."""
-    prefix = getattr(model, "base_model_prefix", None)
-    trunk = getattr(model, prefix, None) if prefix else None
-    if not isinstance(trunk, nn.Module):
-        raise UserError(
-            f"{type(model).__name__} has no trunk named by base_model_prefix ({prefix!r}): pass a standard "
-            "transformers model"
-        )
-    return trunk
-
-
-def unwrap_peft(model: nn.Module) -> nn.Module:
-    """The transformers model inside a PEFT wrapper (LoRA layers still in place), or ``model`` itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, as ``generate`` does for left-padded prompts."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class PolicyAndValue(nn.Module):
@@ -141,6 +102,16 @@ class PolicyAndValue(nn.Module):
         with torch.no_grad():
             for name, tensor in tensors.items():
                 params[name].copy_(tensor.to(params[name].dtype))
+
+
+def logprobs_and_values(model, episodes: Episodes, temperature: float):
+    """(logprobs, values, logits) of the response tokens under ``model`` (a :class:`PolicyAndValue`, or its DDP
+    wrapper). The logits at position ``t`` predict token ``t + 1``, so the response tokens are predicted by the
+    last ``T + 1`` positions but one."""
+    width = episodes.responses.shape[1]
+    logits, values = model(episodes.input_ids, episodes.attention_mask, keep=width + 1)
+    logits, values = logits[:, :-1], values[:, :-1]
+    return logprobs_from_logits(logits, episodes.responses, temperature), values, logits
 
 
 def logits_to_keep_supported(model: nn.Module) -> bool:

@@ -12,8 +12,10 @@ One PPO step (:meth:`PPOTrainer.step`), following TRL 1.12's experimental PPOTra
 3. **GAE** (gamma, lambda) over the response; returns = advantages + values; advantages whitened.
 4. **Update**: ``ppo_epochs`` passes over the batch in a fresh random order; one optimizer step per
    ``mini_batch_size x gradient_accumulation_steps`` episodes; clipped policy loss + ``vf_coef`` x clipped
-   value loss; gradient clipping. With ``--early_stopping`` the passes stop once the approximate KL to the
-   rollout policy exceeds 1.5 x ``target_kl`` (old TRL's rule; TRL 1.12 has no early stopping).
+   value loss; gradient clipping. With ``--early_stopping`` the passes stop once ``policy/policykl`` (the k1
+   estimate ``mean(log p_old - log p)`` of the KL to the rollout policy, averaged over the optimizer step's
+   micro-batches and processes) exceeds 1.5 x ``target_kl``: old TRL's rule, on old TRL's estimate (TRL 1.12
+   has no early stopping).
 5. **KL controller** update (adaptive only), metrics (TRL's names), logs, checkpoint.
 
 Multi-process runs go through accelerate (DDP): each process rolls out its own prompts with its own
@@ -34,10 +36,10 @@ import time
 
 import torch
 
-from rlhfkit import faults, hpu
+from rlhfkit import faults, hpu, sampling
 from rlhfkit.errors import UserError
-from rlhfkit.ppo import core, rollout
-from rlhfkit.ppo.policy import PolicyAndValue
+from rlhfkit.ppo import core
+from rlhfkit.ppo.policy import PolicyAndValue, logprobs_and_values
 
 logger = logging.getLogger("ppo")
 
@@ -85,9 +87,9 @@ class PPOTrainer:
             self.kl_ctl = core.FixedKLController(args.kl_coef)
         self.moments = core.RunningMoments()
         # --pad_max: every response output_max_length tokens; HPU graphs: a static KV cache as well
-        self.gen_config = rollout.generation_config(args.output_max_length, args.temperature, args.top_k, args.top_p,
-                                                    stop_ids, tokenizer.pad_token_id, fixed_length=args.pad_max,
-                                                    static_cache=generator is not None)
+        self.gen_config = sampling.generation_config(args.output_max_length, stop_ids, tokenizer.pad_token_id,
+                                                     temperature=args.temperature, fixed_length=args.pad_max,
+                                                     static_cache=generator is not None)
         self.generator = generator  # the policy as generation sees it (an HPU-graph view on Gaudi), or None
         self.rollout_shapes: set[tuple[int, int]] = set()  # distinct (episodes, tokens) shapes seen
         self.shuffle = torch.Generator().manual_seed(args.seed + self.rank)
@@ -112,7 +114,7 @@ class PPOTrainer:
 
     def _collate(self, indices: list[int]):
         width = self.args.input_max_length if self.args.pad_max else None  # longer prompts were dropped at load
-        return rollout.left_pad([self.queries[i] for i in indices], self.tokenizer.pad_token_id, self.device, width)
+        return sampling.left_pad([self.queries[i] for i in indices], self.tokenizer.pad_token_id, self.device, width)
 
     # --------------------------------------------------------------------------------------- rollout
     def _clock(self) -> float:
@@ -129,13 +131,13 @@ class PPOTrainer:
         unwrapped.eval()
         queries, query_mask = self._collate(indices)
         started = self._clock()
-        episodes = rollout.sample(self.generator or unwrapped.policy, self.tokenizer, [self.prompts[i] for i in indices],
+        episodes = sampling.sample(self.generator or unwrapped.policy, self.tokenizer, [self.prompts[i] for i in indices],
                                   queries, query_mask, self.gen_config, self.stop_ids, args.batched_gen)
         generated = self._clock()
         self.rollout_shapes.add(tuple(episodes.input_ids.shape))
-        logprobs, values, _ = rollout.forward(unwrapped, episodes, args.temperature)
+        logprobs, values, _ = logprobs_and_values(unwrapped, episodes, args.temperature)
         with unwrapped.reference(self.ref_model) as reference:
-            ref_logprobs = rollout.reference_logprobs(reference, episodes, args.temperature)
+            ref_logprobs = sampling.response_logprobs(reference, episodes, args.temperature)
         forwarded = self._clock()
         scores = self.scorer(episodes.prompts, queries, query_mask, episodes.responses, episodes.response_mask,
                              episodes.stopped, episodes.response_texts)
@@ -196,7 +198,7 @@ class PPOTrainer:
         seconds = self._clock() - started
         tokens = acc.reduce(lengths.sum(), "sum").item()
         metrics.update({
-            "objective/kl_coef": kl_coef, "lr": self.scheduler.get_last_lr()[0],
+            "objective/kl_coef": kl_coef,
             "episode": self.episodes_done, "step": self.step_index, "eps": args.batch_size * self.world / seconds,
             "time/rollout": rollout_seconds, "time/update": seconds - rollout_seconds,
             "time/generation": phase["generation"], "time/forward": phase["forward"], "time/scoring": phase["scoring"],
@@ -223,7 +225,7 @@ class PPOTrainer:
                     mask = part.response_mask.float()
                     sync = m == args.gradient_accumulation_steps - 1
                     with self._maybe_no_sync(sync):
-                        logprobs, values, logits = rollout.forward(self.model, part, args.temperature)
+                        logprobs, values, logits = logprobs_and_values(self.model, part, args.temperature)
                         pg_loss, pg_stats = core.policy_loss(logprobs, old_logprobs[index], advantages[index], mask,
                                                              args.cliprange)
                         vf_loss, vf_stats = core.value_loss(values, old_values[index], returns[index], mask,
@@ -235,7 +237,8 @@ class PPOTrainer:
                         entropy = core.masked_mean(core.entropy_from_logits(logits, args.temperature), mask)
                     stats = {"loss/policy": pg_loss.detach(), "loss/value": vf_loss.detach(),
                              "loss/total": loss.detach(), "policy/entropy": entropy,
-                             "policy/approxkl": pg_stats["approxkl"], "policy/clipfrac": pg_stats["clipfrac"],
+                             "policy/approxkl": pg_stats["approxkl"], "policy/policykl": pg_stats["policykl"],
+                             "policy/clipfrac": pg_stats["clipfrac"],
                              "val/clipfrac": vf_stats["clipfrac"], "val/ratio": pg_stats["ratio"],
                              "val/ratio_var": pg_stats["ratio_var"], "val/error": vf_stats["error"]}
                     for k, v in stats.items():
@@ -247,6 +250,7 @@ class PPOTrainer:
                 # decides the same); past --max_bad_batches the run stops before the optimizer sees them
                 if self.bad.check(self.model.parameters(), self.step_index + 1):
                     raise faults.diverged(self.bad, newest_checkpoint(args.output_dir))
+                step_stats["lr"] = torch.tensor(self.scheduler.get_last_lr()[0])  # the rate this step used
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -255,8 +259,8 @@ class PPOTrainer:
                     sums[k] = sums.get(k, 0) + v
                 count += 1
                 if args.early_stopping:
-                    approxkl = acc.reduce(step_stats["policy/approxkl"].detach(), "mean").item()
-                    if approxkl > 1.5 * args.target_kl:  # the same decision on every process
+                    policykl = acc.reduce(step_stats["policy/policykl"].detach(), "mean").item()
+                    if policykl > 1.5 * args.target_kl:  # the same decision on every process
                         early_stopped = True
                         break
             if early_stopped:
@@ -391,6 +395,7 @@ class PPOTrainer:
             torch.save(self.scheduler.state_dict(), os.path.join(staging, "scheduler.pt"))
             state = {"step": self.step_index, "episode": self.episodes_done, "world_size": self.world,
                      "kl_controller": self.kl_ctl.state_dict(), "score_moments": self.moments.state_dict(),
+                     "bad_batches": self.bad.seen,
                      "log_history": self.log_history}
             with open(os.path.join(staging, STATE_FILE), "w", encoding="utf-8") as handle:
                 json.dump(state, handle, indent=1)  # written last: its presence marks a complete checkpoint
@@ -424,6 +429,7 @@ class PPOTrainer:
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.moments.load_state_dict(state["score_moments"])
         self.step_index, self.episodes_done = state["step"], state["episode"]
+        self.bad.seen = int(state.get("bad_batches", 0))  # --max_bad_batches counts over the whole run
         self.log_history = state["log_history"]
         rng = torch.load(os.path.join(path, f"rng_state_{self.rank}.pt"), weights_only=True)
         torch.set_rng_state(rng["torch"])
