@@ -137,8 +137,7 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     from accelerate import Accelerator
     from transformers import set_seed
 
-    from rlhfkit import device, faults, hpu, models
-    from rlhfkit import scoring
+    from rlhfkit import device, faults, hpu, models, scoring
     from rlhfkit.ppo import policy as policy_lib
     from rlhfkit.ppo.trainer import PPOTrainer, newest_checkpoint
 

@@ -83,8 +83,8 @@ def tokenize_like_ppo(prompts_path: str, tokenizer_name: str) -> tuple[list[str]
     import ppo
     from rlhfkit import models
     from rlhfkit.data import DatasetArguments
-    from rlhfkit.sampling import format_prompt
     from rlhfkit.ppo.config import PPOArguments
+    from rlhfkit.sampling import format_prompt
 
     args = PPOArguments(reward_function="toy")
     tokenizer = ppo.policy_tokenizer(tokenizer_name, False, lambda tok: models.stop_token_ids(args.stop_token, tok))

@@ -51,10 +51,9 @@ def _read_json(path: Path) -> dict:
 
 def _mean_gold(model, tokenizer, questions: list[str]) -> float:
     from rlhfkit import toy
-    from rlhfkit.generation import format_prompt, generate
+    from rlhfkit.sampling import generate_text
 
-    prompts = [format_prompt(tokenizer, q) for q in questions]
-    result = generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=50)
+    result = generate_text(model, tokenizer, questions, max_new_tokens=48, batch_size=50)
     assert len(result.completions) == len(questions)
     return sum(toy.gold_score(q, c[0]) for q, c in zip(questions, result.completions, strict=True)) / len(questions)
 

@@ -145,19 +145,18 @@ def test_default_base_model_speaks_the_toy_language(embedded_root):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlhfkit import generation
+    from rlhfkit import sampling
 
     info = json.loads((Path(embedded_root) / "BUILD_INFO.json").read_text())
     assert info["pretrain"]["loss"] < 1.0
     tokenizer = AutoTokenizer.from_pretrained(embedded_root / "model")
     model = AutoModelForCausalLM.from_pretrained(embedded_root / "model")
     questions = [toy.make_question(random.Random(f"held-out/{i}")) for i in range(64)]
-    prompts = [generation.format_prompt(tokenizer, q) for q in questions]
-    greedy = generation.generate(model, tokenizer, prompts, max_new_tokens=40, batch_size=64)
+    greedy = sampling.generate_text(model, tokenizer, questions, max_new_tokens=40, batch_size=64)
     on_topic = [toy.gold_score(q, c[0]) > -1 for q, c in zip(questions, greedy.completions, strict=True)]
     assert sum(on_topic) >= 0.6 * len(questions)  # it copies the item (51/64 when measured)
     torch.manual_seed(0)
-    sampled = generation.generate(model, tokenizer, prompts, max_new_tokens=40, batch_size=64, do_sample=True)
+    sampled = sampling.generate_text(model, tokenizer, questions, max_new_tokens=40, batch_size=64, do_sample=True)
     gold = statistics.mean(toy.gold_score(q, c[0]) for q, c in zip(questions, sampled.completions, strict=True))
     assert gold < 0.3  # far from full marks (-0.61 when measured)
 

@@ -278,21 +278,20 @@ def test_bucket_multiple():
 def test_fixed_length_rollouts_sample_the_same_episodes(embedded_root):
     """PPO's --pad_max generates past the stop token; cut after it, the episodes equal those of a run that
     stopped there (same seed): the fixed shape changes nothing the policy is trained on."""
-    from rlhfkit import generation, models
-    from rlhfkit.ppo import rollout
+    from rlhfkit import models, sampling
 
     tokenizer = models.load_tokenizer(str(embedded_root / "model"), padding_side="left")
     model = models.load_causal_lm(str(embedded_root / "model")).eval()
-    texts = [generation.format_prompt(tokenizer, p) for p in
+    texts = [sampling.format_prompt(tokenizer, p) for p in
              ["Describe the lamp.", "What do you think of the big red train?", "Describe the jacket.", "hi"]]
     ids = tokenizer(texts)["input_ids"]
     stop = [tokenizer.eos_token_id]
     outs = {}
     for fixed in (False, True):
-        config = rollout.generation_config(40, 0.7, 0, 1.0, stop, tokenizer.pad_token_id, fixed_length=fixed)
-        queries, mask = rollout.left_pad(ids, tokenizer.pad_token_id, width=24 if fixed else None)
+        config = sampling.generation_config(40, stop, tokenizer.pad_token_id, temperature=0.7, fixed_length=fixed)
+        queries, mask = sampling.left_pad(ids, tokenizer.pad_token_id, width=24 if fixed else None)
         torch.manual_seed(0)
-        outs[fixed] = rollout.sample(model, tokenizer, texts, queries, mask, config, stop)
+        outs[fixed] = sampling.sample(model, tokenizer, texts, queries, mask, config, stop)
     assert outs[True].responses.shape == (4, 40) and outs[True].queries.shape == (4, 24)
     assert outs[False].response_texts == outs[True].response_texts
     assert outs[True].stopped.any()  # the comparison covers rows that stopped early

@@ -1,4 +1,4 @@
-"""Batched generation (rlhfkit.generation) and run_generation.py: prompts, files, adapters, refused input.
+"""Batched generation (rlhfkit.sampling) and run_generation.py: prompts, files, adapters, refused input.
 
 The script runs are independent subprocesses, started together in one module fixture (in parallel).
 """
@@ -61,14 +61,14 @@ def _read_jsonl(path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ batched == one at a time
-def _assert_batched_equals_unbatched(model, tokenizer, prompts):
-    from rlhfkit.generation import generate
+def _assert_batched_equals_unbatched(model, tokenizer, prompts, prompt_format):
+    from rlhfkit.sampling import encode_prompts, generate_text
 
-    lengths = {len(tokenizer(p)["input_ids"]) for p in prompts}
+    lengths = {len(ids) for ids in encode_prompts(tokenizer, prompts, prompt_format)[1]}
     assert len(lengths) >= 4, lengths  # left padding really happens
     side = tokenizer.padding_side
-    batched = generate(model, tokenizer, prompts, max_new_tokens=24, batch_size=len(prompts))
-    single = generate(model, tokenizer, prompts, max_new_tokens=24, batch_size=1)
+    batched = generate_text(model, tokenizer, prompts, prompt_format, max_new_tokens=24, batch_size=len(prompts))
+    single = generate_text(model, tokenizer, prompts, prompt_format, max_new_tokens=24, batch_size=1)
     assert tokenizer.padding_side == side  # restored after generating
     assert len(batched.completions) == len(prompts) and all(len(c) == 1 for c in batched.completions)
     assert sum(bool(c[0]) for c in batched.completions) >= len(prompts) - 1
@@ -77,25 +77,23 @@ def _assert_batched_equals_unbatched(model, tokenizer, prompts):
 
 
 def test_batched_greedy_equals_unbatched_embedded(embedded_root):
-    from rlhfkit.generation import format_prompt
     from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.sampling import format_prompt
 
     model_dir = str(embedded_root / "model")
     tokenizer = load_tokenizer(model_dir)
-    prompts = [format_prompt(tokenizer, q) for q in TOY_QUESTIONS]
-    assert prompts[0] == "Question: How was the pizza?\n\nAnswer:"
-    _assert_batched_equals_unbatched(load_causal_lm(model_dir), tokenizer, prompts)
+    assert format_prompt(tokenizer, TOY_QUESTIONS[0]) == "Question: How was the pizza?\n\nAnswer:"
+    _assert_batched_equals_unbatched(load_causal_lm(model_dir), tokenizer, TOY_QUESTIONS, "auto")
 
 
 def test_batched_greedy_equals_unbatched_stories260k():
-    from rlhfkit.generation import format_prompt
     from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.sampling import format_prompt
 
     model_dir = str(fixture_path("models", "stories260K"))
     tokenizer = load_tokenizer(model_dir)
-    prompts = [format_prompt(tokenizer, p, "raw") for p in STORY_PROMPTS]
-    assert prompts == STORY_PROMPTS
-    _assert_batched_equals_unbatched(load_causal_lm(model_dir), tokenizer, prompts)
+    assert [format_prompt(tokenizer, p, "raw") for p in STORY_PROMPTS] == STORY_PROMPTS
+    _assert_batched_equals_unbatched(load_causal_lm(model_dir), tokenizer, STORY_PROMPTS, "raw")
 
 
 # ----------------------------------------------------------------------------------------- script runs
@@ -164,8 +162,8 @@ def test_stories260k_known_opening_and_tokens_per_second(runs):
 
 
 def test_adapter_folder_loads_its_base(runs, adapter_dir, embedded_root):
-    from rlhfkit.generation import format_prompt, generate
     from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.sampling import generate_text
 
     results, _ = runs
     result = results["adapter"]
@@ -173,9 +171,11 @@ def test_adapter_folder_loads_its_base(runs, adapter_dir, embedded_root):
     assert f"loading adapter {adapter_dir} onto its base {embedded_root / 'model'}" in result.stderr
     got = _completions(result.stdout)["How was the pizza?"]
     tokenizer = load_tokenizer(str(embedded_root / "model"))
-    prompt = [format_prompt(tokenizer, "How was the pizza?")]
-    expected = generate(load_causal_lm(str(adapter_dir), merge_adapter=True), tokenizer, prompt, max_new_tokens=24)
-    base = generate(load_causal_lm(str(embedded_root / "model")), tokenizer, prompt, max_new_tokens=24)
+    questions = ["How was the pizza?"]
+    expected = generate_text(load_causal_lm(str(adapter_dir), merge_adapter=True), tokenizer, questions,
+                             max_new_tokens=24)
+    base = generate_text(load_causal_lm(str(embedded_root / "model")), tokenizer, questions, max_new_tokens=24)
+    prompt = expected.prompts
     assert got == expected.completions[0]
     import torch
 

@@ -112,8 +112,8 @@ def held_out_scores(toy, embedded_root):
 
     from rlhfkit import models
     from rlhfkit import toy as toy_task
-    from rlhfkit.generation import format_prompt, generate
-    from rlhfkit.reward import score_texts
+    from rlhfkit.sampling import generate_text
+    from rlhfkit.scoring import score_texts
 
     result, merged, rm, policy = toy
     _ok(result)
@@ -123,11 +123,10 @@ def held_out_scores(toy, embedded_root):
 
     def scores(path: Path) -> dict:
         tokenizer, model = models.load_tokenizer(str(path)), models.load_causal_lm(str(path))
-        prompts = [format_prompt(tokenizer, q) for q in questions]
         torch.manual_seed(0)
-        out = generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=50, do_sample=True,
-                       temperature=0.7, num_return_sequences=SAMPLES)
-        triples = [(q, p, c) for q, p, cs in zip(questions, prompts, out.completions, strict=True) for c in cs]
+        out = generate_text(model, tokenizer, questions, max_new_tokens=48, batch_size=50, do_sample=True,
+                            temperature=0.7, num_return_sequences=SAMPLES)
+        triples = [(q, p, c) for q, p, cs in zip(questions, out.prompts, out.completions, strict=True) for c in cs]
         gold = sum(toy_task.gold_score(q, c) for q, _, c in triples) / len(triples)
         texts = [p + c + reward_tokenizer.eos_token for _, p, c in triples]
         reward = sum(score_texts(reward_model, reward_tokenizer, texts, batch_size=64)) / len(texts)

@@ -88,12 +88,12 @@ def _rendered(rows: list[dict], tokenizer):
 
 
 def _pair_scores(model_dir: str, rows: list[dict]) -> tuple[list[float], list[float]]:
-    from rlhfkit import models, reward
+    from rlhfkit import models, scoring
 
     tokenizer = models.load_tokenizer(model_dir)
     model = models.load_sequence_classifier(model_dir)
-    chosen, rejected = reward.pair_texts(_rendered(rows, tokenizer), tokenizer)
-    return reward.score_texts(model, tokenizer, chosen), reward.score_texts(model, tokenizer, rejected)
+    chosen, rejected = scoring.pair_texts(_rendered(rows, tokenizer), tokenizer)
+    return scoring.score_texts(model, tokenizer, chosen), scoring.score_texts(model, tokenizer, rejected)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -186,13 +186,13 @@ def test_full_run_saves_a_reward_model(runs, embedded_root):
 def test_saved_model_gives_the_reported_accuracy(runs, embedded_root):
     """The saved model, loaded fresh, scores data/evaluation as the run reported (what was saved is what was
     evaluated, and the evaluation used the held-out split)."""
-    from rlhfkit import reward
+    from rlhfkit.preference_metrics import pair_metrics
 
     result, out = runs["full"]
     _ok(result)
     rows = [json.loads(line) for line in (embedded_root / "data/evaluation/train.jsonl").read_text().splitlines()]
     chosen, rejected = _pair_scores(str(out), rows)
-    metrics = reward.pair_metrics(chosen, rejected)
+    metrics = pair_metrics(chosen, rejected)
     reported = _read_json(out / "eval_results.json")
     assert metrics["pairs"] == reported["eval_pairs"] == len(rows)
     assert metrics["accuracy"] == pytest.approx(reported["eval_accuracy"], abs=2 / len(rows))
@@ -242,14 +242,14 @@ def test_merged_lora_reward_model_scores_as_base_plus_adapter(runs, embedded_roo
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from rlhfkit import models, reward
+    from rlhfkit import models, scoring
 
     (_, adapter), (merge, merged_dir) = runs["lora"], runs["lora_merge"]
     _ok(merge)
     assert not (merged_dir / "adapter_config.json").exists()
     rows = [json.loads(line) for line in (embedded_root / "data/evaluation/train.jsonl").read_text().splitlines()]
     tokenizer = models.load_tokenizer(str(merged_dir))
-    chosen, rejected = reward.pair_texts(_rendered(rows[:10], tokenizer), tokenizer)
+    chosen, rejected = scoring.pair_texts(_rendered(rows[:10], tokenizer), tokenizer)
     texts = chosen + rejected
     assert len(texts) == 20
 
@@ -258,8 +258,8 @@ def test_merged_lora_reward_model_scores_as_base_plus_adapter(runs, embedded_roo
     base = AutoModelForSequenceClassification.from_pretrained(str(embedded_root / "model"), num_labels=1)
     base.config.pad_token_id = tokenizer.pad_token_id
     unmerged = PeftModel.from_pretrained(base, str(adapter))  # base + adapter, not folded into the weights
-    merged_scores = torch.tensor(reward.score_texts(merged, tokenizer, texts, batch_size=8))
-    unmerged_scores = torch.tensor(reward.score_texts(unmerged, tokenizer, texts, batch_size=8))
+    merged_scores = torch.tensor(scoring.score_texts(merged, tokenizer, texts, batch_size=8))
+    unmerged_scores = torch.tensor(scoring.score_texts(unmerged, tokenizer, texts, batch_size=8))
     assert merged_scores.std() > 1e-3  # different texts, different scores
     torch.testing.assert_close(merged_scores, unmerged_scores, atol=1e-4, rtol=0)
 
@@ -305,7 +305,7 @@ def test_max_length_below_every_example_is_a_user_error(runs):
 
 def test_tokenizer_without_pad_token_pads_with_eos(runs):
     fixture_path(*GPT2_TOKENIZER)
-    from rlhfkit import models, reward
+    from rlhfkit import models, scoring
 
     result, out = runs["no_pad"]
     _ok(result)
@@ -318,8 +318,8 @@ def test_tokenizer_without_pad_token_pads_with_eos(runs):
     model = models.load_sequence_classifier(str(out))
     texts = ["Question: How was the pizza?\n\nAnswer: The pizza is great.<|endoftext|>",
              "Question: Describe the old castle.\n\nAnswer: The castle is dull and sad. It was noisy.<|endoftext|>"]
-    batched = reward.score_texts(model, tokenizer, texts, batch_size=2)
-    alone = [reward.score_texts(model, tokenizer, [text])[0] for text in texts]
+    batched = scoring.score_texts(model, tokenizer, texts, batch_size=2)
+    alone = [scoring.score_texts(model, tokenizer, [text])[0] for text in texts]
     assert batched == pytest.approx(alone, abs=1e-5)  # padding with EOS does not move the score
 
 

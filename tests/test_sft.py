@@ -49,12 +49,11 @@ def _mean_gold(model, tokenizer, questions: list[str]) -> float:
     import torch
 
     from rlhfkit import toy
-    from rlhfkit.generation import format_prompt, generate
+    from rlhfkit.sampling import generate_text
 
     torch.manual_seed(0)
-    prompts = [format_prompt(tokenizer, q) for q in questions]
-    result = generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=50, do_sample=True,
-                      num_return_sequences=GOLD_SAMPLES)
+    result = generate_text(model, tokenizer, questions, max_new_tokens=48, batch_size=50, do_sample=True,
+                           num_return_sequences=GOLD_SAMPLES)
     assert [len(c) for c in result.completions] == [GOLD_SAMPLES] * len(questions)
     scores = [toy.gold_score(q, c) for q, cs in zip(questions, result.completions, strict=True) for c in cs]
     return sum(scores) / len(scores)
