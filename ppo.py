@@ -2,7 +2,9 @@
 """PPO for RLHF (stage 5 of the pipeline) on our own engine (``rlhfkit.ppo``): TRL no longer ships a PPOTrainer.
 
 The policy starts from a full or merged SFT model or a PEFT adapter folder; by default it trains a LoRA
-adapter whose disabled state is the reference (one copy of the base weights) and a value head on its trunk.
+adapter whose disabled state is the reference (one copy of the base weights). Given a reward model that reads the
+policy's token ids, the critic starts from it (with LoRA: the reward model's weights plus an adapter, whose
+disabled state scores); with a rule, a value head on the policy trunk.
 Scores come from a reward model (``--reward_model_name``; its own tokenizer is handled) or a rule
 (``--reward_function``). Prompts come from any prompt schema the toolkit reads (seed 001's ``query`` JSON
 included); by default the ``data/rl`` split of the embedded toy task.
@@ -50,6 +52,16 @@ def policy_tokenizer(name: str, trust_remote_code: bool, stop_ids_of):
     return tokenizer
 
 
+def describe_format(prompt_format: str, tokenizer) -> str:
+    from rlhfkit import schemas
+
+    if prompt_format != "auto":
+        return prompt_format
+    if schemas.has_chat_template(tokenizer):
+        return "auto (the tokenizer's chat template)"
+    return "auto -> qa (the tokenizer has no chat template: 'Question: ...\\n\\nAnswer:')"
+
+
 def load_prompts(data_args: DatasetArguments, args: PPOArguments, tokenizer):
     """(prompt texts, token ids of the formatted prompts), prompts over --input_max_length dropped."""
     from rlhfkit import data, defaults, schemas
@@ -59,7 +71,9 @@ def load_prompts(data_args: DatasetArguments, args: PPOArguments, tokenizer):
     rows = data.load_canonical(name, "prompt", subset, data_args.split, strict=data_args.error_on_invalid_rows,
                                limit=args.max_train_samples)
     prompts = [row["prompt"] for row in rows]
-    _, ids = encode_prompts(tokenizer, prompts, args.prompt_format)
+    texts, ids = encode_prompts(tokenizer, prompts, args.prompt_format)
+    logger.info("prompt format %s: the policy sees prompts as %r; %s", describe_format(args.prompt_format, tokenizer),
+                texts[0][-200:], "change with --prompt_format raw (as given), qa or chat")
     keep = [i for i, row in enumerate(ids) if len(row) <= args.input_max_length]
     if not keep:
         shortest = min(len(r) for r in ids)
@@ -155,9 +169,22 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     prompts, queries = load_prompts(data_args, args, tokenizer)
     total_steps = args.resolve_steps(len(prompts), accelerator.num_processes)
 
+    reward_tok = None
+    if args.reward_model_name:
+        reward_tok = models.load_reward_tokenizer(args.reward_model_name, args.reward_tokenizer_name, tokenizer,
+                                                  args.trust_remote_code)
+    args.value_model, why = policy_lib.resolve_value_model(args.value_model, reward_tok, tokenizer)
+    args.resolve_learning_rate(model_args.use_peft)
     module, ref_model = policy_lib.build(model_args, args, dtype, tokenizer, args.reward_model_name)
     stop_ids = models.stop_token_ids(args.stop_token, tokenizer, module.policy.generation_config)
-    if args.reward_model_name:
+    # with LoRA, a critic on the reward model shares its weights: scores come from it with the adapter disabled
+    # (not under HPU graphs, which cannot follow the adapter being switched)
+    shared = (module.critic is not None and model_args.use_peft and not (args.use_hpu_graphs and info.type == "hpu"))
+    if shared:
+        scorer = scoring.RewardModelScorer(
+            module.critic, reward_tok, tokenizer, batch_size=args.batch_size, adapter_disabled=True,
+            pad_multiple=args.input_max_length + args.output_max_length if args.pad_max else None)
+    elif args.reward_model_name:
         reward_model, reward_tok = scoring.load_reward_model(
             args.reward_model_name, args.reward_tokenizer_name, tokenizer, dtype, accelerator.device,
             args.trust_remote_code, model_args.allow_pickle)
@@ -165,9 +192,6 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
         scorer = scoring.RewardModelScorer(
             reward_model, reward_tok, tokenizer, batch_size=args.batch_size,
             pad_multiple=args.input_max_length + args.output_max_length if args.pad_max else None)
-        if args.value_model == "reward" and not scorer.reuse_ids:
-            raise UserError("--value_model reward: the critic reads the policy's token ids, but the reward model has "
-                            "another tokenizer; use --value_model head")
     else:
         scorer = scoring.load_rule(args.reward_function)
     if ref_model is not None:
@@ -194,12 +218,17 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
             path = newest_checkpoint(args.output_dir)
         trainer.load_checkpoint(path)
     trainable, total = models.count_parameters(module, True), models.count_parameters(module)
+    critic = {"head": "a value head on the policy trunk",
+              "reward": "the reward model + LoRA, its adapter-disabled self scoring" if shared else
+              "a trained copy of the reward model"}[args.value_model]
+    trainer.describe = {"value_model": args.value_model, "critic": critic, "learning_rate": args.learning_rate,
+                        "use_peft": model_args.use_peft}
     logger.info(
         "PPO on %s x %d process(es): %d prompts, %d steps of %d episodes (%d per process), %d PPO epochs, "
-        "%s trainable of %s parameters, reference: %s, values: %s, scores: %s",
+        "learning rate %g, %s trainable of %s parameters, reference: %s, critic: %s (%s), scores: %s",
         info.type, accelerator.num_processes, len(prompts), total_steps, args.batch_size * accelerator.num_processes,
-        args.batch_size, args.ppo_epochs, f"{trainable:,}", f"{total:,}",
-        "adapter disabled" if ref_model is None else "frozen copy", args.value_model,
+        args.batch_size, args.ppo_epochs, args.learning_rate, f"{trainable:,}", f"{total:,}",
+        "adapter disabled" if ref_model is None else "frozen copy", critic, why,
         args.reward_model_name or args.reward_function,
     )
     torch.set_grad_enabled(True)

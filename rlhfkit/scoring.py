@@ -20,6 +20,7 @@ saved config), never a pad token a later script added to its own tokenizer.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -115,8 +116,11 @@ class RewardModelScorer:
     """Scalar scores of episodes from a sequence-classification reward model, in batches, without gradients."""
 
     def __init__(self, model, tokenizer, policy_tokenizer, batch_size: int = 16, max_length: int | None = None,
-                 pad_multiple: int | None = None):
+                 pad_multiple: int | None = None, adapter_disabled: bool = False):
+        """``adapter_disabled``: ``model`` is a PEFT model (PPO's LoRA critic on the reward model) that scores
+        with its adapter switched off, i.e. as the reward model it was loaded from."""
         self.model, self.tokenizer, self.policy_tokenizer = model, tokenizer, policy_tokenizer
+        self.adapter_disabled = adapter_disabled
         self.batch_size, self.max_length = batch_size, max_length
         self.pad_multiple = pad_multiple  # static shapes: rows padded to a multiple of this
         self.reuse_ids = same_vocabulary(tokenizer, policy_tokenizer)
@@ -140,7 +144,8 @@ class RewardModelScorer:
 
     def __call__(self, prompts, queries, query_mask, responses, response_mask, stopped, response_texts):
         rows = self.rows(queries.cpu(), query_mask.cpu(), responses.cpu(), response_mask.cpu(), stopped.cpu())
-        return score_rows(self.model, rows, self.pad_id, self.batch_size, self.pad_multiple)
+        with self.model.disable_adapter() if self.adapter_disabled else contextlib.nullcontext():
+            return score_rows(self.model, rows, self.pad_id, self.batch_size, self.pad_multiple)
 
 
 def load_reward_model(name: str, tokenizer_name: str | None, fallback_tokenizer, dtype, device,

@@ -15,6 +15,11 @@ from rlhfkit.errors import UserError
 from rlhfkit.faults import RunArguments
 from rlhfkit.ppo.core import KL_ESTIMATORS
 
+# Default learning rates, measured on stories260K with a reward model trained on a rule (README, PPO section):
+# LoRA adapters need a larger step than the full model to move the policy as far per episode.
+LORA_LEARNING_RATE = 3e-4
+FULL_LEARNING_RATE = 3e-5
+
 
 @dataclass
 class PPOArguments(RunArguments):
@@ -38,10 +43,12 @@ class PPOArguments(RunArguments):
                   "f(prompt, response) -> float. 'toy' is the embedded toy task's gold judge."},
     )
     value_model: str = field(
-        default="head",
-        metadata={"help": "head: a value head on the policy trunk (no extra model); reward: a separate critic "
-                  "initialised from the reward model (TRL's choice, one more model in memory).",
-                  "choices": ("head", "reward")},
+        default="auto",
+        metadata={"help": "reward: the critic starts from the reward model (TRL's, OpenRLHF's and verl's choice, "
+                  "the better learner; with LoRA it is the reward model's own weights plus an adapter and a "
+                  "trained head, and the adapter-disabled model scores, so no extra copy); head: a value head on "
+                  "the policy trunk (the smallest footprint); auto: reward when a reward model that reads the "
+                  "policy's token ids is given, else head.", "choices": ("auto", "head", "reward")},
     )
     # ---------------------------------------------------------------------------------------------- data
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many prompts."})
@@ -63,7 +70,11 @@ class PPOArguments(RunArguments):
     mini_batch_size: int = field(default=4, metadata={"help": "Episodes per forward/backward in the update."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Mini-batches per optimizer step."})
     ppo_epochs: int = field(default=4, metadata={"help": "Passes over each batch in the update."})
-    learning_rate: float = field(default=1.41e-5, metadata={"help": "AdamW learning rate."})
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": f"AdamW learning rate; default {LORA_LEARNING_RATE} with LoRA, {FULL_LEARNING_RATE} for full "
+                  "fine-tuning (measured: see the README's PPO section)."},
+    )
     lr_scheduler_type: str = field(
         default="linear", metadata={"help": "Learning-rate schedule over the run.",
                                     "choices": ("linear", "constant", "cosine")},
@@ -164,7 +175,7 @@ class PPOArguments(RunArguments):
             raise UserError(f"--top_k {self.top_k} --top_p {self.top_p}: PPO samples from the full distribution at "
                             "--temperature, the one its log-probs, ratio and KL are computed on; truncated sampling "
                             "would make them wrong. Drop --top_k/--top_p (a lower --temperature sharpens sampling)")
-        if self.learning_rate <= 0:
+        if self.learning_rate is not None and self.learning_rate <= 0:
             raise UserError("--learning_rate must be positive")
         if (self.reward_model_name is None) == (self.reward_function is None):
             raise UserError("pass exactly one of --reward_model_name (a reward model) and --reward_function (a rule)")
@@ -177,6 +188,12 @@ class PPOArguments(RunArguments):
                             "at a time without padding: drop one")
         if self.save_steps < 0 or self.save_total_limit < 1:
             raise UserError("--save_steps must be >= 0 and --save_total_limit >= 1")
+
+    def resolve_learning_rate(self, use_peft: bool) -> float:
+        """--learning_rate, or the measured default for LoRA or full fine-tuning (set in place)."""
+        if self.learning_rate is None:
+            self.learning_rate = LORA_LEARNING_RATE if use_peft else FULL_LEARNING_RATE
+        return self.learning_rate
 
     @property
     def backward_batch_size(self) -> int:

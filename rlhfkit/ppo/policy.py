@@ -5,10 +5,15 @@ Memory is decided by the copies of the model, so we keep as few as the algorithm
 * **LoRA policy** (default): the reference is the same model with its adapter disabled (PEFT's
   ``disable_adapter()``), so the base weights exist once (TRL 1.12 does the same when given a
   ``peft_config``; optimum-habana's example loads a second full model).
-* **Value head on the policy trunk** (default): one linear layer on the policy's last hidden state; one
-  forward pass gives logits and values. ``--value_model reward`` instead trains a separate critic
-  initialised from the reward model (TRL 1.12's design, which trains that whole model, with its gradients
-  and optimizer state: the bulk of its peak memory in our benchmark).
+* **Critic from the reward model** (default whenever a reward model reads the policy's token ids): values
+  start as the reward model's scores (TRL 1.12's, OpenRLHF's and verl's arrangement, and the better learner
+  in our measurements). With LoRA the critic is the reward model's own weights plus a LoRA adapter and a
+  trained copy of its score head; the same model with the adapter disabled is the scorer, as the policy's
+  disabled adapter is the reference, so each base exists once. With full fine-tuning it is a trained copy
+  (TRL's design: a second reward-model-sized model with gradients and optimizer state).
+* **Value head on the policy trunk** (``--value_model head``; the default for rule rewards and for a reward
+  model with another tokenizer): one linear layer on the policy's last hidden state; one forward pass gives
+  logits and values, the smallest footprint.
 * **Full fine-tuning**: the reference is a frozen copy (the only case that needs one).
 
 Dropout is switched off everywhere (Huang et al. 2024: with dropout, log-probs of the rollout and of the
@@ -120,14 +125,34 @@ def logits_to_keep_supported(model: nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(unwrap_peft(model).forward).parameters
 
 
-def _fit_vocabulary(model, tokenizer) -> None:
-    """Grow the embeddings when the tokenizer gained tokens (a pad token added for PPO); set the pad id."""
+def _fit_vocabulary(model, tokenizer, set_pad: bool = True) -> None:
+    """Grow the embeddings when the tokenizer gained tokens (a pad token added for PPO); set the pad id (not for a
+    reward model, whose score rule keeps the pad id it was trained with)."""
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         logger.info("resizing the embeddings to %d tokens (new pad token)", len(tokenizer))
         model.resize_token_embeddings(len(tokenizer))
+    if not set_pad:
+        return
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def resolve_value_model(choice: str, reward_tokenizer, policy_tokenizer) -> tuple[str, str]:
+    """(``head`` or ``reward``, why): ``auto`` is ``reward`` when a reward model (``reward_tokenizer`` not None)
+    reads the policy's token ids, else ``head``."""
+    from rlhfkit.scoring import same_vocabulary
+
+    if choice == "reward" and reward_tokenizer is not None and not same_vocabulary(reward_tokenizer, policy_tokenizer):
+        raise UserError("--value_model reward: the critic reads the policy's token ids, but the reward model has "
+                        "another tokenizer; use --value_model head")
+    if choice != "auto":
+        return choice, "as asked (--value_model)"
+    if reward_tokenizer is None:
+        return "head", "auto: a rule gives the scores, there is no reward model to start a critic from"
+    if not same_vocabulary(reward_tokenizer, policy_tokenizer):
+        return "head", "auto: the reward model has another tokenizer, so it cannot read the policy's token ids"
+    return "reward", "auto: the critic starts from the reward model"
 
 
 def build(model_args, ppo_args, dtype, tokenizer, reward_model_name: str | None):
@@ -160,7 +185,7 @@ def build(model_args, ppo_args, dtype, tokenizer, reward_model_name: str | None)
                                                  trust_remote_code=ppo_args.trust_remote_code,
                                                  allow_pickle=model_args.allow_pickle)
         score_head(critic), backbone(critic)  # fail early, with the fix, on an unexpected class
-        _fit_vocabulary(critic, tokenizer)  # the critic reads the policy's token ids, a new pad id included
+        _fit_vocabulary(critic, tokenizer, set_pad=False)  # it reads the policy's token ids, a new pad included
         if model_args.use_peft:
             from peft import get_peft_model
 

@@ -45,6 +45,10 @@ logger = logging.getLogger("ppo")
 
 CSV_FIELDS = ("step", "episode", "prompt", "response", "score", "kl", "stopped", "length")
 STATE_FILE = "ppo_state.json"
+# A policy that has not moved, STILL_STEPS steps in a row: approxkl to the rollout policy below STILL_APPROXKL (0 when
+# a step has one optimizer step: its ratio is computed before the update) and its KL from the reference, summed over
+# the response, below STILL_KL nats
+STILL_APPROXKL, STILL_KL, STILL_STEPS = 1e-6, 1e-3, 5
 WEIGHTS_FILE = "trainable.safetensors"
 
 
@@ -97,6 +101,8 @@ class PPOTrainer:
         self.step_index, self.episodes_done, self.log_history = 0, 0, []
         self.writer = None
         self._perms: dict[int, torch.Tensor] = {}
+        self.describe: dict = {}  # what the run is (critic, learning rate, ...), for all_results.json
+        self._still = 0  # consecutive steps in which the policy did not move
 
     # ------------------------------------------------------------------------------------------ data
     def _batch_indices(self, step: int) -> list[int]:
@@ -206,7 +212,24 @@ class PPOTrainer:
             "policy/early_stopped": float(early_stopped),
         })
         self._record(episodes, scores, kl_per_sequence, metrics)
+        self._warn_if_still(metrics)
         return metrics
+
+    def _warn_if_still(self, metrics: dict) -> None:
+        """One warning when the update has not moved the policy for STILL_STEPS steps in a row: the learning
+        rate is almost always the cause (a LoRA adapter needs a far larger one than the full model)."""
+        still = metrics["policy/approxkl"] < STILL_APPROXKL and abs(metrics["objective/kl"]) < STILL_KL
+        self._still = self._still + 1 if still else 0
+        if self._still == STILL_STEPS:
+            from rlhfkit.ppo.config import FULL_LEARNING_RATE, LORA_LEARNING_RATE
+
+            lora = hasattr(self.accelerator.unwrap_model(self.model).policy, "disable_adapter")
+            default = LORA_LEARNING_RATE if lora else FULL_LEARNING_RATE
+            logger.warning(
+                "the policy has not moved in %d steps (policy/approxkl < %g and objective/kl < %g at step %d): "
+                "--learning_rate %g is likely too small for %s; raise it (this toolkit's default there is %g)",
+                STILL_STEPS, STILL_APPROXKL, STILL_KL, self.step_index, self.args.learning_rate,
+                "a LoRA adapter" if lora else "full fine-tuning", default)
 
     def update(self, episodes, old_logprobs, old_values, advantages, returns):
         """``ppo_epochs`` passes; one optimizer step per backward batch; returns the mean of the step stats."""
@@ -353,7 +376,7 @@ class PPOTrainer:
         episodes = done * self.args.batch_size * self.world
         out = {"train_runtime": runtime, "train_steps": self.step_index, "train_episodes": self.episodes_done,
                "episodes_per_second": episodes / runtime if runtime > 0 else 0.0,
-               "rollout_shapes": sorted([list(shape) for shape in self.rollout_shapes])}
+               "rollout_shapes": sorted([list(shape) for shape in self.rollout_shapes]), **self.describe}
         if history:
             gen = sum(h["time/generation"] for h in history[-done:]) if done else 0.0
             tokens = sum(h["tokens_per_second/generation"] * h["time/generation"] for h in history[-done:])

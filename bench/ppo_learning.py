@@ -1,0 +1,217 @@
+#!/usr/bin/env python
+"""Benchmark (not a test): how much PPO *learns* per episode and per second, configurations side by side.
+
+    python bench/ppo_learning.py [--episodes 512] [--config NAME='FLAGS' ...] [--out DIR]
+
+The setting a user switching from TRL brings: ``stories260K`` (../shared/fixtures), 256 raw story prompts, a
+reward model trained (reward_modeling.py) on pairs of the base model's own samples labelled by a rule, and the
+rule itself as the held-out gold judge, which no model trained on: 1 when an answer holds a positive word
+(``happy``, ``smiled``, ``fun``, ...), else 0. Every configuration gets the same user flags (episodes, batch 8,
+one PPO epoch, 48-token responses, KL coefficient 0.05, ``--missing_eos_penalty 1.0``, raw prompts) and its own
+on top; then compare_base_vs_ppo.py scores the base and the trained policy on 64 held-out prompts (4 answers
+each, temperature 0.7): gold share, reward-model score, KL from the base. Printed and written to
+``<out>/learning_results.json`` (with the machine and the exact commands): gold and reward after, their gain
+over the base per 100 episodes and per minute of training, episodes/s, peak RSS.
+
+Configurations default to the toolkit's defaults, and the same with ``--learning_rate 3e-5`` (what a TRL user
+passes); ``--config name='--flag value ...'`` replaces the list (repeatable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shlex
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STORIES = os.path.join(os.path.dirname(REPO), "shared", "fixtures", "models", "stories260K")
+POSITIVE = ("happy", "smiled", "smile", "fun", "laughed", "love", "loved", "glad", "kind", "nice", "good", "great",
+            "best", "beautiful", "proud", "excited")
+RULE = f'''import re
+
+POSITIVE = set({POSITIVE!r})
+
+
+def gold(prompt, response):
+    """1.0 when the answer holds a positive word, else 0.0."""
+    return float(any(word in POSITIVE for word in re.findall(r"[a-z]+", response.lower())))
+'''
+USER_FLAGS = ["--batch_size", "8", "--mini_batch_size", "8", "--ppo_epochs", "1", "--output_max_length", "48",
+              "--kl_coef", "0.05", "--missing_eos_penalty", "1.0", "--prompt_format", "raw", "--report_to", "none",
+              "--sample_every", "0", "--logging_steps", "16"]
+DEFAULT_CONFIGS = {"defaults": "", "defaults, --learning_rate 3e-5": "--learning_rate 3e-5"}
+
+
+def say(message: str) -> None:
+    print(f"[ppo_learning] {message}", flush=True)
+
+
+def run(cmd: list[str], log: str) -> float:
+    """Run ``cmd`` (output to ``log``); returns its wall time; exits with the log's tail when it fails."""
+    started = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as handle:
+        code = subprocess.run(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT).returncode
+    if code:
+        with open(log, encoding="utf-8") as handle:
+            sys.exit(f"failed ({code}): {shlex.join(cmd)}\n" + "".join(handle.readlines()[-30:]))
+    return time.perf_counter() - started
+
+
+def story_prompts(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    names = ("Lily", "Tom", "Ben", "Sue", "Max", "Mia", "Tim", "Anna", "Sam", "Lucy")
+    places = ("the park", "the garden", "the house", "the beach", "the forest", "the shop", "school", "the lake")
+    things = ("a red ball", "a big dog", "a little cat", "a toy car", "a blue bird", "a tall tree", "a box", "a frog")
+    openings = ("Once upon a time, {n} went to {p} and saw {t}.", "One day, {n} found {t} in {p}.",
+                "{n} and a friend played in {p}.", "{n} wanted {t}.", "At {p}, {n} met {t}.")
+    return [rng.choice(openings).format(n=rng.choice(names), p=rng.choice(places), t=rng.choice(things))
+            for _ in range(count)]
+
+
+def write_jsonl(path: str, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def build_inputs(out: str, seed: int, commands: dict) -> dict:
+    """Prompts, the rule, rule-labelled pairs of the base model's samples, and the reward model trained on them."""
+    inputs = os.path.join(out, "inputs")
+    done = os.path.join(inputs, "DONE")
+    paths = {"prompts": os.path.join(inputs, "prompts.jsonl"), "held_out": os.path.join(inputs, "held_out.jsonl"),
+             "rule": os.path.join(inputs, "gold.py"), "pairs": os.path.join(inputs, "pairs.jsonl"),
+             "reward_model": os.path.join(inputs, "reward_model")}
+    if os.path.isfile(done):
+        return paths
+    os.makedirs(inputs, exist_ok=True)
+    with open(paths["rule"], "w", encoding="utf-8") as handle:
+        handle.write(RULE)
+    prompts = story_prompts(256 + 64 + 512, seed)
+    write_jsonl(paths["prompts"], [{"prompt": p} for p in prompts[:256]])
+    write_jsonl(paths["held_out"], [{"prompt": p} for p in prompts[256:320]])
+    # the base model's own answers to other prompts, 8 each, labelled by the rule: one pair per prompt that has a
+    # positive and a negative answer
+    sys.path.insert(0, REPO)
+    import importlib.util
+
+    import torch
+
+    from rlhfkit import models, sampling
+
+    spec = importlib.util.spec_from_file_location("gold_rule", paths["rule"])
+    rule = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rule)
+    tokenizer, model = models.load_tokenizer(STORIES), models.load_causal_lm(STORIES)
+    torch.manual_seed(seed)
+    result = sampling.generate_text(model, tokenizer, prompts[320:], "raw", max_new_tokens=48, batch_size=64,
+                                    do_sample=True, temperature=1.0, num_return_sequences=8)
+    pairs = []
+    for prompt, answers in zip(prompts[320:], result.completions, strict=True):
+        good = [a for a in answers if rule.gold(prompt, a) > 0]
+        bad = [a for a in answers if rule.gold(prompt, a) == 0]
+        pairs += [{"prompt": prompt, "chosen": " " + g, "rejected": " " + b} for g, b in zip(good, bad, strict=False)]
+    write_jsonl(paths["pairs"], pairs)
+    say(f"{len(pairs)} rule-labelled pairs from the base model's samples")
+    cmd = [sys.executable, "reward_modeling.py", "--model_name_or_path", STORIES, "--dataset_name", paths["pairs"],
+           "--output_dir", paths["reward_model"], "--use_peft", "False", "--num_train_epochs", "3",
+           "--per_device_train_batch_size", "16", "--learning_rate", "1e-3", "--eval_subset", "64",
+           "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "True", "--overwrite_output_dir"]
+    commands["reward_model"] = shlex.join(cmd)
+    run(cmd, os.path.join(inputs, "reward_modeling.log"))
+    with open(os.path.join(paths["reward_model"], "all_results.json"), encoding="utf-8") as handle:
+        say(f"reward model held-out pair accuracy {json.load(handle)['eval_accuracy']:.3f}")
+    open(done, "w").close()
+    return paths
+
+
+def measure(name: str, flags: str, paths: dict, args, commands: dict) -> dict:
+    folder = os.path.join(args.out, "runs", name.replace(" ", "_").replace(",", "").replace("-", ""))
+    policy = os.path.join(folder, "policy")
+    cmd = [sys.executable, "ppo.py", "--model_name_or_path", STORIES, "--reward_model_name", paths["reward_model"],
+           "--dataset_name", paths["prompts"], "--output_dir", policy, "--overwrite_output_dir", "--total_episodes",
+           str(args.episodes), "--seed", str(args.seed), *USER_FLAGS, *shlex.split(flags)]
+    os.makedirs(folder, exist_ok=True)
+    commands[name] = shlex.join(cmd)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    run(cmd, os.path.join(folder, "ppo.log"))
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with open(os.path.join(policy, "all_results.json"), encoding="utf-8") as handle:
+        results = json.load(handle)
+    compare = [sys.executable, "compare_base_vs_ppo.py", "--base_model", STORIES, "--finetuned_model", policy,
+               "--reward_model", paths["reward_model"], "--dataset_name", paths["held_out"], "--num_samples", "64",
+               "--generations_per_prompt", "4", "--max_new_tokens", "48", "--prompt_format", "raw",
+               "--gold_judge", f"{paths['rule']}:gold", "--output_dir", os.path.join(folder, "comparison")]
+    run(compare, os.path.join(folder, "compare.log"))
+    with open(os.path.join(folder, "comparison", "comparison.json"), encoding="utf-8") as handle:
+        summary = json.load(handle)["models"]
+    base, tuned = summary["base"], summary["finetuned"]
+    episodes, minutes = results["train_episodes"], results["train_runtime"] / 60
+    gold_gain, reward_gain = tuned["gold"]["mean"] - base["gold"]["mean"], tuned["reward"]["mean"] - base["reward"]["mean"]
+    return {"flags": flags, "value_model": results.get("value_model"), "learning_rate": results.get("learning_rate"),
+            "gold_before": base["gold"]["mean"], "gold_after": tuned["gold"]["mean"],
+            "reward_before": base["reward"]["mean"], "reward_after": tuned["reward"]["mean"],
+            "kl_from_base": (tuned["kl_from_base"] or {}).get("mean"), "episodes": episodes,
+            "train_runtime": results["train_runtime"], "episodes_per_second": results["episodes_per_second"],
+            "gold_gain_per_100_episodes": 100 * gold_gain / episodes, "gold_gain_per_minute": gold_gain / minutes,
+            "reward_gain_per_100_episodes": 100 * reward_gain / episodes, "reward_gain_per_minute": reward_gain / minutes,
+            "peak_rss_mib": (peak if peak > before else before) / 1024}
+
+
+def table(rows: dict) -> str:
+    head = ("| configuration | critic | lr | gold before -> after | reward before -> after | KL | gold gain /100 ep "
+            "| gold gain /min | reward gain /100 ep | episodes/s | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['value_model']} | {r['learning_rate']:g} | {r['gold_before']:.2f} -> "
+                     f"{r['gold_after']:.2f} | {r['reward_before']:.2f} -> {r['reward_after']:.2f} | "
+                     f"{r['kl_from_base'] if r['kl_from_base'] is None else round(r['kl_from_base'], 2)} | "
+                     f"{r['gold_gain_per_100_episodes']:+.3f} | {r['gold_gain_per_minute']:+.3f} | "
+                     f"{r['reward_gain_per_100_episodes']:+.3f} | {r['episodes_per_second']:.1f} | "
+                     f"{r['peak_rss_mib']:,.0f} MiB |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", action="append", metavar="NAME=FLAGS", help="a configuration (repeatable)")
+    parser.add_argument("--out", default=os.path.join(REPO, ".bench", "ppo-learning"))
+    args = parser.parse_args(argv)
+    if not os.path.isdir(STORIES):
+        sys.exit(f"error: {STORIES} is absent: this benchmark runs on the project's shared fixtures")
+    configs = dict(c.split("=", 1) for c in args.config) if args.config else DEFAULT_CONFIGS
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import machine
+
+    commands = {"benchmark": shlex.join(["python", "bench/ppo_learning.py", *(argv or sys.argv[1:])])}
+    started = time.perf_counter()
+    paths = build_inputs(args.out, args.seed, commands)
+    rows = {}
+    for i, (name, flags) in enumerate(configs.items()):
+        say(f"[{i + 1}/{len(configs)}] {name}: {flags or '(no flags of its own)'}")
+        rows[name] = measure(name, flags, paths, args, commands)
+        r = rows[name]
+        say(f"  gold {r['gold_before']:.2f} -> {r['gold_after']:.2f}, reward {r['reward_before']:.2f} -> "
+            f"{r['reward_after']:.2f}, {r['episodes_per_second']:.1f} episodes/s; "
+            f"{(time.perf_counter() - started) / 60:.1f} min so far")
+    text = table(rows)
+    print("\n" + text, flush=True)
+    out = {"machine": machine.describe("cpu"), "versions": machine.versions(), "episodes": args.episodes,
+           "user_flags": shlex.join(USER_FLAGS), "results": rows, "commands": commands,
+           "total_seconds": time.perf_counter() - started}
+    path = os.path.join(args.out, "learning_results.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(out, handle, indent=1)
+    os.replace(path + ".tmp", path)
+    say(f"wrote {path} in {out['total_seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

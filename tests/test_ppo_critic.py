@@ -1,0 +1,109 @@
+"""The PPO critic arrangements and the learning-rate guard, as a user runs ppo.py (subprocesses, tiny runs).
+
+* ``--value_model auto`` (the default): with a reward model that reads the policy's token ids, the critic starts
+  from the reward model; with LoRA it is the reward model plus an adapter, and the same model with its adapter
+  disabled scores (one copy of the reward model's weights). With a rule it is a value head.
+* every arrangement trains, checkpoints and resumes to the planned end;
+* a run whose policy cannot move (learning rate 1e-9) is told so in one warning; a run that moves is not.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import REPO, run_script
+
+PPO = str(REPO / "ppo.py")
+SMALL = ["--batch_size", "4", "--mini_batch_size", "2", "--ppo_epochs", "1", "--output_max_length", "12",
+         "--report_to", "none", "--sample_every", "0", "--learning_rate", "1e-3"]
+STILL = "the policy has not moved in 5 steps"
+
+
+@pytest.fixture(scope="module")
+def reward_model(embedded_root, tmp_path_factory):
+    """A sequence classifier on the embedded model with a seeded random score head: a fixed reward."""
+    from rlhfkit import models
+
+    folder = tmp_path_factory.mktemp("critic") / "rm"
+    torch.manual_seed(0)
+    tokenizer = models.load_tokenizer(str(embedded_root / "model"))
+    model = models.load_sequence_classifier(str(embedded_root / "model"), pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _results(out) -> dict:
+    return json.loads((out / "all_results.json").read_text())
+
+
+def test_lora_critic_scores_with_its_adapter_disabled(reward_model, embedded_root):
+    """The shared critic's adapter-disabled scores are the reward model's, however far its adapter and head moved."""
+    from peft import LoraConfig, get_peft_model
+
+    from rlhfkit import models, sampling, scoring
+
+    tokenizer = models.load_tokenizer(reward_model)
+    plain = models.load_sequence_classifier(reward_model).eval()
+    critic = get_peft_model(models.load_sequence_classifier(reward_model),
+                            LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules="all-linear")).eval()
+    with torch.no_grad():
+        for p in critic.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.5)  # LoRA B starts at zero and the head copy equals the original: make both matter
+    _, ids = sampling.encode_prompts(tokenizer, ["How was the pizza?", "Describe the lamp."])
+    queries, query_mask = sampling.left_pad(ids, tokenizer.pad_token_id)
+    answer = tokenizer(" It is great.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    responses = torch.tensor([answer, answer])
+    args = (["p", "q"], queries, query_mask, responses, torch.ones_like(responses), torch.tensor([True, True]), [])
+    expected = scoring.RewardModelScorer(plain, tokenizer, tokenizer)(*args)
+    shared = scoring.RewardModelScorer(critic, tokenizer, tokenizer, adapter_disabled=True)(*args)
+    adapted = scoring.RewardModelScorer(critic, tokenizer, tokenizer)(*args)
+    torch.testing.assert_close(shared, expected, atol=1e-5, rtol=0)
+    assert (adapted - expected).abs().max() > 1e-2  # the adapter is really there when enabled
+
+
+@pytest.mark.parametrize("variant", ["lora-reward", "full-reward", "lora-head"])
+def test_critic_variants_train_and_resume(variant, reward_model, tmp_path):
+    flags = {"lora-reward": [], "full-reward": ["--use_peft", "False"], "lora-head": ["--value_model", "head"]}[variant]
+    out = tmp_path / "out"
+    common = ["--reward_model_name", reward_model, "--output_dir", str(out), "--steps", "4", *SMALL, *flags]
+    first = run_script(PPO, *common, "--save_steps", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = _results(out)
+    expected = {"lora-reward": ("reward", "the reward model + LoRA, its adapter-disabled self scoring"),
+                "full-reward": ("reward", "a trained copy of the reward model"),
+                "lora-head": ("head", "a value head on the policy trunk")}[variant]
+    assert (results["value_model"], results["critic"]) == expected
+    assert f"critic: {expected[1]}" in first.stderr
+    from safetensors.torch import load_file
+
+    names = list(load_file(str(out / "checkpoint-2" / "trainable.safetensors")))
+    assert any(n.startswith("critic.") for n in names) == (expected[0] == "reward"), names[:5]
+    resumed = run_script(PPO, *common, "--resume_from_checkpoint", str(out / "checkpoint-2"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {out / 'checkpoint-2'} at step 2" in resumed.stderr
+    assert _results(out)["train_steps"] == 4
+
+
+def test_a_policy_that_cannot_move_is_told_so_once(tmp_path):
+    runs = {}
+    for name, rate in (("still", "1e-9"), ("moving", "1e-3")):
+        out = tmp_path / name
+        runs[name] = run_script(PPO, "--reward_function", "toy", "--output_dir", str(out), "--steps", "7",
+                                *SMALL[:-2], "--learning_rate", rate)
+        assert runs[name].returncode == 0, runs[name].stderr[-3000:]
+    warnings = [line for line in runs["still"].stderr.splitlines() if STILL in line]
+    assert len(warnings) == 1 and "--learning_rate 1e-09 is likely too small for a LoRA adapter" in warnings[0]
+    assert STILL not in runs["moving"].stderr
+
+
+def test_default_learning_rate_depends_on_lora(tmp_path):
+    from rlhfkit.ppo.config import FULL_LEARNING_RATE, LORA_LEARNING_RATE, PPOArguments
+
+    assert PPOArguments(reward_function="toy").resolve_learning_rate(True) == LORA_LEARNING_RATE
+    assert PPOArguments(reward_function="toy").resolve_learning_rate(False) == FULL_LEARNING_RATE
+    assert PPOArguments(reward_function="toy", learning_rate=1e-5).resolve_learning_rate(True) == 1e-5
+    assert LORA_LEARNING_RATE > FULL_LEARNING_RATE
