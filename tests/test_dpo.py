@@ -3,9 +3,11 @@ precomputed reference log-probs, what the trainer holds in memory, and refused i
 
 The LoRA pipeline (sft.py -> merge_peft_adapter.py -> dpo.py, subprocesses as a user runs them) is one chain;
 the short full fine-tuning runs go beside its first step, two at a time. The DPO policy is checked against the toy
-task's gold judge: its greedy answers to the evaluation questions must score at least as well as the SFT
-model it started from. With the settings below (300 steps, lr 2e-3, beta 0.1) it scored 0.537 against the
-SFT model's 0.333 when measured (a third of the answers use two positive adjectives instead of one); a higher
+task's gold judge: its greedy answers to the evaluation questions must score clearly better than the SFT
+model it started from. SFT and DPO run in fp32 here: in bf16 the outcome depends on the processor's bf16 kernels
+(on an AMD EPYC with avx512_bf16 the bf16 DPO policy collapsed to "The ... is bright." and scored 0.070 against
+SFT's 0.173; on the Intel Xeon with AMX where the settings were tuned, 0.537 against 0.333). In fp32 with the
+settings below (300 steps, lr 2e-3, beta 0.1) it scored 0.193 against SFT's 0.107 on the AMD EPYC; a higher
 learning rate (5e-3) collapses into repetition, and shorter or gentler runs leave the greedy answers as SFT's.
 """
 
@@ -24,10 +26,10 @@ SFT = str(REPO / "sft.py")
 MERGE = str(REPO / "merge_peft_adapter.py")
 QUIET = ["--save_strategy", "no", "--disable_tqdm", "True"]
 SFT_ARGS = ["--do_train", "--max_steps", "300", "--per_device_train_batch_size", "16", "--learning_rate", "2e-3",
-            "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", *QUIET]
+            "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "--bf16", "False", *QUIET]
 DPO_STEPS = 300
 DPO_ARGS = ["--max_steps", str(DPO_STEPS), "--per_device_train_batch_size", "16", "--learning_rate", "2e-3",
-            "--beta", "0.1", "--eval_subset", "200", *QUIET]
+            "--beta", "0.1", "--eval_subset", "200", "--bf16", "False", *QUIET]
 SMALL = ["--train_subset", "64", "--eval_subset", "16", "--per_device_train_batch_size", "8",
          "--per_device_eval_batch_size", "8"]
 # fp32: the margin before training must be exactly 0 (policy and reference are the same weights); bf16 autocast,
@@ -147,8 +149,7 @@ def test_dpo_policy_scores_at_least_sft_on_the_gold_judge(runs, embedded_root):
     policy = load_causal_lm(str(out), merge_adapter=True)
     assert not hasattr(policy, "peft_config")
     dpo_score = _mean_gold(policy, load_tokenizer(str(out)), questions)
-    assert dpo_score >= sft_score, f"SFT {sft_score:.3f}, DPO {dpo_score:.3f}"
-    assert dpo_score > 0.3, f"SFT {sft_score:.3f}, DPO {dpo_score:.3f}"  # on topic and positive, not degenerate
+    assert dpo_score >= sft_score + 0.05, f"SFT {sft_score:.3f}, DPO {dpo_score:.3f}"
 
 
 # ------------------------------------------------------------------------------------- full fine-tuning

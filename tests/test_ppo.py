@@ -172,7 +172,7 @@ def test_ppo_outputs_metrics_and_logs(toy):
     assert list((out / "runs").glob("events.out.tfevents.*"))
     log = result.stderr
     assert "episodes/s" in log and "ETA" in log and "samples at step 10" in log
-    assert "reference: adapter disabled" in log and "values: head" in log
+    assert "reference: adapter disabled" in log and "critic: the reward model + LoRA" in log
 
 
 # ------------------------------------------------------------------------------------------------ stories260K
@@ -324,7 +324,8 @@ OPTIONS = {
                        lambda h, log: all(x["policy/early_stopped"] == 1 for x in h)),
     "unbatched": (["--batched_gen", "False"], lambda h, log: len(h) == 3),
     "full_finetuning": (["--use_peft", "False"], lambda h, log: "reference: frozen copy" in log),
-    "critic": (["--value_model", "reward"], lambda h, log: "values: reward" in log),
+    "critic": (["--value_model", "reward"], lambda h, log: "critic: the reward model + LoRA" in log),
+    "value_head": (["--value_model", "head"], lambda h, log: "critic: a value head on the policy trunk" in log),
     "shaping": (["--whiten_rewards", "True", "--normalize_scores", "True", "--score_clip", "0.5"],
                 lambda h, log: all(abs(x["objective/kl"]) < 50 for x in h)),
 }
