@@ -6,8 +6,8 @@ adapter whose disabled state is the reference (one copy of the base weights). Gi
 policy's token ids, the critic starts from it (with LoRA: the reward model's weights plus an adapter, whose
 disabled state scores); with a rule, a value head on the policy trunk.
 Scores come from a reward model (``--reward_model_name``; its own tokenizer is handled) or a rule
-(``--reward_function``). Prompts come from any prompt schema the toolkit reads (seed 001's ``query`` JSON
-included); by default the ``data/rl`` split of the embedded toy task.
+(``--reward_function``). Prompts come from any prompt schema the toolkit reads (the ``query`` JSON of
+optimum-habana's ``examples/trl`` data included); by default the ``data/rl`` split of the embedded toy task.
 
     PT_HPU_LAZY_MODE=1 python ppo.py --model_name_or_path ./sft_sanity_merged --reward_model_name ./rm_sanity_merged \\
         --tokenizer_name_or_path google/gemma-3-270m --output_dir ./ppo_sanity --batch_size 2 --mini_batch_size 1 \\

@@ -1,6 +1,6 @@
-"""The arguments of ``ppo.py``: seed 000's step-5 flags, seed 002's TRL names, and the PPO knobs.
+"""The arguments of ``ppo.py``: optimum-habana's ``examples/trl`` PPO flags, TRL's names, and the PPO knobs.
 
-Batch vocabulary (old TRL's, which seed 000 uses): each PPO step generates ``batch_size`` episodes per
+Batch vocabulary (old TRL's, which optimum-habana's command uses): each PPO step generates ``batch_size`` episodes per
 process; the update runs ``ppo_epochs`` passes over them, one optimizer step per
 ``mini_batch_size * gradient_accumulation_steps`` episodes (``gradient_accumulation_steps`` micro-batches of
 ``mini_batch_size``). ``steps`` PPO steps in all, or as many as ``total_episodes`` needs.
