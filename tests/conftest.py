@@ -48,6 +48,23 @@ def embedded_root(embedded_cache):
     return Path(embedded.ensure())
 
 
+@pytest.fixture(scope="session")
+def reward_model(embedded_root, tmp_path_factory):
+    """A sequence classifier on the embedded model with a seeded random score head (a fixed reward), saved with its
+    tokenizer. A test module may define its own ``reward_model`` instead."""
+    import torch
+
+    from rlhfkit import models
+
+    folder = tmp_path_factory.mktemp("reward") / "rm"
+    torch.manual_seed(0)
+    tokenizer = models.load_tokenizer(str(embedded_root / "model"))
+    model = models.load_sequence_classifier(str(embedded_root / "model"), pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 def run_script(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 1800):
     """Run a repo script or module (``-m name``) in a fresh interpreter; returns CompletedProcess."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -16,20 +16,6 @@ from conftest import REPO, assert_user_error, fixture_path, run_script
 COMPARE = str(REPO / "compare_base_vs_ppo.py")
 
 
-@pytest.fixture(scope="module")
-def reward_model(embedded_root, tmp_path_factory):
-    """A sequence classifier on the embedded model with a seeded random score head: a fixed reward."""
-    from rlhfkit import models
-
-    folder = tmp_path_factory.mktemp("reward") / "rm"
-    torch.manual_seed(0)
-    tokenizer = models.load_tokenizer(str(embedded_root / "model"))
-    model = models.load_sequence_classifier(str(embedded_root / "model"), pad_token_id=tokenizer.pad_token_id)
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def test_toy_questions_are_recognised():
     from rlhfkit import toy
 

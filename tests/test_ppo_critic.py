@@ -21,20 +21,6 @@ SMALL = ["--batch_size", "4", "--mini_batch_size", "2", "--ppo_epochs", "1", "--
 STILL = "the policy has not moved in 5 steps"
 
 
-@pytest.fixture(scope="module")
-def reward_model(embedded_root, tmp_path_factory):
-    """A sequence classifier on the embedded model with a seeded random score head: a fixed reward."""
-    from rlhfkit import models
-
-    folder = tmp_path_factory.mktemp("critic") / "rm"
-    torch.manual_seed(0)
-    tokenizer = models.load_tokenizer(str(embedded_root / "model"))
-    model = models.load_sequence_classifier(str(embedded_root / "model"), pad_token_id=tokenizer.pad_token_id)
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def _results(out) -> dict:
     return json.loads((out / "all_results.json").read_text())
 
