@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Direct Preference Optimization (DPO), the PPO alternative of seeds 003 and 004, with TRL's DPOTrainer.
+"""Direct Preference Optimization (DPO), the PPO alternative of TRL's and optimum-habana's DPO examples, with TRL's DPOTrainer.
 
 Trains a causal LM directly on preference pairs, from any pair schema the toolkit reads. LoRA is the
 default. Under LoRA the reference model is the policy with its adapter disabled, so there is no second

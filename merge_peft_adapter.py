@@ -8,7 +8,7 @@ a sequence-classification adapter (a reward model) merges into ``AutoModelForSeq
 known upstream failure, a head silently re-initialised at random, is checked for: the merged score head
 must equal the adapter's.
 
-If the adapter records a different base model than ``--base_model_name`` (seed 000's step 4 merges a reward
+If the adapter records a different base model than ``--base_model_name`` (optimum-habana's reward-adapter merge step merges a reward
 adapter trained on the SFT-merged model onto the raw base), a loud warning names both; an adapter whose
 shapes do not fit the base is refused. The output is written to a staging folder and renamed into place.
 

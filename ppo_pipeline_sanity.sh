@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The end-to-end RLHF pipeline (seed 000's ppo_pipeline_sanity.sh):
+# The end-to-end RLHF pipeline (optimum-habana's ppo_pipeline_sanity.sh):
 #   base model -> 1. SFT with LoRA (sft.py) -> 2. merge -> 3. reward model with LoRA (reward_modeling.py)
 #   -> 4. merge -> 5. PPO against the reward model (ppo.py) -> 6. generation (run_generation.py)
 #   -> 7. base vs SFT vs PPO on held-out prompts (compare_base_vs_ppo.py: reward, gold judge, KL, win rates)
@@ -8,7 +8,7 @@
 # Profiles: "toy" (default when no MODEL/DATASET is given) runs offline on the embedded default (tiny Llama,
 # toy review task with a gold judge), with step counts tuned for 2 CPU cores (about 6 minutes), and fails
 # unless PPO beats the base on the reward model and the gold judge. "seed" (default when MODEL or DATASET is
-# given) runs seed 000's commands as written (gemma-3-270m, stack-exchange-paired, bf16) on any device.
+# given) runs optimum-habana's `examples/trl` commands as written (gemma-3-270m, stack-exchange-paired, bf16) on any device.
 #
 # Usage: ./ppo_pipeline_sanity.sh [--force] [--with-dpo] [--profile toy|seed] [--model M] [--tokenizer T]
 #        [--dataset D] [--device auto|cpu|cuda|hpu] [--workdir DIR] [--sft-steps N] [--rm-epochs N]
@@ -126,7 +126,7 @@ fi
 TOKENIZER=${TOKENIZER:-$MODEL}
 log "model: $MODEL; tokenizer: $TOKENIZER; dataset: $DATASET"
 
-# Per-profile settings. toy: tuned on the embedded task (measured in the README). seed: seed 000's commands.
+# Per-profile settings. toy: tuned on the embedded task (measured in the README). seed: optimum-habana's `examples/trl` commands.
 if [ "$PROFILE" = toy ]; then
   SFT_STEPS=${SFT_STEPS:-300}; RM_EPOCHS=${RM_EPOCHS:-2}; PPO_STEPS=${PPO_STEPS:-30}; NUM_SAMPLES=${NUM_SAMPLES:-200}
   SFT_ARGS=(--max_steps "$SFT_STEPS" --per_device_train_batch_size 16 --gradient_accumulation_steps 1
@@ -169,7 +169,7 @@ run_stage sft "$WORKDIR/sft" "$PYTHON" sft.py \
 run_stage merge_sft "$WORKDIR/sft_merged" "$PYTHON" merge_peft_adapter.py \
   --base_model_name "$MODEL" --adapter_model_name "$WORKDIR/sft" --output_name "$WORKDIR/sft_merged"
 
-# the reward adapter is merged into the model it was trained on (seed 000's step 4 names the raw base instead)
+# the reward adapter is merged into the model it was trained on (optimum-habana's reward-adapter merge step names the raw base instead)
 run_stage reward_model "$WORKDIR/rm" "$PYTHON" reward_modeling.py \
   --model_name_or_path "$WORKDIR/sft_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/rm" \
   "${DEVICE_ARGS[@]}" --optim adamw_torch "${RM_ARGS[@]}" "${PRECISION[@]}" "${QUIET[@]}" "${GAUDI_TRAIN[@]}"

@@ -2,7 +2,7 @@
 
 * ``auto`` picks HPU, then CUDA, then CPU. HPU is detected by looking for the ``habana_frameworks`` package
   without importing it; nothing Habana-specific is imported unless HPU is chosen (explicitly or by ``auto``).
-* ``--use_habana`` (seed 000) means ``--device hpu``. ``--use_lazy_mode`` sets ``PT_HPU_LAZY_MODE=1`` *before*
+* ``--use_habana`` (optimum-habana's flag) means ``--device hpu``. ``--use_lazy_mode`` sets ``PT_HPU_LAZY_MODE=1`` *before*
   the HPU runtime is imported, which is the only moment the runtime reads it.
 * Precision (Trainer scripts): with no ``--bf16``/``--fp16`` flag, bfloat16 autocast where the device computes
   it natively (a CUDA GPU from Ampere on, Gaudi, a CPU with AMX-BF16 or AVX512-BF16), else float32; one log line

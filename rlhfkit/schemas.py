@@ -23,7 +23,7 @@ messages            messages                                            chat; th
 alpaca              instruction, (input), output                        Alpaca / LLaMA-Factory
 prompt_response     prompt, response
 prompt_chosen       prompt, chosen                                      chosen as the SFT answer
-query               query                                               seed 001: prompts only
+query               query                                               optimum-habana's PPO prompts
 prompt_only         prompt                                              prompts only
 ==================  ==================================================  =====================================
 """
@@ -285,7 +285,7 @@ SCHEMAS: tuple[Schema, ...] = (
     Schema(
         "query",
         ("query",),
-        "query (seed 001: a JSON list of {\"query\": ...}; prompts only)",
+        "query (optimum-habana's PPO prompts: a JSON list of {\"query\": ...}; prompts only)",
         prompt=lambda r: {"prompt": _user(_text(r, "query"))},
     ),
     Schema(

@@ -60,7 +60,7 @@ def test_pad_token_is_added_when_the_tokenizer_pads_with_eos(embedded_root, tmp_
 
     folder = tmp_path / "tok"
     tokenizer = models.load_tokenizer(str(embedded_root / "model"))
-    tokenizer.pad_token = tokenizer.eos_token  # what seed 001 and many scripts do
+    tokenizer.pad_token = tokenizer.eos_token  # what optimum-habana's PPO script and many others do
     tokenizer.save_pretrained(folder)
     fixed = ppo_script.policy_tokenizer(str(folder), False, lambda tok: models.stop_token_ids("eos", tok))
     assert fixed.pad_token_id is not None and fixed.pad_token_id != fixed.eos_token_id
