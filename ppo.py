@@ -174,7 +174,9 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
         reward_tok = models.load_reward_tokenizer(args.reward_model_name, args.reward_tokenizer_name, tokenizer,
                                                   args.trust_remote_code)
     args.value_model, why = policy_lib.resolve_value_model(args.value_model, reward_tok, tokenizer)
-    args.resolve_learning_rate(model_args.use_peft)
+    slow_rate = args.resolve_learning_rate(model_args.use_peft)
+    if slow_rate:
+        logger.warning(slow_rate)
     module, ref_model = policy_lib.build(model_args, args, dtype, tokenizer, args.reward_model_name)
     stop_ids = models.stop_token_ids(args.stop_token, tokenizer, module.policy.generation_config)
     # with LoRA, a critic on the reward model shares its weights: scores come from it with the adapter disabled

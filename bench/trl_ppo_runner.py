@@ -58,10 +58,18 @@ DEFAULTS: dict = {
     "vf_coef": 0.1,
     "adam_epsilon": 1e-5,
     "optim": "adamw_torch",
+    "use_peft": 1,  # 1: LoRA policy (the matched setting); 0: full fine-tuning, TRL's example default
+    "trl_defaults": 0,  # 1: every PPOConfig field not set by the user flags below keeps TRL's own default
+    "save_model": None,  # where to save the trained policy (trainer.save_model), for scoring it afterwards
 }
+# with trl_defaults, the only settings passed to PPOConfig: what a user's command line gives (the run's size and
+# task), never a tuned value; learning_rate only when the spec or a flag names it
+USER_KEYS = ("batch_size", "ppo_epochs", "steps", "response_length", "kl_coef", "missing_eos_penalty", "seed",
+             "learning_rate")
 FLOATS = {"learning_rate", "kl_coef", "temperature", "missing_eos_penalty", "lora_dropout", "gamma", "lam",
           "cliprange", "cliprange_value", "vf_coef", "adam_epsilon"}
-INTS = {"batch_size", "num_mini_batches", "ppo_epochs", "steps", "response_length", "seed", "lora_r", "lora_alpha"}
+INTS = {"batch_size", "num_mini_batches", "ppo_epochs", "steps", "response_length", "seed", "lora_r", "lora_alpha",
+        "use_peft", "trl_defaults"}
 REQUIRED = ("policy", "reward_model", "prompts_tokenized", "output_dir")
 
 
@@ -72,7 +80,7 @@ def parse_spec(argv: list[str] | None = None) -> dict:
         kind = float if key in FLOATS else int if key in INTS else str
         parser.add_argument(f"--{key}", type=kind, default=None)
     args = parser.parse_args(argv)
-    spec = dict(DEFAULTS)
+    spec, given = dict(DEFAULTS), set()
     if args.spec:
         with open(args.spec, encoding="utf-8") as handle:
             loaded = json.load(handle)
@@ -80,11 +88,15 @@ def parse_spec(argv: list[str] | None = None) -> dict:
         if unknown:
             parser.error(f"unknown keys in {args.spec}: {unknown}")
         spec.update(loaded)
-    spec.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
+        given |= set(loaded)
+    flags = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+    spec.update(flags)
+    given |= set(flags)
+    spec["given"] = sorted(given)
     missing = [k for k in REQUIRED if not spec.get(k)]
     if missing:
         parser.error(f"missing settings: {missing}")
-    if spec["batch_size"] % spec["num_mini_batches"]:
+    if not spec["trl_defaults"] and spec["batch_size"] % spec["num_mini_batches"]:
         parser.error("batch_size must be a multiple of num_mini_batches")
     spec["value_model"] = spec["value_model"] or spec["reward_model"]
     spec["result"] = spec["result"] or os.path.join(spec["output_dir"], "trl_results.json")
@@ -130,32 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     dataset = Dataset.from_list(rows)
 
     batch = spec["batch_size"]
-    config = PPOConfig(
+    # what a command line must give either way: the run's size and task, and plumbing that changes no result
+    run_settings = dict(
         output_dir=spec["output_dir"],
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=1,
-        num_mini_batches=spec["num_mini_batches"],
         num_ppo_epochs=spec["ppo_epochs"],
         total_episodes=spec["steps"] * batch,
         response_length=spec["response_length"],
-        temperature=spec["temperature"],
         kl_coef=spec["kl_coef"],
-        kl_estimator=spec["kl_estimator"],
         stop_token="eos",
         missing_eos_penalty=spec["missing_eos_penalty"],
         local_rollout_forward_batch_size=batch,  # the whole batch in one generate call, as ppo.py --batched_gen
         num_sample_generations=0,
-        learning_rate=spec["learning_rate"],
-        lr_scheduler_type=spec["lr_scheduler_type"],
-        adam_epsilon=spec["adam_epsilon"],
-        optim=spec["optim"],
-        weight_decay=0.0,
-        gamma=spec["gamma"],
-        lam=spec["lam"],
-        cliprange=spec["cliprange"],
-        cliprange_value=spec["cliprange_value"],
-        vf_coef=spec["vf_coef"],
-        bf16=False,
+        bf16=False,  # TRL's config asks for bf16 by default, which a CPU run must turn off
         fp16=False,
         gradient_checkpointing=False,
         use_cpu=not cuda,
@@ -165,8 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         disable_tqdm=True,
         seed=spec["seed"],
     )
-    peft_config = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=spec["lora_dropout"],
-                             target_modules=spec["lora_target_modules"], task_type="CAUSAL_LM")
+    # the matched setting's tuned values; with trl_defaults, TRL's own (learning rate only if the user gave one)
+    tuned = dict(num_mini_batches=spec["num_mini_batches"], temperature=spec["temperature"],
+                 kl_estimator=spec["kl_estimator"], learning_rate=spec["learning_rate"],
+                 lr_scheduler_type=spec["lr_scheduler_type"], adam_epsilon=spec["adam_epsilon"], optim=spec["optim"],
+                 weight_decay=0.0, gamma=spec["gamma"], lam=spec["lam"], cliprange=spec["cliprange"],
+                 cliprange_value=spec["cliprange_value"], vf_coef=spec["vf_coef"])
+    if spec["trl_defaults"]:
+        tuned = {"learning_rate": spec["learning_rate"]} if "learning_rate" in spec["given"] else {}
+    config = PPOConfig(**run_settings, **tuned)
+    peft_config = None
+    if spec["use_peft"]:
+        peft_config = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=spec["lora_dropout"],
+                                 target_modules=spec["lora_target_modules"], task_type="CAUSAL_LM")
     trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=None,
                          reward_model=reward_model, train_dataset=dataset, value_model=value_model,
                          peft_config=peft_config)
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "local_batch_size", "batch_size", "num_mini_batches",
                                                  "local_mini_batch_size", "mini_batch_size", "num_ppo_epochs",
                                                  "total_episodes", "num_total_batches", "world_size")}
-    expected = {"local_batch_size": batch, "local_mini_batch_size": batch // spec["num_mini_batches"],
+    expected = {"local_batch_size": batch, "local_mini_batch_size": batch // targs.num_mini_batches,
                 "num_total_batches": spec["steps"], "world_size": 1}
     wrong = {k: (arithmetic[k], v) for k, v in expected.items() if arithmetic[k] != v}
     if wrong:
@@ -219,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     policy_model = trainer.model.policy
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters()) + sum(p.numel() for p in reward_model.parameters())
-    print(f"TRL {versions()['trl']} PPO: {arithmetic}, trainable {trainable:,} (LoRA policy + full value model), "
+    policy_kind = "LoRA" if spec["use_peft"] else "fully trained"
+    print(f"TRL {versions()['trl']} PPO: {arithmetic}, trainable {trainable:,} ({policy_kind} policy + full value model), "
           f"{type(policy_model).__name__}, reference: {'adapter disabled' if trainer.ref_model is None else 'copy'}",
           flush=True)
 
@@ -241,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         "generation_widths": generation["widths"],
         "episodes_with_eos": generation["stopped"],
         "optimizer_steps": optimizer_steps[0],
-        "optimizer_steps_expected": spec["steps"] * spec["ppo_epochs"] * spec["num_mini_batches"],
+        "optimizer_steps_expected": spec["steps"] * spec["ppo_epochs"] * targs.num_mini_batches,
+        "config": {k: getattr(targs, k) for k in ("learning_rate", "lr_scheduler_type", "num_mini_batches",
+                                                  "adam_epsilon", "vf_coef", "cliprange", "temperature")},
         "batch_arithmetic": arithmetic,
         "reference_model": "adapter disabled" if trainer.ref_model is None else "separate copy",
         "trainable_parameters": trainable,
@@ -251,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "versions": versions(),
     }
+    if spec["save_model"]:
+        trainer.save_model(spec["save_model"])
     os.makedirs(os.path.dirname(os.path.abspath(spec["result"])), exist_ok=True)
     with open(spec["result"], "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=1)

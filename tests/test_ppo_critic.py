@@ -89,7 +89,58 @@ def test_a_policy_that_cannot_move_is_told_so_once(tmp_path):
 def test_default_learning_rate_depends_on_lora(tmp_path):
     from rlhfkit.ppo.config import FULL_LEARNING_RATE, LORA_LEARNING_RATE, PPOArguments
 
-    assert PPOArguments(reward_function="toy").resolve_learning_rate(True) == LORA_LEARNING_RATE
-    assert PPOArguments(reward_function="toy").resolve_learning_rate(False) == FULL_LEARNING_RATE
-    assert PPOArguments(reward_function="toy", learning_rate=1e-5).resolve_learning_rate(True) == 1e-5
+    for use_peft, expected in ((True, LORA_LEARNING_RATE), (False, FULL_LEARNING_RATE)):
+        args = PPOArguments(reward_function="toy")
+        assert args.resolve_learning_rate(use_peft) is None and args.learning_rate == expected
     assert LORA_LEARNING_RATE > FULL_LEARNING_RATE
+    # a given rate is kept; a full fine-tuning rate on LoRA is kept too, with a warning naming the default
+    slow = PPOArguments(reward_function="toy", learning_rate=3e-5)
+    warning = slow.resolve_learning_rate(True)
+    assert slow.learning_rate == 3e-5 and "--learning_rate 3e-05 on LoRA" in warning and f"{LORA_LEARNING_RATE:g}" in warning
+    assert PPOArguments(reward_function="toy", learning_rate=3e-5).resolve_learning_rate(False) is None
+    assert PPOArguments(reward_function="toy", learning_rate=2e-4).resolve_learning_rate(True) is None
+
+
+def test_split_backward_gives_the_summed_loss_gradients(reward_model):
+    """One process with a separate critic: the critic's forward/backward, then the policy's (peak memory: the
+    larger of the two models' activations, not their sum) give the gradients of the one summed loss."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+
+    from rlhfkit import models, sampling
+    from rlhfkit.ppo.policy import PolicyAndValue
+    from rlhfkit.ppo.trainer import PPOTrainer
+
+    torch.manual_seed(0)
+    tokenizer = models.load_tokenizer(reward_model)
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+    policy = get_peft_model(models.load_causal_lm(reward_model), LoraConfig(task_type="CAUSAL_LM", **lora))
+    critic = get_peft_model(models.load_sequence_classifier(reward_model), LoraConfig(task_type="SEQ_CLS", **lora))
+    module = PolicyAndValue(policy, critic)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.1)  # LoRA B starts at zero: give every trainable weight a gradient path
+    _, ids = sampling.encode_prompts(tokenizer, ["How was the pizza?", "Describe the red lamp, please."])
+    queries, query_mask = sampling.left_pad(ids, tokenizer.pad_token_id)
+    responses = torch.randint(5, 100, (2, 6))
+    episodes = sampling.Episodes(["a", "b"], queries, query_mask, responses, torch.ones_like(responses),
+                                 torch.tensor([False, False]), ["", ""])
+    mask = torch.ones(2, 6)
+    old = (torch.randn(2, 6) - 3, torch.randn(2, 6), torch.randn(2, 6), torch.randn(2, 6))
+    args = SimpleNamespace(gradient_accumulation_steps=2, temperature=0.7, cliprange=0.2, cliprange_value=0.2,
+                           vf_coef=0.1)
+    grads, losses = {}, {}
+    for split in (False, True):
+        module.zero_grad(set_to_none=True)
+        fake = SimpleNamespace(args=args, accelerator=Accelerator(cpu=True), split_backward=split, model=module)
+        pg_loss, _, vf_loss, _, logits = PPOTrainer._backward(fake, episodes, *old, mask)
+        assert logits.shape[:2] == (2, 6)
+        losses[split] = (pg_loss.item(), vf_loss.item())
+        grads[split] = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+    assert set(grads[True]) == set(grads[False]) and any("critic" in n for n in grads[True])
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, atol=1e-6, rtol=1e-5)

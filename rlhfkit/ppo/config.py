@@ -189,11 +189,18 @@ class PPOArguments(RunArguments):
         if self.save_steps < 0 or self.save_total_limit < 1:
             raise UserError("--save_steps must be >= 0 and --save_total_limit >= 1")
 
-    def resolve_learning_rate(self, use_peft: bool) -> float:
-        """--learning_rate, or the measured default for LoRA or full fine-tuning (set in place)."""
+    def resolve_learning_rate(self, use_peft: bool) -> str | None:
+        """Set --learning_rate to the measured default for LoRA or full fine-tuning when it is not given; returns a
+        warning when a given rate is a full fine-tuning one on LoRA adapters (it trains, but slowly)."""
         if self.learning_rate is None:
             self.learning_rate = LORA_LEARNING_RATE if use_peft else FULL_LEARNING_RATE
-        return self.learning_rate
+            return None
+        if use_peft and self.learning_rate < LORA_LEARNING_RATE / 3:
+            return (f"--learning_rate {self.learning_rate:g} on LoRA adapters is a full fine-tuning rate: LoRA moves "
+                    f"the policy far less per step at it (measured in bench/results/*ppo-learning*). Leave "
+                    f"--learning_rate unset for the LoRA default {LORA_LEARNING_RATE:g}, or train every weight with "
+                    "--use_peft False")
+        return None
 
     @property
     def backward_batch_size(self) -> int:

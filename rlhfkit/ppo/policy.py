@@ -66,18 +66,22 @@ class PolicyAndValue(nn.Module):
         else:
             self.value_head = None
 
-    def forward(self, input_ids, attention_mask, keep: int):
+    def forward(self, input_ids, attention_mask, keep: int, part: str = "both"):
+        """(logits, values); ``part="policy"`` or ``"critic"`` runs only that model (a separate critic only) and
+        gives None for the other."""
         position_ids = position_ids_from_mask(attention_mask)
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=self.critic is None, use_cache=False, logits_to_keep=keep)
-        logits = out.logits[:, -keep:]
-        if self.critic is None:
-            hidden = out.hidden_states[-1][:, -keep:]
-            values = self.value_head(hidden.float()).squeeze(-1)
-        else:
+        logits = values = None
+        if part != "critic":
+            out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              output_hidden_states=self.critic is None, use_cache=False, logits_to_keep=keep)
+            logits = out.logits[:, -keep:]
+            if self.critic is None:
+                hidden = out.hidden_states[-1][:, -keep:]
+                values = self.value_head(hidden.float()).squeeze(-1)
+        if self.critic is not None and part != "policy":
             critic = unwrap_peft(self.critic)
             hidden = backbone(critic)(input_ids=input_ids, attention_mask=attention_mask,
-                                           position_ids=position_ids, use_cache=False).last_hidden_state
+                                      position_ids=position_ids, use_cache=False).last_hidden_state
             values = score_head(critic)(hidden[:, -keep:]).float().squeeze(-1)
         return logits, values
 
@@ -109,14 +113,18 @@ class PolicyAndValue(nn.Module):
                 params[name].copy_(tensor.to(params[name].dtype))
 
 
-def logprobs_and_values(model, episodes: Episodes, temperature: float):
+def logprobs_and_values(model, episodes: Episodes, temperature: float, part: str = "both"):
     """(logprobs, values, logits) of the response tokens under ``model`` (a :class:`PolicyAndValue`, or its DDP
-    wrapper). The logits at position ``t`` predict token ``t + 1``, so the response tokens are predicted by the
-    last ``T + 1`` positions but one."""
+    wrapper); ``part`` as in :meth:`PolicyAndValue.forward` (None for what was not computed). The logits at
+    position ``t`` predict token ``t + 1``, so the response tokens are predicted by the last ``T + 1`` positions
+    but one."""
     width = episodes.responses.shape[1]
-    logits, values = model(episodes.input_ids, episodes.attention_mask, keep=width + 1)
-    logits, values = logits[:, :-1], values[:, :-1]
-    return logprobs_from_logits(logits, episodes.responses, temperature), values, logits
+    logits, values = model(episodes.input_ids, episodes.attention_mask, keep=width + 1, part=part)
+    logprobs = None
+    if logits is not None:
+        logits = logits[:, :-1]
+        logprobs = logprobs_from_logits(logits, episodes.responses, temperature)
+    return logprobs, None if values is None else values[:, :-1], logits
 
 
 def logits_to_keep_supported(model: nn.Module) -> bool:
@@ -147,7 +155,7 @@ def resolve_value_model(choice: str, reward_tokenizer, policy_tokenizer) -> tupl
         raise UserError("--value_model reward: the critic reads the policy's token ids, but the reward model has "
                         "another tokenizer; use --value_model head")
     if choice != "auto":
-        return choice, "as asked (--value_model)"
+        return choice, f"--value_model {choice}"
     if reward_tokenizer is None:
         return "head", "auto: a rule gives the scores, there is no reward model to start a critic from"
     if not same_vocabulary(reward_tokenizer, policy_tokenizer):

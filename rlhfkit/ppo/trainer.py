@@ -73,6 +73,9 @@ class PPOTrainer:
         self.scorer, self.ref_model, self.stop_ids = scorer, ref_model, stop_ids
         self.total_steps = total_steps
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        from accelerate.utils import DistributedType
+
+        self.split_backward = module.critic is not None and accelerator.distributed_type == DistributedType.NO
         self.device = accelerator.device
 
         params = [p for p in module.parameters() if p.requires_grad]
@@ -248,14 +251,9 @@ class PPOTrainer:
                     mask = part.response_mask.float()
                     sync = m == args.gradient_accumulation_steps - 1
                     with self._maybe_no_sync(sync):
-                        logprobs, values, logits = logprobs_and_values(self.model, part, args.temperature)
-                        pg_loss, pg_stats = core.policy_loss(logprobs, old_logprobs[index], advantages[index], mask,
-                                                             args.cliprange)
-                        vf_loss, vf_stats = core.value_loss(values, old_values[index], returns[index], mask,
-                                                            args.cliprange_value)
-                        loss = pg_loss + args.vf_coef * vf_loss
-                        acc.backward(loss / args.gradient_accumulation_steps)
-                    hpu.flush_after_backward()  # Gaudi lazy mode: run the forward/backward graph now
+                        pg_loss, pg_stats, vf_loss, vf_stats, logits = self._backward(
+                            part, old_logprobs[index], old_values[index], advantages[index], returns[index], mask)
+                    loss = pg_loss + args.vf_coef * vf_loss
                     with torch.no_grad():
                         entropy = core.masked_mean(core.entropy_from_logits(logits, args.temperature), mask)
                     stats = {"loss/policy": pg_loss.detach(), "loss/value": vf_loss.detach(),
@@ -289,6 +287,32 @@ class PPOTrainer:
             if early_stopped:
                 break
         return {k: v / count for k, v in sums.items()}, early_stopped
+
+    def _backward(self, part, old_logprobs, old_values, advantages, returns, mask):
+        """Losses of one micro-batch, back-propagated; the loss is ``policy + vf_coef * value``.
+
+        With a separate critic on one process, the critic's forward and backward run before the policy's, so the
+        activations of the two models never coexist: the peak is the larger, not the sum (the critic's and the
+        policy's parameters are disjoint, so the gradients are those of the summed loss). DDP's reducer expects
+        one forward per backward, and DeepSpeed steps in its backward: there, one pass over both.
+        """
+        args, acc = self.args, self.accelerator
+        scale = 1.0 / args.gradient_accumulation_steps
+        if self.split_backward:
+            _, values, _ = logprobs_and_values(self.model, part, args.temperature, part="critic")
+            vf_loss, vf_stats = core.value_loss(values, old_values, returns, mask, args.cliprange_value)
+            acc.backward(args.vf_coef * vf_loss * scale)
+            hpu.flush_after_backward()
+            logprobs, _, logits = logprobs_and_values(self.model, part, args.temperature, part="policy")
+            pg_loss, pg_stats = core.policy_loss(logprobs, old_logprobs, advantages, mask, args.cliprange)
+            acc.backward(pg_loss * scale)
+        else:
+            logprobs, values, logits = logprobs_and_values(self.model, part, args.temperature)
+            pg_loss, pg_stats = core.policy_loss(logprobs, old_logprobs, advantages, mask, args.cliprange)
+            vf_loss, vf_stats = core.value_loss(values, old_values, returns, mask, args.cliprange_value)
+            acc.backward((pg_loss + args.vf_coef * vf_loss) * scale)
+        hpu.flush_after_backward()  # Gaudi lazy mode: run the forward/backward graph now
+        return pg_loss, pg_stats, vf_loss, vf_stats, logits
 
     def _maybe_no_sync(self, sync: bool):
         import contextlib
