@@ -215,14 +215,25 @@ def load_raw(name: str, subset: str | None = None, split: str = "train"):
 # --------------------------------------------------------------------------------------------- normalise
 def normalize(dataset, kind: str, source: str = "dataset", strict: bool = False, limit: int | None = None):
     """Canonical rows of ``kind`` from a raw dataset; invalid rows are dropped with a count (or, if
-    ``strict``, the first one is an error). ``limit`` stops after that many valid rows."""
+    ``strict``, the first one is an error). ``limit`` stops after that many valid rows. Columns the schema does
+    not read are named in one warning; for SFT, a ``label`` column keeps only the ``label: true`` rows."""
     import datasets
 
     schema = schemas.detect_schema(dataset.column_names, kind, source)
     logger.info("%s: %d rows, schema %s -> %s", source, len(dataset), schema.name, kind)
-    rows, reasons = [], collections.Counter()
+    labelled = kind == "sft" and "label" in dataset.column_names and "label" in schema.optional
+    ignored = schema.ignored(dataset.column_names)
+    if "label" in dataset.column_names and not labelled and "label" not in ignored:
+        ignored.append("label")  # read for SFT only
+    if ignored:
+        logger.warning("%s: ignored columns (the %s schema does not read them): %s", source, schema.name,
+                       ", ".join(ignored))
+    rows, reasons, unwanted = [], collections.Counter(), 0
     for index, row in enumerate(dataset):
         try:
+            if labelled and not _label(row.get("label"), source, index):
+                unwanted += 1
+                continue
             rows.append(schemas.convert_row(schema, kind, row))
         except schemas.InvalidRow as err:
             if strict:
@@ -230,15 +241,28 @@ def normalize(dataset, kind: str, source: str = "dataset", strict: bool = False,
                     f"{source} row {index}: {err}: fix the data, or drop --error_on_invalid_rows to skip such rows"
                 ) from None
             reasons[str(err)] += 1
+        except schemas.Unsupported as err:
+            raise UserError(f"{source} row {index}: {err}") from None
         if limit is not None and len(rows) >= limit:
             break
+    if unwanted:
+        logger.warning("%s: SFT trains only on the label: true rows; skipped %d label: false (unwanted) answers, "
+                       "which an unpaired-preference trainer (TRL's KTO) would learn from", source, unwanted)
     dropped = sum(reasons.values())
     if dropped:
         detail = ", ".join(f"{reason}: {count}" for reason, count in reasons.most_common(5))
         logger.warning("%s: dropped %d invalid row(s) (%s)", source, dropped, detail)
     if not rows:
-        raise UserError(f"{source} has no usable rows for {kind} ({dropped} dropped as invalid): check the data")
+        why = f"{dropped} dropped as invalid, most often: {reasons.most_common(1)[0][0]}" if dropped else "no label: true rows"
+        raise UserError(f"{source} has no usable rows for {kind} ({why}): check the data")
     return datasets.Dataset.from_list(rows)
+
+
+def _label(value, source: str, index: int) -> bool:
+    """An unpaired-preference label: true / false (or 1 / 0)."""
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise UserError(f"{source} row {index}: 'label' is {value!r}; an unpaired-preference label is true or false")
 
 
 def load_canonical(
@@ -285,7 +309,7 @@ def token_lengths(rendered, kind: str, tokenizer, add_eos: bool = False) -> list
     conversational = schemas.has_chat_template(tokenizer)
     lengths = []
     for row in rendered:
-        if conversational:
+        if conversational and not isinstance(row["prompt"], str):
             texts = [row["prompt"] + row[a] for a in answers] or [row["prompt"]]
             counts = [len(tokenizer.apply_chat_template(t, tokenize=True, return_dict=False)) for t in texts]
         else:

@@ -17,15 +17,26 @@ name                columns                                             notes
 ==================  ==================================================  =====================================
 stack_exchange      question, response_j, response_k                    lvwerra/stack-exchange-paired; j wins
 shp                 history, human_ref_A, human_ref_B, labels           Stanford SHP; labels=1 means A wins
+sharegpt_pair       conversations, chosen, rejected                     ShareGPT pairs (LLaMA-Factory)
 preference          prompt, chosen, rejected                            strings or message lists (UltraFeedback)
-hh_rlhf             chosen, rejected                                    Anthropic HH raw transcripts
-messages            messages                                            chat; the last assistant turn is the answer
-alpaca              instruction, (input), output                        Alpaca / LLaMA-Factory
+hh_rlhf             chosen, rejected                                    HH transcripts, or TRL's implicit prompt
+sharegpt            conversations, (system), (tools)                    ShareGPT (FastChat, LLaMA-Factory)
+messages            messages, (label)                                   chat; the last assistant turn is the answer
+alpaca              instruction, (input), output, (system), (history)   Alpaca / LLaMA-Factory
+prompt_completion   prompt, completion, (label)                         TRL's prompt-completion (and unpaired)
 prompt_response     prompt, response
 prompt_chosen       prompt, chosen                                      chosen as the SFT answer
+text                text                                                TRL's language modeling (SFT only)
 query               query                                               optimum-habana's PPO prompts
 prompt_only         prompt                                              prompts only
 ==================  ==================================================  =====================================
+
+Messages are ``{role, content}`` (OpenAI / Hugging Face) or ``{from, value}`` (ShareGPT: ``human``, ``gpt``,
+``system``); a ``content`` list of text parts (``{"type": "text", "text" | "value": ...}``) is joined. A part that
+is not text, or an ``images`` / ``videos`` / ``audios`` column, is refused (:class:`Unsupported`): this toolkit
+trains text-only models. So are tool calls for now (assistant ``tool_calls``, ``tool`` turns, ShareGPT
+``function_call`` / ``observation``): such rows are dropped and counted under that reason, never as empty.
+A ``label`` column (unpaired preference, KTO) keeps, for SFT, only the ``label: true`` rows.
 """
 
 from __future__ import annotations
@@ -51,6 +62,19 @@ class InvalidRow(Exception):
     """A row with an empty or missing field; dropped (and counted) or reported, by the caller's choice."""
 
 
+class Unsupported(UserError):
+    """Data this toolkit cannot train on at all (images, audio): the whole dataset is refused in one line."""
+
+
+MEDIA_COLUMNS = ("images", "videos", "audios", "image", "video", "audio")
+TEXT_PART_TYPES = ("text", "input_text", "output_text")
+# ShareGPT role names (FastChat, LLaMA-Factory) -> chat roles
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+                  "bing": "assistant", "bard": "assistant", "system": "system"}
+TOOL_ROLES = ("function_call", "observation", "tool", "function", "ipython")
+TOOL_CALL_REASON = "holds a tool call or tool result, which this toolkit does not train on yet"
+
+
 # --------------------------------------------------------------------------------------------------- helpers
 def _text(row: dict, key: str) -> str:
     value = row.get(key)
@@ -67,17 +91,66 @@ def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
+def content_text(content: Any, key: str) -> str:
+    """A message's content as text: a string, or a list of parts whose text parts are joined (``text`` or, as
+    LLaMA-Factory writes them, ``value``). A non-text part is refused for the whole dataset."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+                continue
+            kind = part.get("type", "text") if isinstance(part, dict) else None
+            if kind not in TEXT_PART_TYPES:
+                raise Unsupported(f"a message in '{key}' holds a {kind or type(part).__name__} part: this toolkit trains "
+                                  "text-only models; keep only the text parts (or drop those rows)")
+            text = part.get("text", part.get("value"))
+            if not isinstance(text, str):
+                raise InvalidRow(f"a text part in '{key}' has no text")
+            texts.append(text)
+        return "".join(texts)
+    if content is None:
+        return ""
+    raise InvalidRow(f"a message content in '{key}' is {type(content).__name__}, expected text or a list of parts")
+
+
+def _message(message: Any, key: str) -> dict:
+    """One message as ``{role, content}``, from ``{role, content}`` or ShareGPT's ``{from, value}``."""
+    if not isinstance(message, dict):
+        raise InvalidRow(f"'{key}' holds an item that is not a {{role, content}} message")
+    if "role" in message and "content" in message:
+        role, content = message["role"], message["content"]
+    elif "from" in message and "value" in message:
+        role, content = message["from"], message["value"]
+    else:
+        raise InvalidRow(f"'{key}' holds an item that is not a {{role, content}} or {{from, value}} message")
+    if role in TOOL_ROLES or message.get("tool_calls") or message.get("function_call"):
+        raise InvalidRow(f"'{key}' {TOOL_CALL_REASON}")
+    role = SHAREGPT_ROLES.get(role, role)
+    if role not in ("system", "user", "assistant"):
+        raise InvalidRow(f"'{key}' holds a message with role {role!r} (expected system, user or assistant)")
+    text = content_text(content, key)
+    if not text.strip():
+        raise InvalidRow(f"empty message content in '{key}'")
+    return {"role": role, "content": text}
+
+
 def _check_messages(messages: Any, key: str) -> list[dict]:
+    if isinstance(messages, dict):
+        messages = [messages]  # ShareGPT pairs give chosen / rejected as one message
     if not isinstance(messages, list) or not messages:
         raise InvalidRow(f"'{key}' is not a non-empty list of messages")
-    out = []
-    for message in messages:
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise InvalidRow(f"'{key}' holds an item that is not a {{role, content}} message")
-        if not isinstance(message["content"], str) or not message["content"].strip():
-            raise InvalidRow(f"empty message content in '{key}'")
-        out.append({"role": message["role"], "content": message["content"]})
-    return out
+    return [_message(message, key) for message in messages]
+
+
+def _with_system(row: dict, messages: list[dict]) -> list[dict]:
+    """A ``system`` column (ShareGPT, LLaMA-Factory's Alpaca) leads the conversation as its system message."""
+    system = row.get("system")
+    if isinstance(system, str) and system.strip() and not (messages and messages[0]["role"] == "system"):
+        return [{"role": "system", "content": system}, *messages]
+    return messages
 
 
 def _split_last_assistant(messages: list[dict], key: str) -> tuple[list[dict], str]:
@@ -144,9 +217,12 @@ def parse_hh_transcript(text: str) -> list[dict]:
 
 def _hh_pair(row: dict) -> tuple[list[dict], str, str]:
     """Prompt and answers of an implicit-prompt pair: raw HH transcripts, or (TRL style) two message lists."""
-    if isinstance(row.get("chosen"), list):
+    if isinstance(row.get("chosen"), (list, dict)):
         chosen = _check_messages(row.get("chosen"), "chosen")
         rejected = _check_messages(row.get("rejected"), "rejected")
+        if len(chosen) < 2:
+            raise InvalidRow("'chosen' is a single message: an implicit-prompt pair needs the whole conversation "
+                             "(or give the prompt in a 'prompt' or 'conversations' column)")
     else:
         chosen = parse_hh_transcript(row.get("chosen"))
         rejected = parse_hh_transcript(row.get("rejected"))
@@ -173,6 +249,10 @@ class Schema:
     sft: Callable[[dict], dict] | None = None
     preference: Callable[[dict], dict] | None = None
     prompt: Callable[[dict], dict] | None = None
+    optional: tuple[str, ...] = ()  # columns read when present; any other column is named as ignored
+
+    def ignored(self, columns) -> list[str]:
+        return [c for c in columns if c not in self.required and c not in self.optional]
 
 
 def _pref(prompt, chosen, rejected):
@@ -204,15 +284,53 @@ def _shp_pair(row):
 
 
 def _alpaca_prompt(row):
+    """LLaMA-Factory's Alpaca: ``system`` leads, ``history`` ([[question, answer], ...]) gives the earlier turns."""
     instruction = _text(row, "instruction")
     extra = row.get("input")
     if isinstance(extra, str) and extra.strip():
         instruction = f"{instruction}\n\n{extra}"
-    return _user(instruction)
+    turns = []
+    for pair in row.get("history") or []:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) and t.strip() for t in pair)):
+            raise InvalidRow("'history' must be a list of [question, answer] pairs of text")
+        turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return _with_system(row, [*turns, *_user(instruction)])
+
+
+def _sharegpt(row, key: str = "conversations") -> list[dict]:
+    return _with_system(row, _check_messages(row.get(key), key))
+
+
+def _sharegpt_sft(row):
+    prompt, answer = _split_last_assistant(_sharegpt(row), "conversations")
+    return {"prompt": prompt, "completion": answer}
+
+
+def _sharegpt_pair(row):
+    """LLaMA-Factory's ShareGPT pairs: the conversation so far, then one chosen and one rejected answer."""
+    prompt = prompt_messages(_sharegpt(row), "conversations")
+    answers = []
+    for key in ("chosen", "rejected"):
+        conv, answer = _answer(row.get(key), key)
+        if conv is not None:
+            raise InvalidRow(f"'{key}' holds a conversation; ShareGPT pairs give the answer alone")
+        answers.append(answer)
+    return _pref(prompt, *answers)
+
+
+def _completion(row):
+    """TRL's prompt-completion: the completion as text or as a list of assistant messages."""
+    value = row.get("completion")
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        messages = _check_messages(value, "completion")
+        if any(m["role"] != "assistant" for m in messages):
+            raise InvalidRow("'completion' holds a message that is not the assistant's")
+        return "\n\n".join(m["content"] for m in messages)
+    return _text(row, "completion")
 
 
 def _messages_sft(row):
-    prompt, answer = _split_last_assistant(_check_messages(row.get("messages"), "messages"), "messages")
+    prompt, answer = _split_last_assistant(_sharegpt(row, "messages"), "messages")
     return {"prompt": prompt, "completion": answer}
 
 
@@ -239,6 +357,15 @@ SCHEMAS: tuple[Schema, ...] = (
         prompt=lambda r: {"prompt": _user(_text(r, "history"))},
     ),
     Schema(
+        "sharegpt_pair",
+        ("conversations", "chosen", "rejected"),
+        "conversations / chosen / rejected as ShareGPT {from, value} messages (LLaMA-Factory's pairs)",
+        sft=lambda r: (lambda p: {"prompt": p["prompt"], "completion": p["chosen"]})(_sharegpt_pair(r)),
+        preference=_sharegpt_pair,
+        prompt=lambda r: {"prompt": prompt_messages(_sharegpt(r), "conversations")},
+        optional=("system",),
+    ),
+    Schema(
         "preference",
         ("prompt", "chosen", "rejected"),
         "prompt / chosen / rejected, as text or message lists (UltraFeedback binarized)",
@@ -255,11 +382,21 @@ SCHEMAS: tuple[Schema, ...] = (
         prompt=lambda r: {"prompt": _hh_pair(r)[0]},
     ),
     Schema(
+        "sharegpt",
+        ("conversations",),
+        "conversations: a chat as ShareGPT {from, value} turns, with optional system and tools columns (FastChat, "
+        "LLaMA-Factory)",
+        sft=_sharegpt_sft,
+        prompt=lambda r: {"prompt": prompt_messages(_sharegpt(r), "conversations")},
+        optional=("system", "id", "label"),
+    ),
+    Schema(
         "messages",
         ("messages",),
         "messages: a chat as a list of {role, content} (its last assistant turn is the answer)",
         sft=_messages_sft,
-        prompt=lambda r: {"prompt": prompt_messages(r.get("messages"), "messages")},
+        prompt=lambda r: {"prompt": prompt_messages(_sharegpt(r, "messages"), "messages")},
+        optional=("system", "id", "label"),
     ),
     Schema(
         "alpaca",
@@ -267,6 +404,15 @@ SCHEMAS: tuple[Schema, ...] = (
         "instruction / input / output (Alpaca)",
         sft=lambda r: {"prompt": _alpaca_prompt(r), "completion": _text(r, "output")},
         prompt=lambda r: {"prompt": _alpaca_prompt(r)},
+        optional=("input", "system", "history"),
+    ),
+    Schema(
+        "prompt_completion",
+        ("prompt", "completion"),
+        "prompt / completion, as text or message lists (TRL's prompt-completion; with label: unpaired preference)",
+        sft=lambda r: {"prompt": prompt_messages(r.get("prompt"), "prompt"), "completion": _completion(r)},
+        prompt=lambda r: {"prompt": prompt_messages(r.get("prompt"), "prompt")},
+        optional=("label",),
     ),
     Schema(
         "prompt_response",
@@ -281,6 +427,12 @@ SCHEMAS: tuple[Schema, ...] = (
         "prompt / chosen (text; chosen is the answer)",
         sft=lambda r: {"prompt": prompt_messages(r.get("prompt"), "prompt"), "completion": _answer(r.get("chosen"), "chosen")[1]},
         prompt=lambda r: {"prompt": prompt_messages(r.get("prompt"), "prompt")},
+    ),
+    Schema(
+        "text",
+        ("text",),
+        "text (TRL's language modeling: the whole text is trained on; SFT only)",
+        sft=lambda r: {"prompt": [], "completion": _text(r, "text")},
     ),
     Schema(
         "query",
@@ -310,6 +462,10 @@ def detect_schema(columns: list[str] | tuple[str, ...], kind: str, source: str =
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}")
     present = set(columns)
+    media = [c for c in columns if c in MEDIA_COLUMNS]
+    if media:
+        raise Unsupported(f"{source} has a '{media[0]}' column: this toolkit trains text-only models; drop that column "
+                          "(and the <image>-style placeholders in the text) or use a multimodal trainer")
     matching = [s for s in SCHEMAS if set(s.required) <= present]
     for schema in matching:
         if getattr(schema, kind) is not None:
@@ -368,6 +524,8 @@ def render_row(row: dict, kind: str, conversational: bool) -> dict:
     differently alone (at generation time) than inside prompt + answer (in training).
     """
     answers = CANONICAL_COLUMNS[kind][1:]
+    if not row["prompt"]:  # language modeling (a text column): the whole text is the answer, never a chat
+        return {"prompt": "", **{key: row[key] for key in answers}}
     if conversational:
         return {"prompt": row["prompt"], **{key: [{"role": "assistant", "content": row[key]}] for key in answers}}
     text = messages_to_text(row["prompt"])

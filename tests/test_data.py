@@ -293,7 +293,7 @@ def test_invalid_rows_strict_raises_naming_the_row(tmp_path):
 
 def test_all_rows_invalid_is_an_error(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [{**r, "question": ""} for r in SE_ROWS])
-    with pytest.raises(UserError, match=r"no usable rows for sft \(5 dropped as invalid\)"):
+    with pytest.raises(UserError, match=r"no usable rows for sft \(5 dropped as invalid, most often: empty .question.\)"):
         data.load_canonical(str(path), "sft")
 
 
@@ -445,9 +445,9 @@ def test_token_lengths_with_a_chat_template(tmp_path, tokenizer):
 
 # -------------------------------------------------------------------------------------------------------- CLI
 def test_cli_unknown_schema(tmp_path):
-    path = write_jsonl(tmp_path / "odd.jsonl", [{"text": "a", "label": 1}])
+    path = write_jsonl(tmp_path / "odd.jsonl", [{"body": "a", "score": 1}])
     result = run_script("-m", "rlhfkit.inspect_data", "--dataset_name", str(path))
-    assert_user_error(result, "[label, text]", "match no known schema")
+    assert_user_error(result, "[body, score]", "match no known schema")
 
 
 def test_cli_malformed_json_line(tmp_path):

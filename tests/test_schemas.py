@@ -347,10 +347,10 @@ def test_every_schema_is_detected_from_its_required_columns():
 
 def test_unknown_columns_list_found_and_accepted():
     with pytest.raises(UserError) as info:
-        detect_schema(["text", "label"], "sft", source="my.jsonl")
+        detect_schema(["body", "score"], "sft", source="my.jsonl")
     message = str(info.value)
     assert "my.jsonl" in message
-    assert "[label, text]" in message
+    assert "[body, score]" in message
     assert "match no known schema" in message
     for schema in ("question / response_j / response_k", "instruction / input / output", "messages"):
         assert schema in message

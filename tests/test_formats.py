@@ -1,0 +1,180 @@
+"""Data in the formats users have: ShareGPT (LLaMA-Factory, FastChat), content parts, TRL's prompt-completion and
+language-modeling types, LLaMA-Factory's Alpaca with system/history, KTO labels, and what is refused (images,
+tool calls for now). Real rows from ../shared/fixtures/data where they exist, hand-written rows otherwise; the
+scripts train two steps on each format that applies to them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from conftest import REPO, assert_user_error, fixture_path, run_script
+
+from rlhfkit import data, schemas
+from rlhfkit.errors import UserError
+
+STORIES = ("models", "stories260K")
+TWO_STEPS = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--save_strategy", "no", "--disable_tqdm",
+             "True", "--report_to", "none", "--bf16", "False", "--max_length", "256"]
+
+
+def write_json(path, rows):
+    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def load(path, kind, caplog):
+    """Canonical rows, with the warnings captured in ``caplog``."""
+    with caplog.at_level(logging.WARNING):
+        return data.load_canonical(str(path), kind)
+
+
+# ------------------------------------------------------------------------------------------- real fixtures
+def test_llamafactory_sharegpt_pairs(caplog):
+    path = fixture_path("data", "llamafactory-dpo_en_demo.json")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    rows = load(path, "preference", caplog)
+    assert len(rows) == len(raw) == 300
+    first = rows[0]
+    assert first["prompt"] == [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
+                               for t in raw[0]["conversations"]]
+    assert first["chosen"] == raw[0]["chosen"]["value"] and first["rejected"] == raw[0]["rejected"]["value"]
+    assert "HH" not in caplog.text and "dropped" not in caplog.text
+    assert schemas.detect_schema(list(raw[0]), "preference").name == "sharegpt_pair"
+
+
+def test_glaive_tool_rows_are_counted_under_their_real_reason(caplog):
+    path = fixture_path("data", "llamafactory-glaive_toolcall_en_demo.json")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    with_tools = sum(any(t["from"] in ("function_call", "observation") for t in r["conversations"]) for r in raw)
+    rows = load(path, "sft", caplog)
+    assert len(rows) == len(raw) - with_tools and with_tools > 0
+    assert f"dropped {with_tools} invalid row(s)" in caplog.text and schemas.TOOL_CALL_REASON in caplog.text
+    assert "empty message content" not in caplog.text
+    assert "ignored columns (the sharegpt schema does not read them): tools" in caplog.text
+    assert all(m["role"] in ("user", "assistant", "system") for r in rows for m in r["prompt"])
+
+
+def test_kto_labels_keep_the_wanted_answers_for_sft(caplog):
+    path = fixture_path("data", "llamafactory-kto_en_demo.json")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    wanted = [r for r in raw if r["label"]]
+    rows = load(path, "sft", caplog)
+    assert len(rows) == len(wanted) == 150
+    assert rows[0]["completion"] == wanted[0]["messages"][-1]["content"]
+    assert "skipped 150 label: false" in caplog.text
+    caplog.clear()
+    prompts = load(path, "prompt", caplog)  # PPO prompts: every row, the label named as not read
+    assert len(prompts) == 300 and "ignored columns (the messages schema does not read them): label" in caplog.text
+
+
+def test_images_are_refused_in_one_line():
+    path = fixture_path("data", "llamafactory-mllm_demo.json")
+    with pytest.raises(UserError, match="'images' column: this toolkit trains text-only models"):
+        data.load_canonical(str(path), "sft")
+
+
+def test_sft_refuses_images_without_a_traceback(tmp_path):
+    path = fixture_path("data", "llamafactory-mllm_demo.json")
+    result = run_script(str(REPO / "sft.py"), "--model_name_or_path", str(fixture_path(*STORIES)), "--dataset_name",
+                        str(path), "--output_dir", str(tmp_path / "out"), *TWO_STEPS)
+    assert_user_error(result, "text-only models")
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------ hand-written rows
+def test_content_parts_are_joined_and_non_text_parts_refused(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": [{"type": "text", "text": "你好，"}, {"type": "text", "text": "世界"}]},
+                          {"role": "assistant", "content": [{"type": "text", "value": "Hello, world."}]}]}]
+    canonical = data.load_canonical(str(write_json(tmp_path / "parts.json", rows)), "sft")
+    assert canonical[0]["prompt"] == [{"role": "user", "content": "你好，世界"}]
+    assert canonical[0]["completion"] == "Hello, world."
+    image = [{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}},
+                                                        {"type": "text", "text": "What is it?"}]},
+                           {"role": "assistant", "content": "A cat."}]}]
+    with pytest.raises(UserError, match="holds a image_url part: this toolkit trains text-only models"):
+        data.load_canonical(str(write_json(tmp_path / "image.json", image)), "sft")
+
+
+def test_fastchat_sharegpt_with_a_system_column(tmp_path, caplog):
+    rows = [{"id": "a1", "system": "You are terse.",
+             "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."},
+                               {"from": "human", "value": "天气如何？"}, {"from": "gpt", "value": "晴天。"}]}]
+    canonical = load(write_json(tmp_path / "sharegpt.json", rows), "sft", caplog)
+    assert canonical[0]["prompt"] == [{"role": "system", "content": "You are terse."},
+                                      {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                                      {"role": "user", "content": "天气如何？"}]
+    assert canonical[0]["completion"] == "晴天。"
+    assert "ignored columns" not in caplog.text
+
+
+def test_alpaca_system_and_history_become_turns(tmp_path):
+    rows = [{"instruction": "And in French?", "input": "", "output": "Bonjour.", "system": "Translate.",
+             "history": [["Say hello in Spanish.", "Hola."]]}]
+    canonical = data.load_canonical(str(write_json(tmp_path / "alpaca.json", rows)), "sft")
+    assert canonical[0]["prompt"] == [{"role": "system", "content": "Translate."},
+                                      {"role": "user", "content": "Say hello in Spanish."},
+                                      {"role": "assistant", "content": "Hola."},
+                                      {"role": "user", "content": "And in French?"}]
+
+
+def test_trl_prompt_completion_and_language_modeling(tmp_path):
+    standard = [{"prompt": "The sky is", "completion": " blue."}]
+    conversational = [{"prompt": [{"role": "user", "content": "What color is the sky?"}],
+                       "completion": [{"role": "assistant", "content": "It is blue."}]}]
+    text = [{"text": "Once upon a time there was a cat."}]
+    assert data.load_canonical(str(write_json(tmp_path / "s.json", standard)), "sft")[0] == {
+        "prompt": [{"role": "user", "content": "The sky is"}], "completion": " blue."}
+    assert data.load_canonical(str(write_json(tmp_path / "c.json", conversational)), "sft")[0]["completion"] == "It is blue."
+    lm = data.load_canonical(str(write_json(tmp_path / "t.json", text)), "sft")
+    assert lm[0] == {"prompt": [], "completion": text[0]["text"]}
+    assert schemas.render_row(lm[0], "sft", conversational=True) == {"prompt": "", "completion": text[0]["text"]}
+
+
+def test_unused_columns_are_named(tmp_path, caplog):
+    rows = [{"question": "q", "response_j": "good", "response_k": "bad", "qid": 1, "date": "2020"}]
+    load(write_json(tmp_path / "se.json", rows), "preference", caplog)
+    assert "ignored columns (the stack_exchange schema does not read them): qid, date" in caplog.text
+
+
+def test_a_single_message_pair_is_not_an_hh_transcript(tmp_path, caplog):
+    rows = [{"chosen": {"role": "assistant", "content": "a"}, "rejected": {"role": "assistant", "content": "b"}}]
+    with pytest.raises(UserError, match="single message"):
+        load(write_json(tmp_path / "pair.json", rows), "preference", caplog)
+
+
+# --------------------------------------------------------------------------------------- the scripts train
+@pytest.mark.parametrize("fmt", ["sharegpt_pair", "kto_labels", "prompt_completion", "text"])
+def test_sft_trains_two_steps(fmt, tmp_path):
+    if fmt == "sharegpt_pair":
+        path = fixture_path("data", "llamafactory-dpo_en_demo.json")
+    elif fmt == "kto_labels":
+        path = fixture_path("data", "llamafactory-kto_en_demo.json")
+    elif fmt == "prompt_completion":
+        path = write_json(tmp_path / "pc.json", [{"prompt": f"Tell story {i}.", "completion": " Once upon a time."}
+                                                  for i in range(8)])
+    else:
+        path = write_json(tmp_path / "lm.json", [{"text": f"Once upon a time, a cat named {i} sat."} for i in range(8)])
+    out = tmp_path / "out"
+    result = run_script(str(REPO / "sft.py"), "--model_name_or_path", str(fixture_path(*STORIES)), "--dataset_name",
+                        str(path), "--output_dir", str(out), "--do_train", *TWO_STEPS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert any("train_loss" in h for h in history) and history[-1]["step"] == 2
+
+
+@pytest.mark.parametrize("script", ["dpo.py", "reward_modeling.py"])
+def test_pair_scripts_train_two_steps_on_sharegpt_pairs(script, tmp_path):
+    """ShareGPT pairs as LLaMA-Factory writes them (short hand-written rows: the demo file's conversations are
+    longer than stories260K's 512-token context)."""
+    rows = [{"conversations": [{"from": "human", "value": f"Tell me about cat {i}."}],
+             "chosen": {"from": "gpt", "value": f"Cat {i} is happy and 快乐."},
+             "rejected": {"from": "gpt", "value": f"Cat {i} is sad."}} for i in range(24)]
+    out = tmp_path / "out"
+    result = run_script(str(REPO / script), "--model_name_or_path", str(fixture_path(*STORIES)), "--dataset_name",
+                        str(write_json(tmp_path / "pairs.json", rows)), "--output_dir", str(out),
+                        "--eval_subset", "4", *TWO_STEPS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "all_results.json").read_text())["train_runtime"] > 0
