@@ -178,3 +178,27 @@ def test_pair_scripts_train_two_steps_on_sharegpt_pairs(script, tmp_path):
                         "--eval_subset", "4", *TWO_STEPS)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "all_results.json").read_text())["train_runtime"] > 0
+
+
+def test_readme_schema_table_matches_detection_order():
+    """Every example row in the README's data table is read by the schema listed on its line, in that order."""
+    import re
+
+    names = {"stack-exchange-paired": "stack_exchange", "Stanford SHP": "shp", "ShareGPT pairs": "sharegpt_pair",
+             "preference, explicit": "preference", "preference, implicit": "hh_rlhf", "ShareGPT (": "sharegpt",
+             "chat (": "messages", "Alpaca": "alpaca", "prompt-completion": "prompt_completion",
+             "prompt/response": "prompt_response", "prompt/chosen": "prompt_chosen", "language modeling": "text",
+             "query": "query", "prompt only": "prompt_only"}
+    kinds = {"SFT": "sft", "pairs": "preference", "prompts": "prompt"}
+    found = []
+    for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\| (\d+) \| ([^|]+) \|.*\| `(\{.*\})` \| ([^|]+) \|$", line)
+        if not match:
+            continue
+        row = json.loads(match.group(3).replace("\\\\", "\\"))
+        expected = next(v for k, v in names.items() if match.group(2).startswith(k))
+        for kind in (kinds[k.strip()] for k in match.group(4).split(",")):
+            assert schemas.detect_schema(list(row), kind).name == expected, (line, kind)
+            schemas.convert_row(schemas.SCHEMA_BY_NAME[expected], kind, row)  # a valid row
+        found.append(expected)
+    assert found == [s.name for s in schemas.SCHEMAS]  # every schema, in detection order
