@@ -78,6 +78,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
                                      training_args.max_length)
     model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,
                                   allow_pickle=model_args.allow_pickle, merge_adapter=True)
+    models.check_vocabulary(model, tokenizer, model_name, model_args.tokenizer_name_or_path or model_name)
     peft_config = model_args.lora_config("CAUSAL_LM")
     ref_model = None  # LoRA: the adapter-disabled policy; full: TRL makes a copy (or precomputes log-probs)
     if peft_config is not None and training_args.world_size > 1:

@@ -88,6 +88,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     model = models.load_sequence_classifier(model_name, trust_remote_code=training_args.trust_remote_code,
                                             allow_pickle=model_args.allow_pickle,
                                             pad_token_id=tokenizer.pad_token_id)
+    models.check_vocabulary(model, tokenizer, model_name, model_args.tokenizer_name_or_path or model_name)
     peft_config = model_args.lora_config("SEQ_CLS")
     trainer, shapes = hpu.make_trainer("reward", info, training_args, script_args, model=model, train_dataset=train,
                                        eval_dataset=evaluation if training_args.eval_strategy != "no" else None,

@@ -137,6 +137,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     train_dataset, eval_dataset = load_data(script_args, training_args, tokenizer)
     model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,
                                   allow_pickle=model_args.allow_pickle, merge_adapter=True)
+    models.check_vocabulary(model, tokenizer, model_name, model_args.tokenizer_name_or_path or model_name)
     peft_config = model_args.lora_config("CAUSAL_LM")
     trainer, shapes = hpu.make_trainer("sft", info, training_args, script_args, model=model,
                                        train_dataset=train_dataset, eval_dataset=eval_dataset,

@@ -86,10 +86,7 @@ def load_model(name: str, path: str, tokenizer_fallback: str | None, dtype, devi
     models.ensure_pad_token(tokenizer)
     model = models.load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
                                   merge_adapter=True)
-    vocabulary = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > vocabulary:
-        raise UserError(f"the {name} model {path} has {vocabulary} token embeddings but its tokenizer {source} has "
-                        f"{len(tokenizer)} tokens: pass the tokenizer it was trained with")
+    models.check_vocabulary(model, tokenizer, f"{name} model {path}", source)
     model.to(device)
     model.eval()
     return LoadedModel(name, path, model, tokenizer)

@@ -212,6 +212,16 @@ def check_reward_model(name: str, trust_remote_code: bool = False) -> None:
                         "merge_peft_adapter.py")
 
 
+def check_vocabulary(model, tokenizer, model_name: str, tokenizer_name: str) -> None:
+    """Refuse a tokenizer with more tokens than the model has embedding rows (its ids would index past the
+    table: an IndexError mid-training), before any training."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise UserError(f"the tokenizer {tokenizer_name} has {len(tokenizer)} tokens but the model {model_name} has "
+                        f"{rows} token embeddings: pass the tokenizer the model was trained with "
+                        "(--tokenizer_name_or_path), or a model whose vocabulary covers it")
+
+
 def ensure_pad_token(tokenizer) -> None:
     """Give a tokenizer without a pad token (GPT-2 style) EOS as its pad, saying so; masks make it safe for
     SFT, reward modeling, DPO and generation (PPO needs a distinct pad and adds its own)."""

@@ -202,3 +202,15 @@ def test_readme_schema_table_matches_detection_order():
             schemas.convert_row(schemas.SCHEMA_BY_NAME[expected], kind, row)  # a valid row
         found.append(expected)
     assert found == [s.name for s in schemas.SCHEMAS]  # every schema, in detection order
+
+
+@pytest.mark.parametrize("script", ["sft.py", "reward_modeling.py", "dpo.py"])
+def test_a_tokenizer_larger_than_the_embedding_is_refused_before_training(script, tmp_path):
+    rows = [{"prompt": f"Q{i}", "chosen": "good", "rejected": "bad"} for i in range(8)]
+    out = tmp_path / "out"
+    result = run_script(str(REPO / script), "--model_name_or_path", str(fixture_path(*STORIES)),
+                        "--tokenizer_name_or_path", str(fixture_path("tokenizers", "gpt2")), "--dataset_name",
+                        str(write_json(tmp_path / "pairs.json", rows)), "--output_dir", str(out), *TWO_STEPS,
+                        *(["--do_train"] if script == "sft.py" else []))
+    assert_user_error(result, "has 50257 tokens but the model", "has 512 token embeddings", "--tokenizer_name_or_path")
+    assert not out.exists()
