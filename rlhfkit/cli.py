@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -130,6 +131,10 @@ def setup_logging(level: int = logging.INFO) -> logging.Logger:
     )
     for noisy in ("httpx", "urllib3", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # transformers 5 renamed gradient checkpointing to activation checkpointing; TRL's configs and PEFT still use the
+    # old names internally (the flag works either way): a warning the user can do nothing about
+    for old in ("gradient_checkpointing", "is_gradient_checkpointing"):
+        warnings.filterwarnings("ignore", message=f"`{old}` is deprecated", category=FutureWarning)
     return logging.getLogger("rlhfkit")
 
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -176,7 +177,10 @@ def load_sequence_classifier(
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
+        # an adapter's base has no score head; the adapter holds the trained one, restored just below: transformers'
+        # "score.weight MISSING, newly initialized" report for the base would be false, so it is not shown
+        with _transformers_quiet() if base != name else contextlib.nullcontext():
+            model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
     except (OSError, ValueError) as err:
         raise _hub_error(base, err, "reward model") from None
     if pad_token_id is not None:
@@ -185,7 +189,21 @@ def load_sequence_classifier(
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, name).merge_and_unload()
+        logger.info("reward model %s: adapter and its trained score head loaded onto %s", name, base)
     return model
+
+
+@contextlib.contextmanager
+def _transformers_quiet():
+    """transformers' own log lines at error level only, for the duration."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def check_reward_model(name: str, trust_remote_code: bool = False) -> None:

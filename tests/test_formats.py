@@ -214,3 +214,22 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused_before_training(script
                         *(["--do_train"] if script == "sft.py" else []))
     assert_user_error(result, "has 50257 tokens but the model", "has 512 token embeddings", "--tokenizer_name_or_path")
     assert not out.exists()
+
+
+def test_loading_a_reward_adapter_shows_no_false_missing_head_report(tmp_path):
+    """A reward adapter's base has no score head (the adapter brings the trained one): transformers' "score.weight
+    MISSING, newly initialized" report would be false, and the renamed-flag FutureWarnings are noise."""
+    from peft import LoraConfig, get_peft_model
+
+    from rlhfkit import models
+
+    stories = str(fixture_path(*STORIES))
+    adapter = get_peft_model(models.load_sequence_classifier(stories),
+                             LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["q_proj"]))
+    adapter.save_pretrained(tmp_path / "rm")
+    code = ("from rlhfkit import cli, models; cli.setup_logging(); "
+            f"models.load_sequence_classifier({str(tmp_path / 'rm')!r})")
+    result = run_script("-c", code, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "MISSING" not in result.stderr and "FutureWarning" not in result.stderr, result.stderr
+    assert "adapter and its trained score head loaded onto" in result.stderr
