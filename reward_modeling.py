@@ -32,7 +32,7 @@ from rlhfkit.errors import UserError, cli_entry
 from rlhfkit.faults import RunArguments
 from rlhfkit.hpu import StaticShapeArguments, TrainerHPUGraphArguments
 from rlhfkit.modelargs import ModelArguments
-from rlhfkit.pairs import PairDataArguments, load_pairs, render_pairs
+from rlhfkit.pairs import PairDataArguments, load_pairs
 from rlhfkit.training import TRAINER_DEFAULTS, prepare_output, train_and_save, will_train
 
 logger = logging.getLogger("reward_modeling")
@@ -82,8 +82,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     tokenizer = models.load_tokenizer(model_args.tokenizer_name_or_path or model_name,
                                       training_args.trust_remote_code)
     models.ensure_pad_token(tokenizer)  # then the score is read at the last token before padding
-    train, evaluation = render_pairs(*load_pairs(script_args, training_args.seed), tokenizer,
-                                     training_args.max_length)
+    train, evaluation = load_pairs(script_args, training_args.seed, tokenizer, training_args.max_length)
 
     model = models.load_sequence_classifier(model_name, trust_remote_code=training_args.trust_remote_code,
                                             allow_pickle=model_args.allow_pickle,

@@ -27,23 +27,25 @@ class PairDataArguments(DatasetArguments):
     )
 
 
-def load_pairs(args: PairDataArguments, seed: int):
-    """(training pairs, held-out pairs) as canonical preference rows."""
-    from rlhfkit import data, defaults
+def load_pairs(args: PairDataArguments, seed: int, tokenizer, max_length: int | None):
+    """(training pairs, held-out pairs), rendered for ``tokenizer``, without pairs over ``max_length`` tokens (EOS
+    included). ``--train_subset`` and ``--eval_subset`` count pairs that fit."""
+    from rlhfkit import defaults
 
     strict = args.error_on_invalid_rows
     name, subset = defaults.dataset_for("reward", args.dataset_name, args.subset)
     eval_name, eval_dir = defaults.dataset_for("evaluation", args.dataset_name, args.eval_data_dir)
+    fit = {"tokenizer": tokenizer, "max_length": max_length, "strict": strict}
     if args.eval_split:
-        evaluation = data.load_canonical(name, "preference", subset, args.eval_split, strict, args.eval_subset)
+        evaluation = _fitting_pairs(name, subset, args.eval_split, args.eval_subset, "held-out pairs", **fit)
     elif eval_dir is not None and eval_dir != subset:
-        evaluation = data.load_canonical(eval_name, "preference", eval_dir, "train", strict, args.eval_subset)
+        evaluation = _fitting_pairs(eval_name, eval_dir, "train", args.eval_subset, "held-out pairs", **fit)
     else:
         evaluation = None
-    limit = args.train_subset
-    if evaluation is None and limit is not None:
-        limit += args.eval_subset or max(1, limit // 9)
-    train = data.load_canonical(name, "preference", subset, args.split, strict, limit)
+    wanted = args.train_subset
+    if evaluation is None and wanted is not None:
+        wanted += args.eval_subset or max(1, wanted // 9)
+    train = _fitting_pairs(name, subset, args.split, wanted, "training pairs", **fit)
     if evaluation is None:
         held = args.eval_subset or max(1, len(train) // 10)
         if held >= len(train):
@@ -53,18 +55,31 @@ def load_pairs(args: PairDataArguments, seed: int):
         logger.info("no held-out split: %d pairs held out from training", held)
     if args.train_subset is not None:
         train = train.select(range(min(args.train_subset, len(train))))
-    return train, evaluation
-
-
-def render_pairs(train_rows, eval_rows, tokenizer, max_length: int | None):
-    """Render both sets for the tokenizer and drop pairs over ``max_length`` tokens (EOS included)."""
-    from rlhfkit import data
-
-    train = data.render(train_rows, "preference", tokenizer)
-    evaluation = data.render(eval_rows, "preference", tokenizer)
-    if max_length is not None:
-        train = data.filter_by_token_length(train, "preference", tokenizer, max_length, "training pairs", add_eos=True)
-        evaluation = data.filter_by_token_length(evaluation, "preference", tokenizer, max_length, "held-out pairs",
-                                                 add_eos=True)
     logger.info("training pairs: %d, held-out pairs: %d", len(train), len(evaluation))
     return train, evaluation
+
+
+def _fitting_pairs(name, subset, split, wanted: int | None, what: str, tokenizer, max_length, strict):
+    """Up to ``wanted`` rendered pairs of at most ``max_length`` tokens: more rows are read (4x at a time) until
+    that many fit or the data ends."""
+    from rlhfkit import data
+
+    limit = wanted
+    while True:
+        rows = data.load_canonical(name, "preference", subset, split, strict, limit)
+        rendered = data.render(rows, "preference", tokenizer)
+        if max_length is None:
+            keep = list(range(len(rendered)))
+            break
+        lengths = data.token_lengths(rendered, "preference", tokenizer, add_eos=True)
+        keep = [i for i, n in enumerate(lengths) if n <= max_length]
+        if wanted is None or len(keep) >= wanted or len(rows) < limit or not keep:
+            break  # enough, the data's end, or a --max_length that nothing read so far fits
+        limit *= 4
+    if not keep:
+        raise UserError(f"--max_length {max_length} is shorter than every example in {what} (the shortest has "
+                        f"{min(lengths)} tokens): raise --max_length")
+    if len(keep) < len(rendered):
+        logger.warning("%s: dropped %d of %d pairs longer than --max_length %d tokens", what,
+                       len(rendered) - len(keep), len(rendered), max_length)
+    return rendered.select(keep[:wanted] if wanted is not None else keep)

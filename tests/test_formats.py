@@ -233,3 +233,18 @@ def test_loading_a_reward_adapter_shows_no_false_missing_head_report(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "MISSING" not in result.stderr and "FutureWarning" not in result.stderr, result.stderr
     assert "adapter and its trained score head loaded onto" in result.stderr
+
+
+def test_subsets_count_pairs_that_fit_max_length(tmp_path):
+    """--train_subset / --eval_subset count the pairs that survive the length filter, not the rows read."""
+    from rlhfkit import models
+    from rlhfkit.pairs import PairDataArguments, load_pairs
+
+    tokenizer = models.load_tokenizer(str(fixture_path(*STORIES)))
+    long = " ".join(["a very long answer that goes on"] * 20)
+    rows = [{"prompt": f"Q{i}", "chosen": long if i % 3 else "good", "rejected": "bad"} for i in range(90)]
+    path = write_json(tmp_path / "pairs.json", rows)
+    args = PairDataArguments(dataset_name=str(path), train_subset=8, eval_subset=2)
+    train, evaluation = load_pairs(args, seed=0, tokenizer=tokenizer, max_length=32)
+    assert len(train) == 8 and len(evaluation) == 2  # a third of the rows fit: 30 rows read would give 3
+    assert all(row["chosen"].strip() == "good" for row in [*train, *evaluation])
