@@ -261,6 +261,11 @@ def _pref(prompt, chosen, rejected):
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+def _chosen_as_sft(pair: dict) -> dict:
+    """A preference pair's SFT example: the prompt and its chosen answer."""
+    return {"prompt": pair["prompt"], "completion": pair["chosen"]}
+
+
 def _ufb_preference(row):
     prompt_value = row.get("prompt")
     chosen_conv, chosen = _answer(row.get("chosen"), "chosen")
@@ -360,7 +365,7 @@ SCHEMAS: tuple[Schema, ...] = (
         "sharegpt_pair",
         ("conversations", "chosen", "rejected"),
         "conversations / chosen / rejected as ShareGPT {from, value} messages (LLaMA-Factory's pairs)",
-        sft=lambda r: (lambda p: {"prompt": p["prompt"], "completion": p["chosen"]})(_sharegpt_pair(r)),
+        sft=lambda r: _chosen_as_sft(_sharegpt_pair(r)),
         preference=_sharegpt_pair,
         prompt=lambda r: {"prompt": prompt_messages(_sharegpt(r), "conversations")},
         optional=("system",),
@@ -369,7 +374,7 @@ SCHEMAS: tuple[Schema, ...] = (
         "preference",
         ("prompt", "chosen", "rejected"),
         "prompt / chosen / rejected, as text or message lists (UltraFeedback binarized)",
-        sft=lambda r: (lambda p: {"prompt": p["prompt"], "completion": p["chosen"]})(_ufb_preference(r)),
+        sft=lambda r: _chosen_as_sft(_ufb_preference(r)),
         preference=_ufb_preference,
         prompt=lambda r: {"prompt": prompt_messages(r.get("prompt"), "prompt")},
     ),
