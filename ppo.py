@@ -71,7 +71,8 @@ def load_prompts(data_args: DatasetArguments, args: PPOArguments, tokenizer):
     rows = data.load_canonical(name, "prompt", subset, data_args.split, strict=data_args.error_on_invalid_rows,
                                limit=args.max_train_samples)
     prompts = [row["prompt"] for row in rows]
-    texts, ids = encode_prompts(tokenizer, prompts, args.prompt_format)
+    tools = rows["tools"] if "tools" in rows.column_names else None
+    texts, ids = encode_prompts(tokenizer, prompts, args.prompt_format, tools)
     logger.info("prompt format %s: the policy sees prompts as %r; %s", describe_format(args.prompt_format, tokenizer),
                 texts[0][-200:], "change with --prompt_format raw (as given), qa or chat")
     keep = [i for i, row in enumerate(ids) if len(row) <= args.input_max_length]

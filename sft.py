@@ -103,9 +103,9 @@ def check_room_for_completions(train, tokenizer, max_length: int | None) -> None
         return
     from rlhfkit import schemas
 
-    if schemas.has_chat_template(tokenizer):
+    if schemas.has_chat_template(tokenizer) and len(train) and not isinstance(train[0]["prompt"], str):
         lengths = [len(tokenizer.apply_chat_template(row["prompt"], tokenize=True, return_dict=False)) for row in train]
-    else:
+    else:  # plain text, or rows the chat template already rendered (tool calls)
         lengths = [len(ids) for ids in tokenizer([row["prompt"] for row in train])["input_ids"]]
     cut = sum(n >= max_length for n in lengths)
     if cut == len(lengths):

@@ -221,20 +221,24 @@ def normalize(dataset, kind: str, source: str = "dataset", strict: bool = False,
 
     schema = schemas.detect_schema(dataset.column_names, kind, source)
     logger.info("%s: %d rows, schema %s -> %s", source, len(dataset), schema.name, kind)
-    labelled = kind == "sft" and "label" in dataset.column_names and "label" in schema.optional
+    labelled = kind in ("sft", "unpaired") and "label" in dataset.column_names and "label" in schema.optional
     ignored = schema.ignored(dataset.column_names)
     if "label" in dataset.column_names and not labelled and "label" not in ignored:
-        ignored.append("label")  # read for SFT only
+        ignored.append("label")  # read for SFT and unpaired preference only
     if ignored:
         logger.warning("%s: ignored columns (the %s schema does not read them): %s", source, schema.name,
                        ", ".join(ignored))
     rows, reasons, unwanted = [], collections.Counter(), 0
     for index, row in enumerate(dataset):
         try:
-            if labelled and not _label(row.get("label"), source, index):
+            if kind == "unpaired":
+                rows.extend(schemas.convert_unpaired(schema, row, _label(row.get("label"), source, index)
+                                                     if labelled else None))
+            elif labelled and not _label(row.get("label"), source, index):
                 unwanted += 1
                 continue
-            rows.append(schemas.convert_row(schema, kind, row))
+            else:
+                rows.append(schemas.convert_row(schema, kind, row))
         except schemas.InvalidRow as err:
             if strict:
                 raise UserError(
@@ -247,7 +251,7 @@ def normalize(dataset, kind: str, source: str = "dataset", strict: bool = False,
             break
     if unwanted:
         logger.warning("%s: SFT trains only on the label: true rows; skipped %d label: false (unwanted) answers, "
-                       "which an unpaired-preference trainer (TRL's KTO) would learn from", source, unwanted)
+                       "which kto.py (unpaired preference) learns from", source, unwanted)
     dropped = sum(reasons.values())
     if dropped:
         detail = ", ".join(f"{reason}: {count}" for reason, count in reasons.most_common(5))
@@ -285,16 +289,22 @@ def load_canonical(
         parts.append(normalize(load_raw(name, subset, split), kind, source, strict=strict, limit=limit))
     if len(parts) == 1:
         return parts[0]
+    if any("tools" in p.column_names for p in parts):  # a mixture: rows without tools have none
+        parts = [p if "tools" in p.column_names else p.add_column("tools", [""] * len(p)) for p in parts]
     mixed = datasets.concatenate_datasets(parts)
     logger.info("mixed %d datasets: %d rows", len(parts), len(mixed))
     return mixed
 
 
 def render(dataset, kind: str, tokenizer):
-    """Canonical rows -> TRL's format for this tokenizer (chat template, or the seed's Question/Answer)."""
+    """Canonical rows -> TRL's format for this tokenizer (chat template, or the seed's Question/Answer). Data with
+    tools under a chat template is rendered to text here, through the template (see :func:`schemas.render_row`)."""
     conversational = schemas.has_chat_template(tokenizer)
+    templated = conversational and any(schemas.has_tools(row) for row in dataset)
+    if templated:
+        logger.info("tool calls: the chat template renders the conversations and their tools here (text rows)")
     return dataset.map(
-        lambda row: schemas.render_row(row, kind, conversational),
+        lambda row: schemas.render_row(row, kind, conversational, tokenizer if templated else None),
         remove_columns=dataset.column_names,
         desc="formatting",
     )
@@ -305,7 +315,7 @@ def token_lengths(rendered, kind: str, tokenizer, add_eos: bool = False) -> list
 
     ``add_eos`` counts the EOS token a trainer appends to plain-text answers (chat templates write their own).
     """
-    answers = schemas.CANONICAL_COLUMNS[kind][1:]
+    answers = schemas.ANSWER_COLUMNS[kind]
     conversational = schemas.has_chat_template(tokenizer)
     lengths = []
     for row in rendered:

@@ -158,8 +158,8 @@ def warn_graphs_off_gaudi(info, enabled: bool) -> None:
 
 # ------------------------------------------------------------------------------------ trainer backends
 
-TRL_TRAINERS = {"sft": "SFTTrainer", "reward": "RewardTrainer", "dpo": "DPOTrainer"}
-TRL_CONFIGS = {"sft": "SFTConfig", "reward": "RewardConfig", "dpo": "DPOConfig"}
+TRL_TRAINERS = {"sft": "SFTTrainer", "reward": "RewardTrainer", "dpo": "DPOTrainer", "kto": "KTOTrainer"}
+TRL_CONFIGS = {"sft": "SFTConfig", "reward": "RewardConfig", "dpo": "DPOConfig", "kto": "KTOConfig"}
 
 
 @dataclass
@@ -220,7 +220,7 @@ def _optimum_habana_trainer(kind: str, trl_cls) -> tuple[object, str]:
 
 
 def choose_trainer(kind: str, info, training_args) -> TrainerChoice:
-    """The trainer for ``kind`` ("sft", "reward", "dpo"): TRL's class off Gaudi; on Gaudi, optimum-habana's
+    """The trainer for ``kind`` ("sft", "reward", "dpo", "kto"): TRL's class off Gaudi; on Gaudi, optimum-habana's
     ``Gaudi<X>Trainer`` with a ``GaudiConfig`` (fused AdamW, fused clip norm, autocast) when an installed
     optimum-habana fits the installed stack, else TRL's class with :func:`instrument_trainer`'s Gaudi pieces.
     On Gaudi, one log line says which and why."""

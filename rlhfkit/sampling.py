@@ -34,11 +34,12 @@ PROMPT_FORMATS = ("auto", "chat", "qa", "raw")
 
 
 # ------------------------------------------------------------------------------------------ prompt text
-def format_prompt(tokenizer, prompt, prompt_format: str = "auto") -> str:
+def format_prompt(tokenizer, prompt, prompt_format: str = "auto", tools: str = "") -> str:
     """Prompt text for generation from a question (text) or a message list.
 
     ``auto``: the chat template when the tokenizer has one, else ``qa``; ``chat``: the chat template (an
-    error without one); ``qa``: ``Question: ...\\n\\nAnswer:``; ``raw``: text as given.
+    error without one); ``qa``: ``Question: ...\\n\\nAnswer:``; ``raw``: text as given. ``tools``: the tool schemas
+    (JSON text, as canonical rows carry them), given to the chat template or written as the ``Tools:`` paragraph.
     """
     if prompt_format not in PROMPT_FORMATS:
         raise UserError(f"prompt format {prompt_format} is not one of {', '.join(PROMPT_FORMATS)}")
@@ -55,18 +56,20 @@ def format_prompt(tokenizer, prompt, prompt_format: str = "auto") -> str:
     if _uses_chat_template(tokenizer, prompt_format):
         if not schemas.has_chat_template(tokenizer):
             raise UserError("prompt format chat: this tokenizer has no chat template (use qa or raw)")
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return schemas.messages_to_text(messages).rstrip(" ")
+        return schemas.chat_template_text(tokenizer, messages, tools, add_generation_prompt=True)
+    return schemas.messages_to_text(messages, tools).rstrip(" ")
 
 
 def _uses_chat_template(tokenizer, prompt_format: str) -> bool:
     return prompt_format == "chat" or (prompt_format == "auto" and schemas.has_chat_template(tokenizer))
 
 
-def encode_prompts(tokenizer, prompts: list, prompt_format: str = "auto") -> tuple[list[str], list[list[int]]]:
-    """(formatted texts, token ids) of prompts, formatted as in training; the tokenizer's special tokens (BOS)
-    are added unless a chat template wrote them already."""
-    formatted = [format_prompt(tokenizer, p, prompt_format) for p in prompts]
+def encode_prompts(tokenizer, prompts: list, prompt_format: str = "auto",
+                   tools: list[str] | None = None) -> tuple[list[str], list[list[int]]]:
+    """(formatted texts, token ids) of prompts, formatted as in training (``tools``: each prompt's tool schemas);
+    the tokenizer's special tokens (BOS) are added unless a chat template wrote them already."""
+    tools = tools or [""] * len(prompts)
+    formatted = [format_prompt(tokenizer, p, prompt_format, t) for p, t in zip(prompts, tools, strict=True)]
     chat = _uses_chat_template(tokenizer, prompt_format)
     return formatted, tokenizer(formatted, add_special_tokens=not chat)["input_ids"]
 

@@ -1,10 +1,17 @@
 """Every dataset schema the seeds use, normalised to three canonical kinds.
 
-Canonical rows (tokenizer-independent; the prompt is always a list of chat messages ending with a user turn):
+Canonical rows (tokenizer-independent; the prompt is always a list of chat messages ending with a user turn,
+or with a tool result):
 
 * ``sft``:        ``{"prompt": [messages], "completion": str}``
 * ``preference``: ``{"prompt": [messages], "chosen": str, "rejected": str}``
 * ``prompt``:     ``{"prompt": [messages]}``
+* ``unpaired``:   ``{"prompt": [messages], "completion": str, "label": bool}`` (KTO; a pair gives two rows)
+
+Rows from data with a ``tools`` column (ShareGPT, messages, prompt-completion) also carry ``"tools"``: the tool
+schemas as a JSON string (``""`` when the row has none). Canonical messages are ``{role, content}`` with the roles ``system``, ``user``,
+``assistant``, ``tool_call`` (an assistant's tool calls, the content a JSON list of ``{name, arguments}``) and
+``tool`` (a tool's result).
 
 :func:`render` then turns canonical rows into what TRL's trainers take for a given tokenizer: conversational
 message lists when the tokenizer has a chat template, otherwise the seed's plain ``Question: ...\\n\\nAnswer: ``
@@ -32,15 +39,29 @@ prompt_only         prompt                                              prompts 
 ==================  ==================================================  =====================================
 
 Messages are ``{role, content}`` (OpenAI / Hugging Face) or ``{from, value}`` (ShareGPT: ``human``, ``gpt``,
-``system``); a ``content`` list of text parts (``{"type": "text", "text" | "value": ...}``) is joined. A part that
-is not text, or an ``images`` / ``videos`` / ``audios`` column, is refused (:class:`Unsupported`): this toolkit
-trains text-only models. So are tool calls for now (assistant ``tool_calls``, ``tool`` turns, ShareGPT
-``function_call`` / ``observation``): such rows are dropped and counted under that reason, never as empty.
-A ``label`` column (unpaired preference, KTO) keeps, for SFT, only the ``label: true`` rows.
+``system``, ``function_call``, ``observation``); a ``content`` list of text parts (``{"type": "text", "text" | "value":
+...}``) is joined. A part that is not text, or an ``images`` / ``videos`` / ``audios`` column, is refused
+(:class:`Unsupported`): this toolkit trains text-only models. Tool calls (an assistant's OpenAI ``tool_calls``,
+ShareGPT ``function_call`` turns) become ``tool_call`` messages, tool results (``tool``, ``observation``) ``tool``
+messages. A ``label`` column (unpaired preference, KTO) keeps, for SFT, only the ``label: true`` rows.
+
+Rendering tool calls: with a chat template, the conversation and its tools go through
+``apply_chat_template(..., tools=...)`` (see :func:`chat_messages`); without one, in plain text::
+
+    Tools: [{"name": "search_recipes", ...}]
+
+    Question: I have chicken and rice.
+
+    Answer: Tool call: [{"name": "search_recipes", "arguments": {"ingredients": ["chicken", "rice"]}}]
+
+    Tool result: {"recipes": [...]}
+
+    Answer: I found two recipes...
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,14 +69,20 @@ from typing import Any
 
 from rlhfkit.errors import UserError
 
-KINDS = ("sft", "preference", "prompt")
+KINDS = ("sft", "preference", "prompt", "unpaired")
 CANONICAL_COLUMNS = {
     "sft": ("prompt", "completion"),
     "preference": ("prompt", "chosen", "rejected"),
     "prompt": ("prompt",),
+    "unpaired": ("prompt", "completion", "label"),
 }
+ANSWER_COLUMNS = {"sft": ("completion",), "preference": ("chosen", "rejected"), "prompt": (),
+                  "unpaired": ("completion",)}
 QUESTION_PREFIX = "Question: "
 ANSWER_PREFIX = "\n\nAnswer: "
+TOOLS_PREFIX = "Tools: "
+TOOL_CALL_PREFIX = "Tool call: "
+TOOL_RESULT_PREFIX = "Tool result: "
 
 
 class InvalidRow(Exception):
@@ -71,8 +98,8 @@ TEXT_PART_TYPES = ("text", "input_text", "output_text")
 # ShareGPT role names (FastChat, LLaMA-Factory) -> chat roles
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
                   "bing": "assistant", "bard": "assistant", "system": "system"}
-TOOL_ROLES = ("function_call", "observation", "tool", "function", "ipython")
-TOOL_CALL_REASON = "holds a tool call or tool result, which this toolkit does not train on yet"
+TOOL_RESULT_ROLES = ("observation", "tool", "function", "ipython")  # a tool's answer
+TOOL_CALL_ROLES = ("function_call", "tool_call")  # ShareGPT's assistant tool call (and our canonical role)
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -116,25 +143,62 @@ def content_text(content: Any, key: str) -> str:
     raise InvalidRow(f"a message content in '{key}' is {type(content).__name__}, expected text or a list of parts")
 
 
-def _message(message: Any, key: str) -> dict:
-    """One message as ``{role, content}``, from ``{role, content}`` or ShareGPT's ``{from, value}``."""
+def _tool_calls(calls: Any, key: str) -> str:
+    """Tool calls as canonical JSON text: a list of ``{name, arguments}`` (arguments an object), from OpenAI's
+    ``[{type, function: {name, arguments}}]`` (arguments often a JSON string) or ShareGPT's ``{name, arguments}``."""
+    if isinstance(calls, str):
+        try:
+            calls = json.loads(calls)
+        except json.JSONDecodeError:
+            raise InvalidRow(f"a tool call in '{key}' is not valid JSON") from None
+    if isinstance(calls, dict):
+        calls = [calls]
+    if not isinstance(calls, list) or not calls:
+        raise InvalidRow(f"a tool call in '{key}' is not a {{name, arguments}} object or a list of them")
+    out = []
+    for call in calls:
+        function = call.get("function", call) if isinstance(call, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidRow(f"a tool call in '{key}' has no function name")
+        arguments = function.get("arguments", function.get("parameters", {}))
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError:
+                raise InvalidRow(f"the arguments of tool call {name!r} in '{key}' are not valid JSON") from None
+        out.append({"name": name, "arguments": arguments})
+    return json.dumps(out, ensure_ascii=False)
+
+
+def _messages(message: Any, key: str) -> list[dict]:
+    """One source message as canonical messages, from ``{role, content}`` (OpenAI / Hugging Face, with
+    ``tool_calls``) or ShareGPT's ``{from, value}``: an assistant message with text and tool calls gives two."""
     if not isinstance(message, dict):
         raise InvalidRow(f"'{key}' holds an item that is not a {{role, content}} message")
-    if "role" in message and "content" in message:
-        role, content = message["role"], message["content"]
+    if "role" in message and ("content" in message or message.get("tool_calls")):
+        role, content = message["role"], message.get("content")
     elif "from" in message and "value" in message:
         role, content = message["from"], message["value"]
     else:
         raise InvalidRow(f"'{key}' holds an item that is not a {{role, content}} or {{from, value}} message")
-    if role in TOOL_ROLES or message.get("tool_calls") or message.get("function_call"):
-        raise InvalidRow(f"'{key}' {TOOL_CALL_REASON}")
+    if role in TOOL_CALL_ROLES:
+        return [{"role": "tool_call", "content": _tool_calls(content, key)}]
+    if role in TOOL_RESULT_ROLES:
+        if isinstance(content, (dict, int, float, bool)):
+            content = json.dumps(content, ensure_ascii=False)  # a structured result, as JSON text
+        return [{"role": "tool", "content": content_text(content, key)}]
     role = SHAREGPT_ROLES.get(role, role)
     if role not in ("system", "user", "assistant"):
-        raise InvalidRow(f"'{key}' holds a message with role {role!r} (expected system, user or assistant)")
+        raise InvalidRow(f"'{key}' holds a message with role {role!r} (expected system, user, assistant or tool)")
     text = content_text(content, key)
+    calls = message.get("tool_calls") or message.get("function_call")
+    if calls and role == "assistant":
+        said = [{"role": "assistant", "content": text}] if text.strip() else []
+        return [*said, {"role": "tool_call", "content": _tool_calls(calls, key)}]
     if not text.strip():
         raise InvalidRow(f"empty message content in '{key}'")
-    return {"role": role, "content": text}
+    return [{"role": role, "content": text}]
 
 
 def _check_messages(messages: Any, key: str) -> list[dict]:
@@ -142,7 +206,26 @@ def _check_messages(messages: Any, key: str) -> list[dict]:
         messages = [messages]  # ShareGPT pairs give chosen / rejected as one message
     if not isinstance(messages, list) or not messages:
         raise InvalidRow(f"'{key}' is not a non-empty list of messages")
-    return [_message(message, key) for message in messages]
+    return [m for message in messages for m in _messages(message, key)]
+
+
+def tools_json(value: Any) -> str:
+    """A row's ``tools`` column (a JSON string, as glaive and LLaMA-Factory write it, or a list of schemas) as
+    canonical JSON text; ``""`` for none."""
+    if value is None or (isinstance(value, (str, list)) and not value):
+        return ""
+    if isinstance(value, str):
+        if not value.strip():
+            return ""
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise InvalidRow("'tools' is not valid JSON") from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise InvalidRow("'tools' is not a list of tool schemas")
+    return json.dumps(value, ensure_ascii=False) if value else ""
 
 
 def _with_system(row: dict, messages: list[dict]) -> list[dict]:
@@ -153,12 +236,17 @@ def _with_system(row: dict, messages: list[dict]) -> list[dict]:
     return messages
 
 
+PROMPT_ENDS = ("user", "tool")  # a prompt ends with a question, or with a tool's result the assistant answers
+
+
 def _split_last_assistant(messages: list[dict], key: str) -> tuple[list[dict], str]:
     """(prompt messages, last assistant answer) of a conversation that ends with the assistant."""
     if messages[-1]["role"] != "assistant":
+        if messages[-1]["role"] == "tool_call":
+            raise InvalidRow(f"'{key}' ends with a tool call: the answer trained on must be the assistant's text")
         raise InvalidRow(f"'{key}' does not end with an assistant message")
     prompt = messages[:-1]
-    if not prompt or prompt[-1]["role"] != "user":
+    if not prompt or prompt[-1]["role"] not in PROMPT_ENDS:
         raise InvalidRow(f"'{key}' has no user message before its last assistant answer")
     return prompt, messages[-1]["content"]
 
@@ -170,9 +258,9 @@ def prompt_messages(value: Any, key: str) -> list[dict]:
             raise InvalidRow(f"empty '{key}'")
         return _user(value)
     messages = _check_messages(value, key)
-    while messages and messages[-1]["role"] == "assistant":
+    while messages and messages[-1]["role"] in ("assistant", "tool_call"):
         messages = messages[:-1]
-    if not messages or messages[-1]["role"] != "user":
+    if not messages or messages[-1]["role"] not in PROMPT_ENDS:
         raise InvalidRow(f"'{key}' has no user message")
     return messages
 
@@ -250,6 +338,13 @@ class Schema:
     preference: Callable[[dict], dict] | None = None
     prompt: Callable[[dict], dict] | None = None
     optional: tuple[str, ...] = ()  # columns read when present; any other column is named as ignored
+
+    def reads(self, kind: str) -> bool:
+        """Whether this schema gives rows of ``kind``: unpaired preference from a labelled SFT schema (with its
+        ``label`` column) or from pairs."""
+        if kind == "unpaired":
+            return self.preference is not None or (self.sft is not None and "label" in self.optional)
+        return getattr(self, kind) is not None
 
     def ignored(self, columns) -> list[str]:
         return [c for c in columns if c not in self.required and c not in self.optional]
@@ -368,7 +463,7 @@ SCHEMAS: tuple[Schema, ...] = (
         sft=lambda r: _chosen_as_sft(_sharegpt_pair(r)),
         preference=_sharegpt_pair,
         prompt=lambda r: {"prompt": prompt_messages(_sharegpt(r), "conversations")},
-        optional=("system",),
+        optional=("system", "tools"),
     ),
     Schema(
         "preference",
@@ -393,7 +488,7 @@ SCHEMAS: tuple[Schema, ...] = (
         "LLaMA-Factory)",
         sft=_sharegpt_sft,
         prompt=lambda r: {"prompt": prompt_messages(_sharegpt(r), "conversations")},
-        optional=("system", "id", "label"),
+        optional=("system", "tools", "id", "label"),
     ),
     Schema(
         "messages",
@@ -401,7 +496,7 @@ SCHEMAS: tuple[Schema, ...] = (
         "messages: a chat as a list of {role, content} (its last assistant turn is the answer)",
         sft=_messages_sft,
         prompt=lambda r: {"prompt": prompt_messages(_sharegpt(r, "messages"), "messages")},
-        optional=("system", "id", "label"),
+        optional=("system", "tools", "id", "label"),
     ),
     Schema(
         "alpaca",
@@ -417,7 +512,7 @@ SCHEMAS: tuple[Schema, ...] = (
         "prompt / completion, as text or message lists (TRL's prompt-completion; with label: unpaired preference)",
         sft=lambda r: {"prompt": prompt_messages(r.get("prompt"), "prompt"), "completion": _completion(r)},
         prompt=lambda r: {"prompt": prompt_messages(r.get("prompt"), "prompt")},
-        optional=("label",),
+        optional=("tools", "label"),
     ),
     Schema(
         "prompt_response",
@@ -456,7 +551,7 @@ SCHEMA_BY_NAME = {schema.name: schema for schema in SCHEMAS}
 
 
 def accepted_schemas(kind: str) -> str:
-    return "; ".join(s.description for s in SCHEMAS if getattr(s, kind) is not None)
+    return "; ".join(s.description for s in SCHEMAS if s.reads(kind))
 
 
 def detect_schema(columns: list[str] | tuple[str, ...], kind: str, source: str = "dataset") -> Schema:
@@ -466,6 +561,8 @@ def detect_schema(columns: list[str] | tuple[str, ...], kind: str, source: str =
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}")
+    if kind == "unpaired":
+        return _detect_unpaired(columns, source)
     present = set(columns)
     media = [c for c in columns if c in MEDIA_COLUMNS]
     if media:
@@ -473,7 +570,7 @@ def detect_schema(columns: list[str] | tuple[str, ...], kind: str, source: str =
                           "(and the <image>-style placeholders in the text) or use a multimodal trainer")
     matching = [s for s in SCHEMAS if set(s.required) <= present]
     for schema in matching:
-        if getattr(schema, kind) is not None:
+        if schema.reads(kind):
             return schema
     found = ", ".join(sorted(present)) or "none"
     if matching:
@@ -484,26 +581,65 @@ def detect_schema(columns: list[str] | tuple[str, ...], kind: str, source: str =
     raise UserError(f"{source} has columns [{found}], which match no known schema; {kind} accepts: {accepted_schemas(kind)}")
 
 
+def _detect_unpaired(columns, source: str) -> Schema:
+    """Unpaired preference (KTO): a labelled SFT schema (``label`` column), or any preference schema, whose pairs
+    each give a desirable and an undesirable row (as TRL's ``unpair_preference_dataset`` does)."""
+    if "label" in columns:
+        schema = detect_schema(columns, "sft", source)
+        if "label" in schema.optional:
+            return schema
+    try:
+        return detect_schema(columns, "preference", source)
+    except UserError:
+        raise UserError(f"{source} has no unpaired-preference data (columns: {', '.join(sorted(columns)) or 'none'}): "
+                        "give prompt / completion / label, messages / label, or preference pairs") from None
+
+
 def convert_row(schema: Schema, kind: str, row: dict) -> dict:
-    """The canonical row of ``kind`` for one source row (raises :class:`InvalidRow`)."""
-    return getattr(schema, kind)(row)
+    """The canonical row of ``kind`` for one source row (raises :class:`InvalidRow`); a schema that reads
+    ``tools`` adds them when the data has that column (``""`` for a row without)."""
+    out = getattr(schema, kind)(row)
+    if "tools" in schema.optional and "tools" in row:
+        out["tools"] = tools_json(row.get("tools"))
+    return out
+
+
+def convert_unpaired(schema: Schema, row: dict, label) -> list[dict]:
+    """Canonical unpaired rows of one source row: the labelled answer, or a pair's chosen (desirable) and rejected
+    (undesirable) answers."""
+    if schema.preference is not None and label is None:
+        pair = convert_row(schema, "preference", row)
+        extra = {"tools": pair["tools"]} if "tools" in pair else {}
+        return [{"prompt": pair["prompt"], "completion": pair["chosen"], "label": True, **extra},
+                {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False, **extra}]
+    return [{**convert_row(schema, "sft", row), "label": bool(label)}]
 
 
 # ------------------------------------------------------------------------------------------------ rendering
-def messages_to_text(messages: list[dict]) -> str:
+def messages_to_text(messages: list[dict], tools: str = "") -> str:
     """The seed's plain prompt format for models without a chat template.
 
     A single question gives ``Question: {q}\\n\\nAnswer: ``; earlier turns come first as
     ``Question: ...\\n\\nAnswer: ...`` blocks separated by a blank line; a system message leads as its own
-    paragraph.
+    paragraph, then the ``Tools: [...]`` paragraph. A tool call is the assistant's ``Tool call: [...]``, a tool's
+    result ``Tool result: ...`` followed by ``Answer: `` as after a question.
     """
     parts: list[str] = []
-    for message in messages:
+    lead = [messages[0]] if messages and messages[0]["role"] == "system" else []
+    for message in lead:
+        parts.append(message["content"] + "\n\n")
+    if tools:
+        parts.append(TOOLS_PREFIX + tools + "\n\n")
+    for message in messages[len(lead):]:
         role, content = message["role"], message["content"]
         if role == "system":
             parts.append(content + "\n\n")
         elif role == "user":
             parts.append(QUESTION_PREFIX + content + ANSWER_PREFIX)
+        elif role == "tool":
+            parts.append(TOOL_RESULT_PREFIX + content + ANSWER_PREFIX)
+        elif role == "tool_call":
+            parts.append(TOOL_CALL_PREFIX + content + "\n\n")
         else:
             parts.append(content + "\n\n")
     return "".join(parts)
@@ -520,20 +656,78 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_row(row: dict, kind: str, conversational: bool) -> dict:
+def has_tools(row: dict) -> bool:
+    """Whether a canonical row has tool schemas, tool calls or tool results."""
+    return bool(row.get("tools")) or any(m["role"] in ("tool", "tool_call") for m in row["prompt"] or [])
+
+
+def chat_messages(messages: list[dict]) -> list[dict]:
+    """Canonical messages as a chat template takes them: a ``tool_call`` message becomes the assistant's
+    ``tool_calls`` (joined to the assistant text just before it), in the Hugging Face format
+    ``{"type": "function", "function": {"name", "arguments": {...}}}``; ``tool`` results stay ``tool`` messages."""
+    out: list[dict] = []
+    for message in messages:
+        if message["role"] != "tool_call":
+            out.append({"role": message["role"], "content": message["content"]})
+            continue
+        calls = [{"type": "function", "function": call} for call in json.loads(message["content"])]
+        if out and out[-1]["role"] == "assistant" and "tool_calls" not in out[-1]:
+            out[-1]["tool_calls"] = calls
+        else:
+            out.append({"role": "assistant", "content": "", "tool_calls": calls})
+    return out
+
+
+def chat_template_text(tokenizer, messages: list[dict], tools: str = "", add_generation_prompt: bool = False) -> str:
+    """A conversation through the tokenizer's chat template, with its tools (``apply_chat_template(...,
+    tools=...)``), as text."""
+    return tokenizer.apply_chat_template(chat_messages(messages), tools=json.loads(tools) if tools else None,
+                                         tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def render_row(row: dict, kind: str, conversational: bool, tokenizer=None) -> dict:
     """Canonical row -> TRL's input format: conversational (chat template) or plain text.
 
     In plain text the prompt ends on a token boundary: the seed's ``Answer: `` trailing space moves to the
     start of each answer (``"...Answer:"`` + ``" The ..."``). The joined text is the seed's format exactly,
     but tokenizers merge a space into the next word, so a prompt ending in a bare space would be tokenized
     differently alone (at generation time) than inside prompt + answer (in training).
+
+    With ``tokenizer`` (a dataset with tools, under a chat template) the chat template is applied here, tools
+    included, and the row is returned as text: TRL would otherwise receive the tool calls through Arrow, which
+    gives every call the union of all calls' argument names (as nulls).
     """
-    answers = CANONICAL_COLUMNS[kind][1:]
+    answers = ANSWER_COLUMNS[kind]
+    rest = {key: row[key] for key in row if key not in answers and key not in ("prompt", "tools")}
     if not row["prompt"]:  # language modeling (a text column): the whole text is the answer, never a chat
-        return {"prompt": "", **{key: row[key] for key in answers}}
+        return {"prompt": "", **{key: row[key] for key in answers}, **rest}
+    tools = row.get("tools") or ""
+    if conversational and tokenizer is not None:
+        prompt = chat_template_text(tokenizer, row["prompt"], tools, add_generation_prompt=True)
+        out = {"prompt": _strip_bos(tokenizer, prompt)}
+        for key in answers:
+            full = chat_template_text(tokenizer, [*row["prompt"], {"role": "assistant", "content": row[key]}], tools)
+            full = _strip_bos(tokenizer, full)
+            if not full.startswith(out["prompt"]):
+                raise UserError("the chat template renders a prompt alone differently from the prompt inside the "
+                                "conversation, so the answer cannot be cut out: use a template that renders both alike")
+            out[key] = full[len(out["prompt"]):]
+        return {**out, **rest}
     if conversational:
-        return {"prompt": row["prompt"], **{key: [{"role": "assistant", "content": row[key]}] for key in answers}}
-    text = messages_to_text(row["prompt"])
+        return {"prompt": row["prompt"], **{key: [{"role": "assistant", "content": row[key]}] for key in answers},
+                **rest}
+    text = messages_to_text(row["prompt"], tools)
     prompt = text.rstrip(" ")
     gap = text[len(prompt) :]
-    return {"prompt": prompt, **{key: gap + row[key] for key in answers}}
+    return {"prompt": prompt, **{key: gap + row[key] for key in answers}, **rest}
+
+
+def _strip_bos(tokenizer, text: str) -> str:
+    """Template text without a leading BOS that the tokenizer adds itself (TRL tokenizes text rows with special
+    tokens: the BOS would otherwise come twice)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos) and getattr(tokenizer, "add_bos_token", True):
+        ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+        if ids and ids[0] == tokenizer.bos_token_id:
+            return text[len(bos):]
+    return text

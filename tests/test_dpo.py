@@ -184,7 +184,9 @@ def _built_trainer(monkeypatch, tmp_path: Path, *flags: str):
         built["trainer"] = trainer
         raise _Built
 
-    monkeypatch.setattr(script, "held_out_metrics", stop)
+    from rlhfkit import preference_training
+
+    monkeypatch.setattr(preference_training, "held_out_metrics", stop)
     args = ["--output_dir", str(tmp_path / "out"), *SMALL, "--max_steps", "1", "--report_to", "none", *QUIET, *flags]
     with pytest.raises(_Built):
         script.main(*script.make_dpo_parser().parse_args_and_config(args))

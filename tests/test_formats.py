@@ -1,6 +1,6 @@
 """Data in the formats users have: ShareGPT (LLaMA-Factory, FastChat), content parts, TRL's prompt-completion and
-language-modeling types, LLaMA-Factory's Alpaca with system/history, KTO labels, and what is refused (images,
-tool calls for now). Real rows from ../shared/fixtures/data where they exist, hand-written rows otherwise; the
+language-modeling types, LLaMA-Factory's Alpaca with system/history, KTO labels, and what is refused (images).
+Tool calls have their own module (test_tool_calls.py), KTO too (test_kto.py). Real rows from ../shared/fixtures/data where they exist, hand-written rows otherwise; the
 scripts train two steps on each format that applies to them.
 """
 
@@ -43,18 +43,6 @@ def test_llamafactory_sharegpt_pairs(caplog):
     assert first["chosen"] == raw[0]["chosen"]["value"] and first["rejected"] == raw[0]["rejected"]["value"]
     assert "HH" not in caplog.text and "dropped" not in caplog.text
     assert schemas.detect_schema(list(raw[0]), "preference").name == "sharegpt_pair"
-
-
-def test_glaive_tool_rows_are_counted_under_their_real_reason(caplog):
-    path = fixture_path("data", "llamafactory-glaive_toolcall_en_demo.json")
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    with_tools = sum(any(t["from"] in ("function_call", "observation") for t in r["conversations"]) for r in raw)
-    rows = load(path, "sft", caplog)
-    assert len(rows) == len(raw) - with_tools and with_tools > 0
-    assert f"dropped {with_tools} invalid row(s)" in caplog.text and schemas.TOOL_CALL_REASON in caplog.text
-    assert "empty message content" not in caplog.text
-    assert "ignored columns (the sharegpt schema does not read them): tools" in caplog.text
-    assert all(m["role"] in ("user", "assistant", "system") for r in rows for m in r["prompt"])
 
 
 def test_kto_labels_keep_the_wanted_answers_for_sft(caplog):

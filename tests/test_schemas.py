@@ -341,7 +341,7 @@ def test_detect_schema(columns, kind, expected):
 def test_every_schema_is_detected_from_its_required_columns():
     for schema in schemas.SCHEMAS:
         for kind in schemas.KINDS:
-            if getattr(schema, kind) is not None:
+            if kind != "unpaired" and schema.reads(kind):  # unpaired: a label column decides (test_kto.py)
                 assert detect_schema(schema.required, kind).name == schema.name, (schema.name, kind)
 
 

@@ -1,0 +1,109 @@
+"""What dpo.py and kto.py share: TRL's DPOTrainer or KTOTrainer on a policy and its reference, with held-out
+metrics before and after training.
+
+Under LoRA the reference is the policy with its adapter disabled (no second copy of the weights), except with
+several processes (see :func:`reference_model`). Full fine-tuning (``--use_peft False``) keeps a reference copy,
+or with ``--precompute_ref_log_probs`` computes the reference log-probs once before training and frees it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rlhfkit.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# the data kind each trainer takes, and the held-out metrics its summary line reports
+DATA_KIND = {"dpo": "preference", "kto": "unpaired"}
+SUMMARY = {
+    "dpo": (("reward accuracy", "rewards/accuracies"), ("margin", "rewards/margins")),
+    "kto": (("chosen reward", "rewards/chosen"), ("rejected reward", "rewards/rejected"), ("kl", "kl")),
+}
+
+
+def held_out_metrics(trainer, prefix: str) -> dict:
+    """TRL's evaluation metrics (rewards/..., logps, kl, loss) with ``eval_`` replaced by ``prefix``; TRL attaches
+    its reward metrics only under the plain ``eval`` prefix, hence the renaming. Keys without the ``eval_`` prefix
+    (``epoch``) are left out: they are not held-out metrics."""
+    metrics = trainer.evaluate()
+    return {prefix + k[len("eval"):]: v for k, v in metrics.items()
+            if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))}
+
+
+def reference_model(model_name: str, model_args, training_args, peft_config, use_hpu_graphs: bool):
+    """The reference model to hand the trainer: None (LoRA: the adapter-disabled policy; full fine-tuning: TRL
+    makes its copy or precomputes the log-probs), or a frozen copy under LoRA with several processes."""
+    from rlhfkit import models
+
+    ref_model = None
+    if peft_config is not None and training_args.world_size > 1:
+        # Under DDP, PEFT's adapter switch (toggling requires_grad inside the training forward) leaves the
+        # adapter's gradients un-averaged: each process trained its own adapter (measured with 2 processes, DPO). A
+        # frozen reference copy keeps the processes in step, at the cost of one copy of the base weights.
+        ref_model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,
+                                          allow_pickle=model_args.allow_pickle, merge_adapter=True)
+        ref_model.requires_grad_(False).eval()
+    if use_hpu_graphs and peft_config is not None and ref_model is None:
+        # the reference pass runs the same module with its adapter switched off: a captured graph would replay
+        # the adapter-on computation, and the reference would silently equal the policy
+        raise UserError("--use_hpu_graphs with LoRA: the reference pass disables the adapter, which a captured "
+                        "HPU graph would not see; use --use_peft False (a separate reference) or drop the flag")
+    return ref_model
+
+
+def run(kind: str, script_args, model_args, device_args, training_args) -> dict:
+    """Train and evaluate with TRL's trainer for ``kind`` ("dpo" or "kto"); the results as written to
+    ``all_results.json``."""
+    from transformers import set_seed
+
+    from rlhfkit import device, hpu, models
+    from rlhfkit.device import configure_training_args
+    from rlhfkit.pairs import load_pairs
+    from rlhfkit.results import write_results
+    from rlhfkit.training import prepare_output, train_and_save, will_train
+
+    if not training_args.output_dir:
+        raise UserError("--output_dir is required: where to write the trained policy")
+    info = configure_training_args(training_args, device_args)
+    hpu.prepare_trainer_shapes(training_args, script_args)
+    set_seed(training_args.seed)
+    prepare_output(training_args, script_args)  # a bad --resume_from_checkpoint or --output_dir fails first
+
+    model_name = models.resolve_name(model_args.model_name_or_path)
+    models.check_model_source(model_name)
+    tokenizer_name = model_args.tokenizer_name_or_path or model_name
+    tokenizer = models.load_tokenizer(tokenizer_name, training_args.trust_remote_code)
+    models.ensure_pad_token(tokenizer)
+    train, evaluation = load_pairs(script_args, training_args.seed, tokenizer, training_args.max_length,
+                                   DATA_KIND[kind])
+    model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,
+                                  allow_pickle=model_args.allow_pickle, merge_adapter=True)
+    models.check_vocabulary(model, tokenizer, model_name, tokenizer_name)
+    peft_config = model_args.lora_config("CAUSAL_LM")
+    ref_model = reference_model(model_name, model_args, training_args, peft_config, script_args.use_hpu_graphs)
+    trainer, shapes = hpu.make_trainer(kind, info, training_args, script_args, model=model, ref_model=ref_model,
+                                       train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
+                                       peft_config=peft_config)
+    held = models.count_parameters(trainer.model)
+    reference = "adapter disabled (no copy)" if trainer.ref_model is None and peft_config else (
+        "precomputed log-probs" if trainer.ref_model is None else
+        "separate copy" + (" (several processes: see rlhfkit/preference_training.py)" if ref_model is not None else ""))
+    logger.info("policy %s: %d parameters held, %d trainable; reference: %s", model_name, held,
+                models.count_parameters(trainer.model, trainable_only=True), reference)
+
+    results = {"device": device.describe(info), "model": model_name, "use_peft": bool(peft_config),
+               "reference": reference}
+    results.update(held_out_metrics(trainer, "eval_before"))
+    if will_train(training_args):
+        results.update(train_and_save(trainer, training_args, script_args))
+        results.update(shapes.results())
+    metrics = held_out_metrics(trainer, "eval")
+    write_results(training_args.output_dir, "eval", metrics)
+    results.update(metrics)
+    write_results(training_args.output_dir, "all", results)
+    nan = float("nan")
+    logger.info("held-out %s: %s", "pairs" if kind == "dpo" else "examples", ", ".join(
+        f"{label} {results.get('eval_' + key, nan):.3f} (before training {results.get('eval_before_' + key, nan):.3f})"
+        for label, key in SUMMARY[kind]))
+    return results
