@@ -213,10 +213,13 @@ def load_raw(name: str, subset: str | None = None, split: str = "train"):
 
 
 # --------------------------------------------------------------------------------------------- normalise
-def normalize(dataset, kind: str, source: str = "dataset", strict: bool = False, limit: int | None = None):
+def normalize(dataset, kind: str, source: str = "dataset", strict: bool = False, limit: int | None = None,
+              report: dict | None = None):
     """Canonical rows of ``kind`` from a raw dataset; invalid rows are dropped with a count (or, if
     ``strict``, the first one is an error). ``limit`` stops after that many valid rows. Columns the schema does
-    not read are named in one warning; for SFT, a ``label`` column keeps only the ``label: true`` rows."""
+    not read are named in one warning; for SFT, a ``label`` column keeps only the ``label: true`` rows.
+    ``report``, when given, is filled with what was read: schema, rows read and kept, drops by reason, ignored
+    columns, labels."""
     import datasets
 
     schema = schemas.detect_schema(dataset.column_names, kind, source)
@@ -256,6 +259,12 @@ def normalize(dataset, kind: str, source: str = "dataset", strict: bool = False,
     if dropped:
         detail = ", ".join(f"{reason}: {count}" for reason, count in reasons.most_common(5))
         logger.warning("%s: dropped %d invalid row(s) (%s)", source, dropped, detail)
+    if report is not None:
+        report.update(source=source, schema=schema.name, rows_read=index + 1 if len(dataset) else 0,
+                      rows_kept=len(rows), dropped=dict(reasons.most_common()), ignored_columns=ignored)
+        if labelled:
+            desirable = sum(bool(r["label"]) for r in rows) if kind == "unpaired" else len(rows)
+            report["labels"] = {"true": desirable, "false": len(rows) - desirable if kind == "unpaired" else unwanted}
     if not rows:
         why = f"{dropped} dropped as invalid, most often: {reasons.most_common(1)[0][0]}" if dropped else "no label: true rows"
         raise UserError(f"{source} has no usable rows for {kind} ({why}): check the data")
@@ -276,8 +285,10 @@ def load_canonical(
     split: str = "train",
     strict: bool = False,
     limit: int | None = None,
+    reports: list | None = None,
 ):
-    """Load one dataset, or several joined by commas, as canonical rows of ``kind``."""
+    """Load one dataset, or several joined by commas, as canonical rows of ``kind`` (``reports``: one
+    :func:`normalize` report per dataset is appended)."""
     import datasets
 
     names = [n.strip() for n in dataset_name.split(",") if n.strip()]
@@ -286,7 +297,10 @@ def load_canonical(
     parts = []
     for name in names:
         source = name if not subset else f"{name} ({subset})"
-        parts.append(normalize(load_raw(name, subset, split), kind, source, strict=strict, limit=limit))
+        report = {} if reports is not None else None
+        parts.append(normalize(load_raw(name, subset, split), kind, source, strict=strict, limit=limit, report=report))
+        if reports is not None:
+            reports.append(report)
     if len(parts) == 1:
         return parts[0]
     if any("tools" in p.column_names for p in parts):  # a mixture: rows without tools have none
@@ -327,6 +341,28 @@ def token_lengths(rendered, kind: str, tokenizer, add_eos: bool = False) -> list
             counts = [len(tokenizer(t, add_special_tokens=True)["input_ids"]) + int(add_eos) for t in texts]
         lengths.append(max(counts))
     return lengths
+
+
+def token_counts(rendered, kind: str, tokenizer) -> list[dict]:
+    """Each rendered row's tokens: ``prompt`` (the context) and one count per answer (the tokens trained on), as
+    the scripts tokenize them (chat template, or text with the tokenizer's special tokens)."""
+    answers = schemas.ANSWER_COLUMNS[kind]
+    conversational = schemas.has_chat_template(tokenizer)
+    out = []
+    for row in rendered:
+        if conversational and not isinstance(row["prompt"], str):
+            def count(messages, prompt_only=False):
+                return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False,
+                                                         add_generation_prompt=prompt_only))
+            prompt = count(row["prompt"], True) if row["prompt"] else 0
+            counts = {a: count(row["prompt"] + row[a]) - prompt for a in answers}
+        else:
+            def count(text):
+                return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+            prompt = count(row["prompt"]) if row["prompt"] else 0
+            counts = {a: count(row["prompt"] + row[a]) - prompt for a in answers}
+        out.append({"prompt": prompt, **counts})
+    return out
 
 
 def filter_by_token_length(rendered, kind: str, tokenizer, max_length: int, source: str = "dataset",

@@ -561,8 +561,6 @@ def detect_schema(columns: list[str] | tuple[str, ...], kind: str, source: str =
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}")
-    if kind == "unpaired":
-        return _detect_unpaired(columns, source)
     present = set(columns)
     media = [c for c in columns if c in MEDIA_COLUMNS]
     if media:
@@ -570,29 +568,19 @@ def detect_schema(columns: list[str] | tuple[str, ...], kind: str, source: str =
                           "(and the <image>-style placeholders in the text) or use a multimodal trainer")
     matching = [s for s in SCHEMAS if set(s.required) <= present]
     for schema in matching:
-        if schema.reads(kind):
+        # unpaired preference (KTO): a labelled SFT schema with its label column, or pairs (each gives two rows)
+        labelled = "label" in present or schema.preference is not None
+        if schema.reads(kind) and (kind != "unpaired" or labelled):
             return schema
     found = ", ".join(sorted(present)) or "none"
+    hint = "; unpaired data needs a 'label' column (true / false) or preference pairs" if kind == "unpaired" else ""
     if matching:
         raise UserError(
             f"{source} has the {matching[0].name} schema ({matching[0].description}), which has no {kind} data; "
-            f"{kind} needs one of: {accepted_schemas(kind)}"
+            f"{kind} needs one of: {accepted_schemas(kind)}{hint}"
         )
-    raise UserError(f"{source} has columns [{found}], which match no known schema; {kind} accepts: {accepted_schemas(kind)}")
-
-
-def _detect_unpaired(columns, source: str) -> Schema:
-    """Unpaired preference (KTO): a labelled SFT schema (``label`` column), or any preference schema, whose pairs
-    each give a desirable and an undesirable row (as TRL's ``unpair_preference_dataset`` does)."""
-    if "label" in columns:
-        schema = detect_schema(columns, "sft", source)
-        if "label" in schema.optional:
-            return schema
-    try:
-        return detect_schema(columns, "preference", source)
-    except UserError:
-        raise UserError(f"{source} has no unpaired-preference data (columns: {', '.join(sorted(columns)) or 'none'}): "
-                        "give prompt / completion / label, messages / label, or preference pairs") from None
+    raise UserError(f"{source} has columns [{found}], which match no known schema; {kind} accepts: "
+                    f"{accepted_schemas(kind)}{hint}")
 
 
 def convert_row(schema: Schema, kind: str, row: dict) -> dict:

@@ -16,7 +16,7 @@ import sys
 import pytest
 from conftest import REPO
 
-TRAINERS = ("sft.py", "reward_modeling.py", "dpo.py", "ppo.py")
+TRAINERS = ("sft.py", "reward_modeling.py", "dpo.py", "kto.py", "ppo.py")
 DATA_SCRIPTS = (*TRAINERS, "compare_base_vs_ppo.py")
 ALL = (*DATA_SCRIPTS, "merge_peft_adapter.py", "run_generation.py")
 _modules: dict[str, object] = {}
@@ -108,7 +108,7 @@ CASES = {
                                       lambda s, w: (["--reward_function", None, "--reward_model_name", w["model"]]
                                                     if s == "ppo.py" else ["--reward_model", w["model"]]),
                                       ["is a LlamaForCausalLM, not a reward model", "reward_modeling.py"]),
-    "max_length_too_small": (("sft.py", "reward_modeling.py", "dpo.py"), lambda s, w: ["--max_length", "3"],
+    "max_length_too_small": (("sft.py", "reward_modeling.py", "dpo.py", "kto.py"), lambda s, w: ["--max_length", "3"],
                              ["--max_length 3 is shorter than every example"]),
     "prompt_too_long": (("ppo.py", "compare_base_vs_ppo.py"), lambda s, w: ["--input_max_length", "2"],
                         ["longer than --input_max_length 2"]),

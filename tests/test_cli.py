@@ -218,7 +218,7 @@ def test_cli_entry_keyboard_interrupt(capsys):
     assert capsys.readouterr().err.splitlines() == ["error: interrupted by the user"]
 
 
-SCRIPTS = ("sft.py", "reward_modeling.py", "dpo.py", "ppo.py", "merge_peft_adapter.py", "run_generation.py",
+SCRIPTS = ("sft.py", "reward_modeling.py", "dpo.py", "kto.py", "ppo.py", "merge_peft_adapter.py", "run_generation.py",
            "compare_base_vs_ppo.py")
 
 

@@ -12,7 +12,7 @@ import logging
 import pytest
 from conftest import REPO, assert_user_error, fixture_path, run_script
 
-from rlhfkit import data, schemas
+from rlhfkit import data, models, schemas
 from rlhfkit.errors import UserError
 
 STORIES = ("models", "stories260K")
@@ -209,8 +209,6 @@ def test_loading_a_reward_adapter_shows_no_false_missing_head_report(tmp_path):
     MISSING, newly initialized" report would be false, and the renamed-flag FutureWarnings are noise."""
     from peft import LoraConfig, get_peft_model
 
-    from rlhfkit import models
-
     stories = str(fixture_path(*STORIES))
     adapter = get_peft_model(models.load_sequence_classifier(stories),
                              LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["q_proj"]))
@@ -225,7 +223,6 @@ def test_loading_a_reward_adapter_shows_no_false_missing_head_report(tmp_path):
 
 def test_subsets_count_pairs_that_fit_max_length(tmp_path):
     """--train_subset / --eval_subset count the pairs that survive the length filter, not the rows read."""
-    from rlhfkit import models
     from rlhfkit.pairs import PairDataArguments, load_pairs
 
     tokenizer = models.load_tokenizer(str(fixture_path(*STORIES)))
@@ -236,3 +233,116 @@ def test_subsets_count_pairs_that_fit_max_length(tmp_path):
     train, evaluation = load_pairs(args, seed=0, tokenizer=tokenizer, max_length=32)
     assert len(train) == 8 and len(evaluation) == 2  # a third of the rows fit: 30 rows read would give 3
     assert all(row["chosen"].strip() == "good" for row in [*train, *evaluation])
+
+
+# ------------------------------------------------------------------------ every format, every script that applies
+def _q(i: int) -> str:
+    return f"Tell me about cat {i}." if i % 2 else f"讲一个关于猫 {i} 的故事。"
+
+
+def _turns(i: int, answer: str, sharegpt: bool = False) -> list[dict]:
+    msgs = [{"role": "user", "content": _q(i)}, {"role": "assistant", "content": answer}]
+    return [{"from": {"user": "human", "assistant": "gpt"}[m["role"]], "value": m["content"]} for m in msgs] \
+        if sharegpt else msgs
+
+
+N = 6
+# format name -> (the schema it is read as, the kinds it gives, its rows): short hand-written rows, Chinese included
+FORMATS = {
+    "stack_exchange": ("stack_exchange", ("sft", "preference", "prompt"),
+                       [{"question": _q(i), "response_j": "A happy cat.", "response_k": "A sad cat."} for i in range(N)]),
+    "shp": ("shp", ("sft", "preference", "prompt"),
+            [{"history": _q(i), "human_ref_A": "Good cat.", "human_ref_B": "Bad cat.", "labels": i % 2}
+             for i in range(N)]),
+    "sharegpt_pair": ("sharegpt_pair", ("sft", "preference", "prompt"),
+                      [{"conversations": [{"from": "human", "value": _q(i)}], "chosen": {"from": "gpt", "value": "Yes."},
+                        "rejected": {"from": "gpt", "value": "No."}} for i in range(N)]),
+    "preference_text": ("preference", ("sft", "preference", "prompt"),
+                        [{"prompt": _q(i), "chosen": "Kind words.", "rejected": "Rude words."} for i in range(N)]),
+    "preference_chat": ("preference", ("sft", "preference", "prompt"),
+                        [{"prompt": _q(i), "chosen": _turns(i, "Kind."), "rejected": _turns(i, "Rude.")}
+                         for i in range(N)]),
+    "hh_transcripts": ("hh_rlhf", ("sft", "preference", "prompt"),
+                       [{"chosen": f"\n\nHuman: {_q(i)}\n\nAssistant: Sure.",
+                         "rejected": f"\n\nHuman: {_q(i)}\n\nAssistant: No."} for i in range(N)]),
+    "implicit_prompt_chat": ("hh_rlhf", ("sft", "preference", "prompt"),
+                             [{"chosen": _turns(i, "Sure."), "rejected": _turns(i, "No.")} for i in range(N)]),
+    "sharegpt_tools": ("sharegpt", ("sft", "prompt"),
+                       [{"conversations": [{"from": "human", "value": _q(i)},
+                                           {"from": "function_call", "value": '{"name": "find", "arguments": {}}'},
+                                           {"from": "observation", "value": "a cat"},
+                                           {"from": "gpt", "value": "Here is a cat."}],
+                         "system": "Be kind.", "tools": '[{"name": "find"}]'} for i in range(N)]),
+    "messages_label": ("messages", ("sft", "prompt", "unpaired"),
+                       [{"messages": _turns(i, "A fine cat."), "label": bool(i % 2)} for i in range(N)]),
+    "alpaca": ("alpaca", ("sft", "prompt"),
+               [{"instruction": _q(i), "input": "", "output": "A cat.", "system": "Be brief.",
+                 "history": [["Hi", "Hello."]]} for i in range(N)]),
+    "prompt_completion_label": ("prompt_completion", ("sft", "prompt", "unpaired"),
+                                [{"prompt": _q(i), "completion": " A cat.", "label": bool(i % 2)} for i in range(N)]),
+    "prompt_response": ("prompt_response", ("sft", "prompt"),
+                        [{"prompt": _q(i), "response": "A cat."} for i in range(N)]),
+    "prompt_chosen": ("prompt_chosen", ("sft", "prompt"), [{"prompt": _q(i), "chosen": "A cat."} for i in range(N)]),
+    "text": ("text", ("sft",), [{"text": f"Once upon a time there was cat {i}."} for i in range(N)]),
+    "query": ("query", ("prompt",), [{"query": _q(i)} for i in range(N)]),
+    "prompt_only": ("prompt_only", ("prompt",), [{"prompt": _q(i)} for i in range(N)]),
+}
+
+
+def _mixture(tmp_path, kind: str) -> str:
+    """Every format that gives ``kind``, one file each, joined by commas as --dataset_name takes a mixture."""
+    paths = [str(write_json(tmp_path / f"{name}.json", rows)) for name, (_, kinds, rows) in FORMATS.items()
+             if kind in kinds]
+    return ",".join(paths)
+
+
+def test_the_format_files_cover_every_schema():
+    for name, (schema, kinds, rows) in FORMATS.items():
+        for kind in kinds:
+            assert schemas.detect_schema(list(rows[0]), kind).name == schema, (name, kind)
+    assert {schema for schema, _, _ in FORMATS.values()} == {s.name for s in schemas.SCHEMAS}
+
+
+@pytest.mark.parametrize(("script", "kind"), [("sft.py", "sft"), ("reward_modeling.py", "preference"),
+                                              ("dpo.py", "preference"), ("kto.py", "unpaired"), ("ppo.py", "prompt")])
+def test_each_script_trains_two_steps_on_every_format_it_takes(script, kind, tmp_path):
+    """One run per script over a mixture of every format it takes (each file normalised on its own, then mixed):
+    it trains two steps, and the log names every file's schema."""
+    mixture = _mixture(tmp_path, kind)
+    out = tmp_path / "out"
+    if script == "ppo.py":
+        rule = tmp_path / "rule.py"
+        rule.write_text("def reward(prompt, response):\n    return float('cat' in response)\n", encoding="utf-8")
+        flags = ["--reward_function", f"{rule}:reward", "--steps", "2", "--batch_size", "8", "--mini_batch_size", "4",
+                 "--output_max_length", "8", "--report_to", "none", "--sample_every", "0"]
+    else:
+        flags = [*TWO_STEPS, *(["--do_train"] if script == "sft.py" else ["--eval_subset", "8"])]
+    result = run_script(str(REPO / script), "--model_name_or_path", str(fixture_path(*STORIES)), "--dataset_name",
+                        mixture, "--output_dir", str(out), *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, (schema, kinds, rows) in FORMATS.items():
+        if kind in kinds:
+            assert f"{name}.json: {len(rows)} rows, schema {schema} -> {kind}" in result.stderr, name
+    assert "dropped" not in result.stderr, result.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert (results["train_episodes"] == 16) if script == "ppo.py" else results["train_runtime"] > 0
+
+
+def test_inspect_data_shows_schemas_drops_ignored_columns_labels_roles_and_tokens(tmp_path):
+    glaive, kto = fixture_path("data", "llamafactory-glaive_toolcall_en_demo.json"), fixture_path(
+        "data", "llamafactory-kto_en_demo.json")
+    extra = write_json(tmp_path / "extra.json", [{"prompt": "Hi", "completion": "Hello", "note": "x"},
+                                                 {"prompt": "Hi", "completion": ""}])
+    result = run_script("-m", "rlhfkit.inspect_data", "--dataset_name", f"{glaive},{kto},{extra}", "--num_examples",
+                        "1", "--tokenizer", str(fixture_path(*STORIES)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    first, second, third = summary["sources"]
+    assert (first["schema"], first["rows_read"], first["rows_kept"]) == ("sharegpt", 300, 300)
+    assert second["schema"] == "messages" and second["labels"] == {"true": 150, "false": 150}
+    assert third["ignored_columns"] == ["note"] and third["dropped"] == {"empty 'completion'": 1}
+    assert summary["rows"] == 300 + 150 + 1
+    assert summary["prompt_roles"]["tool_call"] > 0 and summary["prompt_roles"]["tool"] > 0
+    tokens = summary["tokens"][0]
+    tokenizer_ids = models.load_tokenizer(str(fixture_path(*STORIES)))(summary["examples"][0]["prompt"])["input_ids"]
+    assert tokens["prompt"] == len(tokenizer_ids) and tokens["completion"] > 0

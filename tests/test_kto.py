@@ -72,7 +72,7 @@ def test_kto_refuses_in_one_line(case, tmp_path):
         rows, fragments = [{"prompt": "Hi", "completion": "Hello", "label": True}] * 8, ("KL term", "2 or more")
         flags[flags.index("--per_device_train_batch_size") + 1] = "1"
     elif case == "prompts_only":
-        rows, fragments = [{"prompt": "Hi"}] * 8, ("no unpaired-preference data", "label")
+        rows, fragments = [{"prompt": "Hi"}] * 8, ("prompt_only schema", "no unpaired data", "'label' column")
     else:
         rows, fragments = [{"prompt": "Hi", "completion": "Hello", "label": "yes"}] * 8, ("'label' is 'yes'",)
     out = tmp_path / "out"
