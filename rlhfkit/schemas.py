@@ -27,10 +27,10 @@ shp                 history, human_ref_A, human_ref_B, labels           Stanford
 sharegpt_pair       conversations, chosen, rejected                     ShareGPT pairs (LLaMA-Factory)
 preference          prompt, chosen, rejected                            strings or message lists (UltraFeedback)
 hh_rlhf             chosen, rejected                                    HH transcripts, or TRL's implicit prompt
-sharegpt            conversations, (system), (tools)                    ShareGPT (FastChat, LLaMA-Factory)
-messages            messages, (label)                                   chat; the last assistant turn is the answer
+sharegpt            conversations, (system), (tools), (label)           ShareGPT (FastChat, LLaMA-Factory)
+messages            messages, (system), (tools), (label)                chat; the last assistant turn is the answer
 alpaca              instruction, (input), output, (system), (history)   Alpaca / LLaMA-Factory
-prompt_completion   prompt, completion, (label)                         TRL's prompt-completion (and unpaired)
+prompt_completion   prompt, completion, (tools), (label)                TRL's prompt-completion (and unpaired)
 prompt_response     prompt, response
 prompt_chosen       prompt, chosen                                      chosen as the SFT answer
 text                text                                                TRL's language modeling (SFT only)
