@@ -36,7 +36,7 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
     HF_HOME=/workspace/.cache/huggingface \
     RLHFKIT_CACHE=/workspace/.cache/rlhfkit \
     PYTHON=python3 \
-    PIPELINE_PROFILE=seed
+    PIPELINE_PROFILE=optimum-habana
 # DL3064 flags any name containing "TOKEN": this one is the tokenizers library's fork switch, not a secret.
 # hadolint ignore=DL3064
 ENV TOKENIZERS_PARALLELISM=false
@@ -46,8 +46,8 @@ WORKDIR /workspace/trl
 # Requirements first, so that editing the code does not reinstall them.
 COPY requirements-hpu.txt requirements-optimum-habana.txt ./
 
-# PIPELINE_PROFILE=seed: ./ppo_pipeline_sanity.sh runs seed 000's configuration (gemma-3-270m on
-# stack-exchange-paired, bf16, lazy mode); PIPELINE_PROFILE=toy runs the offline toy pipeline instead.
+# PIPELINE_PROFILE=optimum-habana: ./ppo_pipeline_sanity.sh runs optimum-habana's examples/trl commands
+# (gemma-3-270m on stack-exchange-paired, bf16, lazy mode); PIPELINE_PROFILE=toy runs the offline toy pipeline.
 
 # Keep the image's torch: /opt/rlhfkit/torch-constraints.txt pins the torch packages the image ships (torch,
 # torchvision, torchaudio ...), requirements-hpu.txt never names torch, and the install fails if pip changed any

@@ -10,7 +10,7 @@ adds the SFT model as a third column (and win rates against it).
 
 Writes to ``--output_dir``: ``comparison.json``, ``samples.jsonl`` (each prompt with every model's answer and
 scores) and ``comparison.png`` (score distributions; with the PPO run's ``trainer_state.json`` beside the
-fine-tuned model, its reward and KL curves). Seed 000's command:
+fine-tuned model, its reward and KL curves). optimum-habana's `examples/trl` command:
 
     PT_HPU_LAZY_MODE=1 python compare_base_vs_ppo.py --base_model google/gemma-3-270m --finetuned_model ./ppo_sanity \\
         --reward_model ./rm_sanity_merged --dataset_name lvwerra/stack-exchange-paired --dataset_split train_prefs \\

@@ -3,18 +3,22 @@
 #   base model -> 1. SFT with LoRA (sft.py) -> 2. merge -> 3. reward model with LoRA (reward_modeling.py)
 #   -> 4. merge -> 5. PPO against the reward model (ppo.py) -> 6. generation (run_generation.py)
 #   -> 7. base vs SFT vs PPO on held-out prompts (compare_base_vs_ppo.py: reward, gold judge, KL, win rates)
-#   optional (--with-dpo): DPO from the SFT model on the reward pairs (dpo.py) -> merge -> its comparison.
+#   optional (--with-dpo): DPO from the SFT model on the reward pairs (dpo.py) -> merge -> its comparison;
+#   (--with-kto): the same with KTO (kto.py), each pair split into a desirable and an undesirable answer.
 #
 # Profiles: "toy" (default when no MODEL/DATASET is given) runs offline on the embedded default (tiny Llama,
-# toy review task with a gold judge), with step counts tuned for 2 CPU cores (about 6 minutes), and fails
-# unless PPO beats the base on the reward model and the gold judge. "seed" (default when MODEL or DATASET is
-# given) runs optimum-habana's `examples/trl` commands as written (gemma-3-270m, stack-exchange-paired, bf16) on any device.
+# toy review task with a gold judge), with step counts tuned for 2 CPU cores (about 4 minutes), and fails
+# unless PPO beats the base on the reward model and the gold judge. "optimum-habana" (default when MODEL or
+# DATASET is given) runs optimum-habana's `examples/trl` commands as written (gemma-3-270m,
+# stack-exchange-paired, bf16) on any device. "quick": your MODEL and DATASET at sizes that take minutes on
+# a CPU (steps, subsets, lengths; every other setting is the script's default), to check a setup end to end.
 #
-# Usage: ./ppo_pipeline_sanity.sh [--force] [--with-dpo] [--profile toy|seed] [--model M] [--tokenizer T]
-#        [--dataset D] [--device auto|cpu|cuda|hpu] [--workdir DIR] [--sft-steps N] [--rm-epochs N]
-#        [--ppo-steps N] [--num-samples N]
-# or the same as environment variables: FORCE=1 WITH_DPO=1 PIPELINE_PROFILE MODEL TOKENIZER DATASET DEVICE
-# WORKDIR SFT_STEPS RM_EPOCHS PPO_STEPS NUM_SAMPLES, and PPO_SAVE_STEPS, PYTHON, LOG. On Gaudi (DEVICE=hpu, or
+# Usage: ./ppo_pipeline_sanity.sh [--force] [--with-dpo] [--with-kto] [--profile toy|optimum-habana|quick]
+#        [--model M] [--tokenizer T] [--dataset D] [--device auto|cpu|cuda|hpu] [--workdir DIR] [--sft-steps N]
+#        [--rm-epochs N] [--rm-pairs N] [--max-length N] [--ppo-steps N] [--num-samples N]
+# or the same as environment variables: FORCE=1 WITH_DPO=1 WITH_KTO=1 PIPELINE_PROFILE MODEL TOKENIZER DATASET
+# DEVICE WORKDIR SFT_STEPS RM_EPOCHS RM_PAIRS MAX_LENGTH PPO_STEPS NUM_SAMPLES, and PPO_SAVE_STEPS, PYTHON, LOG.
+# RM_PAIRS: the training pairs of the reward model (and of DPO / KTO); MAX_LENGTH: their tokens. On Gaudi (DEVICE=hpu, or
 # auto with habana_frameworks installed): lazy mode, length buckets in training, fixed-shape PPO rollouts and
 # HPU graphs for generation and scoring.
 #
@@ -24,17 +28,19 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 need() {
   if [ "$#" -lt 2 ] || [ -z "$2" ]; then echo "error: $1 needs a value (see --help)" >&2; exit 2; fi
 }
 
 FORCE=${FORCE:-0}
 WITH_DPO=${WITH_DPO:-0}
+WITH_KTO=${WITH_KTO:-0}
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --force) FORCE=1 ;;
     --with-dpo) WITH_DPO=1 ;;
+    --with-kto) WITH_KTO=1 ;;
     --profile) need "$@"; PIPELINE_PROFILE=$2; shift ;;
     --model) need "$@"; MODEL=$2; shift ;;
     --tokenizer) need "$@"; TOKENIZER=$2; shift ;;
@@ -43,6 +49,8 @@ while [ "$#" -gt 0 ]; do
     --workdir) need "$@"; WORKDIR=$2; shift ;;
     --sft-steps) need "$@"; SFT_STEPS=$2; shift ;;
     --rm-epochs) need "$@"; RM_EPOCHS=$2; shift ;;
+    --rm-pairs) need "$@"; RM_PAIRS=$2; shift ;;
+    --max-length) need "$@"; MAX_LENGTH=$2; shift ;;
     --ppo-steps) need "$@"; PPO_STEPS=$2; shift ;;
     --num-samples) need "$@"; NUM_SAMPLES=$2; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -56,13 +64,17 @@ DEVICE=${DEVICE:-auto}
 LOG=${LOG:-ppo_pipeline_sanity.log}
 PROFILE=${PIPELINE_PROFILE:-}
 if [ -z "$PROFILE" ]; then
-  if [ -n "${MODEL:-}" ] || [ -n "${DATASET:-}" ]; then PROFILE=seed; else PROFILE=toy; fi
+  if [ -n "${MODEL:-}" ] || [ -n "${DATASET:-}" ]; then PROFILE=optimum-habana; else PROFILE=toy; fi
 fi
 case "$PROFILE" in
   toy) WORKDIR=${WORKDIR:-runs/sanity} ;;
-  seed) WORKDIR=${WORKDIR:-runs/seed}; MODEL=${MODEL:-google/gemma-3-270m}
+  optimum-habana) WORKDIR=${WORKDIR:-runs/optimum-habana}; MODEL=${MODEL:-google/gemma-3-270m}
         DATASET=${DATASET:-lvwerra/stack-exchange-paired} ;;
-  *) echo "error: --profile $PROFILE is not toy or seed" >&2; exit 2 ;;
+  quick) WORKDIR=${WORKDIR:-runs/quick}
+        if [ -z "${MODEL:-}" ] || [ -z "${DATASET:-}" ]; then
+          echo "error: --profile quick runs your own model and data: give --model and --dataset" >&2; exit 2
+        fi ;;
+  *) echo "error: --profile $PROFILE is not toy, optimum-habana or quick" >&2; exit 2 ;;
 esac
 case "$DEVICE" in
   auto|cpu|cuda|hpu) ;;
@@ -83,7 +95,7 @@ if [ "$DEVICE" = hpu ]; then
 else
   DEVICE_ARGS=(--device "$DEVICE")
 fi
-for knob in SFT_STEPS RM_EPOCHS PPO_STEPS PPO_SAVE_STEPS NUM_SAMPLES; do
+for knob in SFT_STEPS RM_EPOCHS RM_PAIRS MAX_LENGTH PPO_STEPS PPO_SAVE_STEPS NUM_SAMPLES; do
   value=${!knob:-1}
   [[ "$value" =~ ^[1-9][0-9]*$ ]] || { echo "error: $knob=$value is not a positive whole number" >&2; exit 2; }
 done
@@ -126,36 +138,59 @@ fi
 TOKENIZER=${TOKENIZER:-$MODEL}
 log "model: $MODEL; tokenizer: $TOKENIZER; dataset: $DATASET"
 
-# Per-profile settings. toy: tuned on the embedded task (measured in the README). seed: optimum-habana's `examples/trl` commands.
+# Per-profile settings. toy: tuned on the embedded task (measured in docs/pipeline.md). optimum-habana: its
+# `examples/trl` commands. quick: sizes only (every other setting is the script's default).
 if [ "$PROFILE" = toy ]; then
   SFT_STEPS=${SFT_STEPS:-300}; RM_EPOCHS=${RM_EPOCHS:-2}; PPO_STEPS=${PPO_STEPS:-30}; NUM_SAMPLES=${NUM_SAMPLES:-200}
   SFT_ARGS=(--max_steps "$SFT_STEPS" --per_device_train_batch_size 16 --gradient_accumulation_steps 1
             --learning_rate 2e-3 --logging_steps 25)
   RM_ARGS=(--per_device_train_batch_size 32 --gradient_accumulation_steps 1 --num_train_epochs "$RM_EPOCHS"
-           --learning_rate 5e-3 --lora_r 32 --lora_alpha 64 --max_length 128 --logging_steps 50)
+           --learning_rate 5e-3 --lora_r 32 --lora_alpha 64 --max_length "${MAX_LENGTH:-128}" --logging_steps 50
+           ${RM_PAIRS:+--train_subset "$RM_PAIRS"})
   # --value_model head at 5e-4: the one arrangement that passes the verdict on the short profile the tests run
   # (16 steps after a 1-epoch reward model). ppo.py's defaults (critic from the reward model, LoRA at 3e-4) gained
-  # more gold over 30 steps but not reward over 16 (README, the pipeline)
+  # more gold over 30 steps but not reward over 16 (docs/pipeline.md)
   PPO_ARGS=(--steps "$PPO_STEPS" --batch_size 32 --mini_batch_size 8 --learning_rate 5e-4 --kl_coef 0.3 --value_model head
             --output_max_length 48 --sample_every 10 --logging_steps 5 --save_steps "${PPO_SAVE_STEPS:-10}")
-  DPO_ARGS=(--max_steps 150 --per_device_train_batch_size 16 --learning_rate 2e-3 --beta 0.1 --eval_subset 200)
+  DPO_ARGS=(--max_steps 150 --per_device_train_batch_size 16 --learning_rate 2e-3 --beta 0.1 --eval_subset 200
+            ${RM_PAIRS:+--train_subset "$RM_PAIRS"} ${MAX_LENGTH:+--max_length "$MAX_LENGTH"})
+  KTO_ARGS=("${DPO_ARGS[@]}")
   GEN_ARGS=(--max_new_tokens 48 --batch_size 4 --prompt "Describe the red bicycle."
             --prompt "What do you think of the pizza?" --prompt "What is the currency of the USA?")
   CMP_ARGS=(--num_samples "$NUM_SAMPLES" --generations_per_prompt 2 --max_new_tokens 48)
   # fp32, as tuned and measured: the training scripts would pick bf16 on a CPU with AMX, which gains nothing
   # on a 2M-parameter model and would change the measured figures
   PRECISION=(--bf16 False)
+elif [ "$PROFILE" = quick ]; then
+  SFT_STEPS=${SFT_STEPS:-100}; RM_EPOCHS=${RM_EPOCHS:-1}; PPO_STEPS=${PPO_STEPS:-16}; NUM_SAMPLES=${NUM_SAMPLES:-32}
+  RM_PAIRS=${RM_PAIRS:-512}; MAX_LENGTH=${MAX_LENGTH:-256}
+  SFT_ARGS=(--max_steps "$SFT_STEPS" --per_device_train_batch_size 8 --max_length "$MAX_LENGTH"
+            --max_train_samples $((SFT_STEPS * 8)))
+  RM_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --per_device_train_batch_size 8 --num_train_epochs "$RM_EPOCHS"
+           --train_subset "$RM_PAIRS" --eval_subset 64 --max_length "$MAX_LENGTH")
+  PPO_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --steps "$PPO_STEPS" --batch_size 16 --mini_batch_size 8
+            --input_max_length "$MAX_LENGTH" --output_max_length 32 --max_train_samples $((PPO_STEPS * 16))
+            --save_steps "${PPO_SAVE_STEPS:-8}")
+  DPO_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --max_steps 50 --per_device_train_batch_size 8
+            --train_subset "$RM_PAIRS" --eval_subset 64 --max_length "$MAX_LENGTH")
+  KTO_ARGS=("${DPO_ARGS[@]}")
+  GEN_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --max_new_tokens 32 --batch_size 2 --prompt "Hello, who are you?")
+  CMP_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --num_samples "$NUM_SAMPLES" --max_new_tokens 32)
+  PRECISION=()
 else
   SFT_STEPS=${SFT_STEPS:-50}; RM_EPOCHS=${RM_EPOCHS:-1}; PPO_STEPS=${PPO_STEPS:-64}; NUM_SAMPLES=${NUM_SAMPLES:-5}
   SFT_ARGS=(--max_steps "$SFT_STEPS" --per_device_train_batch_size 2 --gradient_accumulation_steps 2
             --learning_rate 3e-5)
   RM_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --per_device_train_batch_size 2 --gradient_accumulation_steps 2
-           --num_train_epochs "$RM_EPOCHS" --train_subset 500 --eval_subset 100 --max_length 384)
+           --num_train_epochs "$RM_EPOCHS" --train_subset "${RM_PAIRS:-500}" --eval_subset 100
+           --max_length "${MAX_LENGTH:-384}")
   PPO_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --batch_size 2 --mini_batch_size 1 --gradient_accumulation_steps 1
             --ppo_epochs 1 --steps "$PPO_STEPS" --input_max_length 256 --output_max_length 64 --learning_rate 1.4e-5
             --early_stopping True --batched_gen True --max_train_samples 256 --save_steps "${PPO_SAVE_STEPS:-16}")
   DPO_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --max_steps 50 --per_device_train_batch_size 2
-            --gradient_accumulation_steps 2 --learning_rate 5e-5 --train_subset 500 --eval_subset 100)
+            --gradient_accumulation_steps 2 --learning_rate 5e-5 --train_subset "${RM_PAIRS:-500}" --eval_subset 100
+            ${MAX_LENGTH:+--max_length "$MAX_LENGTH"})
+  KTO_ARGS=("${DPO_ARGS[@]}")
   GEN_ARGS=(--max_new_tokens 64 --batch_size 1 --prompt "What is the currency of the USA?")
   CMP_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --num_samples "$NUM_SAMPLES" --max_new_tokens 64)
   PRECISION=(--bf16)
@@ -201,17 +236,21 @@ run_stage comparison "$WORKDIR/comparison" "$PYTHON" compare_base_vs_ppo.py \
   --reward_model "$WORKDIR/rm_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/comparison" \
   "${DEVICE_ARGS[@]}" "${CMP_ARGS[@]}" "${GAUDI_INFER[@]}"
 
-if [ "$WITH_DPO" = 1 ]; then
-  run_stage dpo "$WORKDIR/dpo" "$PYTHON" dpo.py \
-    --model_name_or_path "$WORKDIR/sft_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/dpo" \
-    "${DEVICE_ARGS[@]}" "${DPO_ARGS[@]}" "${PRECISION[@]}" "${QUIET[@]}" "${GAUDI_TRAIN[@]}"
-  run_stage merge_dpo "$WORKDIR/dpo_merged" "$PYTHON" merge_peft_adapter.py \
-    --base_model_name "$WORKDIR/sft_merged" --adapter_model_name "$WORKDIR/dpo" --output_name "$WORKDIR/dpo_merged"
-  run_stage comparison_dpo "$WORKDIR/comparison_dpo" "$PYTHON" compare_base_vs_ppo.py \
-    --base_model "$MODEL" --sft_model "$WORKDIR/sft_merged" --finetuned_model "$WORKDIR/dpo_merged" \
-    --reward_model "$WORKDIR/rm_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/comparison_dpo" \
+# A preference-optimization alternative to PPO (dpo or kto): train from the SFT model, merge, compare.
+preference_stage() {
+  local name=$1; shift
+  run_stage "$name" "$WORKDIR/$name" "$PYTHON" "$name.py" \
+    --model_name_or_path "$WORKDIR/sft_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/$name" \
+    "${DEVICE_ARGS[@]}" "$@" "${PRECISION[@]}" "${QUIET[@]}" "${GAUDI_TRAIN[@]}"
+  run_stage "merge_$name" "$WORKDIR/${name}_merged" "$PYTHON" merge_peft_adapter.py \
+    --base_model_name "$WORKDIR/sft_merged" --adapter_model_name "$WORKDIR/$name" --output_name "$WORKDIR/${name}_merged"
+  run_stage "comparison_$name" "$WORKDIR/comparison_$name" "$PYTHON" compare_base_vs_ppo.py \
+    --base_model "$MODEL" --sft_model "$WORKDIR/sft_merged" --finetuned_model "$WORKDIR/${name}_merged" \
+    --reward_model "$WORKDIR/rm_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/comparison_$name" \
     "${DEVICE_ARGS[@]}" "${CMP_ARGS[@]}" "${GAUDI_INFER[@]}"
-fi
+}
+if [ "$WITH_DPO" = 1 ]; then preference_stage dpo "${DPO_ARGS[@]}"; fi
+if [ "$WITH_KTO" = 1 ]; then preference_stage kto "${KTO_ARGS[@]}"; fi
 
 # The verdict, from comparison.json: on the toy profile PPO must beat the base on both judges.
 "$PYTHON" - "$WORKDIR/comparison/comparison.json" "$PROFILE" <<'EOF' 2>&1 | tee -a "$LOG"
@@ -230,6 +269,6 @@ print("RLHF result: " + "; ".join(text for _, _, text in lines) + (f"; KL(PPO ||
 if sys.argv[2] == "toy" and not all(ok for _, ok, _ in lines):
     print("sanity check FAILED: PPO is not above the base on " + " and ".join(j for j, ok, _ in lines if not ok))
     sys.exit(1)
-print("sanity check passed" if sys.argv[2] == "toy" else "(no pass/fail check on the seed profile)")
+print("sanity check passed" if sys.argv[2] == "toy" else f"(no pass/fail check on the {sys.argv[2]} profile)")
 EOF
 log "pipeline finished in $((SECONDS - PIPELINE_START))s: outputs in $WORKDIR, figure $WORKDIR/comparison/comparison.png, log $LOG"

@@ -10,10 +10,10 @@ config, so the score is read at the last token before padding, the same in train
 
 Evaluation scores the held-out pairs after training and reports accuracy (chosen above rejected), AUROC,
 the mean margin and the score mean/std in ``eval_results.json`` and ``all_results.json``. Held-out pairs
-come from ``--eval_split``, else the seed layout's ``data/evaluation``, else ``--eval_subset`` rows (or 10%)
+come from ``--eval_split``, else the ``data/evaluation`` sub-folder of stack-exchange-paired's layout, else ``--eval_subset`` rows (or 10%)
 held out from training.
 
-Seed 000's step 3 works as written:
+optimum-habana's `examples/trl` step 3 works as written:
 
     python reward_modeling.py --model_name_or_path ./sft_sanity_merged --tokenizer_name_or_path google/gemma-3-270m \\
         --output_dir ./rm_sanity --optim adamw_torch --per_device_train_batch_size 2 \\

@@ -3,7 +3,7 @@
 
 Prompts come from ``--prompt`` (repeatable) and/or ``--prompt_file`` (a .txt file, one prompt per line, or a
 .jsonl/.json file in any prompt schema the toolkit reads). Prompts are formatted as in training: the chat
-template when the tokenizer has one, else the seed's ``Question: ...\\n\\nAnswer:`` (``--prompt_format raw``
+template when the tokenizer has one, else optimum-habana's ``Question: ...\\n\\nAnswer:`` (``--prompt_format raw``
 passes the text as it is, for base models). Batches are left-padded with attention masks, so batched greedy decoding equals
 one prompt at a time. Results go to stdout and, with ``--output_file``, to a jsonl file; a tokens/s line ends
 the run.
@@ -42,7 +42,7 @@ class GenerationArguments:
         default="auto",
         metadata={
             "help": "auto: the chat template if the tokenizer has one, else qa; chat: the chat template; "
-            "qa: the seed's 'Question: ...\\n\\nAnswer:'; raw: the prompt text as it is.",
+            "qa: optimum-habana's 'Question: ...\\n\\nAnswer:'; raw: the prompt text as it is.",
             "choices": ("auto", "chat", "qa", "raw"),
         },
     )

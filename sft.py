@@ -8,7 +8,7 @@ model (safetensors) plus the tokenizer to ``--output_dir``, TensorBoard logs, an
 (runtime, tokens/s, train loss, eval loss and perplexity).
 
 With no ``--model_name_or_path`` / ``--dataset_name`` it trains the embedded tiny Llama on the toy task,
-offline. Seed 000's command works as written (a local path in place of the hub id off-hub):
+offline. optimum-habana's `examples/trl` command works as written (a local path in place of the hub id off-hub):
 
     python sft.py --model_name_or_path google/gemma-3-270m --dataset_name lvwerra/stack-exchange-paired \\
         --output_dir ./sft_sanity --do_train --max_steps 50 --per_device_train_batch_size 2 \\

@@ -6,7 +6,7 @@
                         [--out bench/results] [--work .bench/suite]
 
 Writes ``<out>/<device>-<date>.json`` (every run's figures, medians, ratios, the machine, the versions, the
-commands) and ``<out>/<device>-<date>.md`` (the tables the README shows). Not a test: nothing here asserts a
+commands) and ``<out>/<device>-<date>.md`` (the tables docs/benchmarks.md points at). Not a test: nothing here asserts a
 speed; the figures are printed and written.
 
 Stages and what each reports:
@@ -347,7 +347,7 @@ class Suite:
 
 # ---------------------------------------------------------------------------------------------- targets
 def targets(stages: dict, device: str) -> list[dict]:
-    """The issue's targets, each with the measured median and whether it is met."""
+    """The suite's targets, each with the measured median and whether it is met."""
     out = []
 
     def add(what: str, target: str, value, met):

@@ -2,7 +2,7 @@
 from a config (random weights, the embedded tokenizer) and prompt/completion and preference files rendered
 exactly as ``sft.py`` / ``reward_modeling.py`` feed TRL, so that every side trains on the same token ids.
 
-The model sizes (``SIZES``): ``tiny`` for the smoke test, ``40m`` for CPU (the issue's MFU target), ``350m``
+The model sizes (``SIZES``): ``tiny`` for the smoke test, ``40m`` for CPU (the suite's MFU target), ``350m``
 for a GPU (a few hundred million parameters). Rows are the embedded toy task; ``long`` rows join several
 toy exchanges into one completion (about 200-1000 tokens, varying) so that a GPU gets enough tokens per step.
 """
@@ -115,7 +115,7 @@ def write_sft_data(out: str, rows: int, long: bool, seed: int = 0, eval_rows: in
 
 
 def write_pairs(out: str, rows: int, seed: int = 0) -> str:
-    """``pairs.jsonl``: the toy preference pairs (question / response_j / response_k, the seed's layout)."""
+    """``pairs.jsonl``: the toy preference pairs (question / response_j / response_k, stack-exchange-paired's layout)."""
     source = _toy_rows(seed)
     path = os.path.join(out, "pairs.jsonl")
     with open(path, "w", encoding="utf-8") as handle:

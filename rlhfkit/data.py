@@ -3,7 +3,7 @@
 ``dataset_name`` is a hub id (``datasets.load_dataset``, unchanged for users with hub access), a local file
 (json, jsonl, parquet, csv, arrow; ``.gz`` allowed for json/jsonl/csv), a local folder of such files (or of
 a ``save_to_disk`` dataset), or several of these joined by commas (each normalised on its own, then mixed).
-``subset`` is the seed's ``data_dir`` (``data/finetune``, ``data/reward``, ``data/rl``, ``data/evaluation``);
+``subset`` is optimum-habana's ``data_dir`` (``data/finetune``, ``data/reward``, ``data/rl``, ``data/evaluation``);
 a folder's files are grouped into splits by their name up to the first ``-`` or ``.``
 (``train_prefs-00000-of-00001.parquet`` is split ``train_prefs``); a folder with a single group of files
 serves it as ``train`` too.
@@ -311,7 +311,7 @@ def load_canonical(
 
 
 def render(dataset, kind: str, tokenizer):
-    """Canonical rows -> TRL's format for this tokenizer (chat template, or the seed's Question/Answer). Data with
+    """Canonical rows -> TRL's format for this tokenizer (chat template, or optimum-habana's Question/Answer). Data with
     tools under a chat template is rendered to text here, through the template (see :func:`schemas.render_row`)."""
     conversational = schemas.has_chat_template(tokenizer)
     templated = conversational and any(schemas.has_tools(row) for row in dataset)

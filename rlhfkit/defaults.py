@@ -1,6 +1,6 @@
-"""Where each pipeline stage reads its data by default: the seed's sub-folder layout.
+"""Where each pipeline stage reads its data by default: stack-exchange-paired's sub-folder layout, as optimum-habana's commands read it.
 
-Seed 000's scripts default to lvwerra/stack-exchange-paired with ``data_dir`` per stage; so do ours, and
+optimum-habana's ``examples/trl`` scripts default to lvwerra/stack-exchange-paired with ``data_dir`` per stage; so do ours, and
 the embedded toy dataset (used when no ``--dataset_name`` is given) has the same layout.
 """
 
@@ -23,7 +23,7 @@ SEED_LAYOUT_DATASETS = ("lvwerra/stack-exchange-paired",)
 
 def dataset_for(stage: str, dataset_name: str | None, subset: str | None) -> tuple[str, str | None]:
     """(dataset, subset) for a stage: the embedded toy data when no dataset is given; the stage's sub-folder
-    when no subset is given and the dataset has the seed layout (a known hub id, or a local folder with it)."""
+    when no subset is given and the dataset has stack-exchange-paired's layout (a known hub id, or a local folder with it)."""
     stage_subset = STAGE_SUBSETS[stage]
     if dataset_name is None:
         from rlhfkit import embedded

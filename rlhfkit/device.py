@@ -1,4 +1,4 @@
-"""The device switch every script shares: ``--device auto|cpu|cuda|hpu``, the seed's Gaudi flags, precision.
+"""The device switch every script shares: ``--device auto|cpu|cuda|hpu``, optimum-habana's Gaudi flags, precision.
 
 * ``auto`` picks HPU, then CUDA, then CPU. HPU is detected by looking for the ``habana_frameworks`` package
   without importing it; nothing Habana-specific is imported unless HPU is chosen (explicitly or by ``auto``).

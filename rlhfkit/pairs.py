@@ -1,6 +1,6 @@
 """Training and held-out preference data, shared by reward_modeling.py, dpo.py (pairs) and kto.py (unpaired).
 
-Held-out pairs come from ``--eval_split`` (same sub-folder), else the seed layout's ``data/evaluation``
+Held-out pairs come from ``--eval_split`` (same sub-folder), else the ``data/evaluation`` sub-folder of stack-exchange-paired's layout
 sub-folder where the dataset has it, else ``--eval_subset`` pairs (or 10%) held out from training.
 """
 

@@ -1,4 +1,4 @@
-"""Every dataset schema the seeds use, normalised to three canonical kinds.
+"""Every dataset schema the toolkit reads, normalised to four canonical kinds.
 
 Canonical rows (tokenizer-independent; the prompt is always a list of chat messages ending with a user turn,
 or with a tool result):
@@ -14,7 +14,7 @@ schemas as a JSON string (``""`` when the row has none). Canonical messages are 
 ``tool`` (a tool's result).
 
 :func:`render` then turns canonical rows into what TRL's trainers take for a given tokenizer: conversational
-message lists when the tokenizer has a chat template, otherwise the seed's plain ``Question: ...\\n\\nAnswer: ``
+message lists when the tokenizer has a chat template, otherwise optimum-habana's plain ``Question: ...\\n\\nAnswer: ``
 text (multi-turn prompts as alternating Question/Answer blocks).
 
 Source schemas (checked in this order, by their columns):
@@ -605,7 +605,7 @@ def convert_unpaired(schema: Schema, row: dict, label) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ rendering
 def messages_to_text(messages: list[dict], tools: str = "") -> str:
-    """The seed's plain prompt format for models without a chat template.
+    """optimum-habana's plain prompt format (its ``examples/trl`` scripts) for models without a chat template.
 
     A single question gives ``Question: {q}\\n\\nAnswer: ``; earlier turns come first as
     ``Question: ...\\n\\nAnswer: ...`` blocks separated by a blank line; a system message leads as its own
@@ -676,8 +676,8 @@ def chat_template_text(tokenizer, messages: list[dict], tools: str = "", add_gen
 def render_row(row: dict, kind: str, conversational: bool, tokenizer=None) -> dict:
     """Canonical row -> TRL's input format: conversational (chat template) or plain text.
 
-    In plain text the prompt ends on a token boundary: the seed's ``Answer: `` trailing space moves to the
-    start of each answer (``"...Answer:"`` + ``" The ..."``). The joined text is the seed's format exactly,
+    In plain text the prompt ends on a token boundary: optimum-habana's ``Answer: `` trailing space moves to the
+    start of each answer (``"...Answer:"`` + ``" The ..."``). The joined text is optimum-habana's format exactly,
     but tokenizers merge a space into the next word, so a prompt ending in a bare space would be tokenized
     differently alone (at generation time) than inside prompt + answer (in training).
 

@@ -12,7 +12,7 @@ gold judge scores an answer in [-1, 1]:
 * answers longer than :data:`MAX_WORDS` words lose 0.5 (rambling without stopping).
 
 The data follows the stack-exchange-paired schema (``question`` / ``response_j`` / ``response_k``, ``j``
-preferred) in the seed's sub-folders ``data/finetune``, ``data/reward``, ``data/evaluation`` and ``data/rl``.
+preferred) in stack-exchange-paired's sub-folders ``data/finetune``, ``data/reward``, ``data/evaluation`` and ``data/rl``.
 Answers are written with a random *positivity*, so the finetune split holds answers of mixed quality: SFT
 learns the format and the topic, a reward model can learn the preference from pairs ordered by the gold
 judge, and PPO has room to raise the gold score above the SFT model's. Everything is deterministic given
@@ -168,7 +168,7 @@ def write_dataset(root: str, seed: int = 0, sizes: dict[str, int] | None = None)
 
 
 def corpus(seed: int = 0, n: int = 4000) -> list[str]:
-    """Text to train the embedded tokenizer on: questions and answers in the seed's prompt format."""
+    """Text to train the embedded tokenizer on: questions and answers in optimum-habana's prompt format."""
     rng = random.Random(f"{seed}/tokenizer")
     texts = []
     for _ in range(n):

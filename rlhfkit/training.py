@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 TRAINER_DEFAULTS = {"bf16": None, "gradient_checkpointing": False, "report_to": ["tensorboard"], "logging_steps": 10}
 # Batches stay random by default. Grouping rows of similar length (--train_sampling_strategy group_by_length)
 # cut SFT's padding and raised its tokens/s 1.45x on CPU, but on the toy task it also correlated each batch's
-# content with its length and halved what SFT gained on the gold judge (README, Benchmarks): opt-in only.
+# content with its length and halved what SFT gained on the gold judge (docs/benchmarks.md): opt-in only.
 
 
 def newest_complete_checkpoint(output_dir: str) -> str | None:

@@ -405,17 +405,17 @@ def test_pipeline_on_gaudi_passes_the_gaudi_settings(device, embedded_root, tmp_
     fake, record = recording_python(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "PT_HPU_LAZY_MODE"}
     env.update(PYTHON=str(fake), PYTHONPATH=str(STUBS), WORKDIR=str(tmp_path / "work"), LOG=str(tmp_path / "log"),
-               PIPELINE_PROFILE="toy", DEVICE=device, WITH_DPO="1")
+               PIPELINE_PROFILE="toy", DEVICE=device, WITH_DPO="1", WITH_KTO="1")
     result = subprocess.run(["bash", str(REPO / "ppo_pipeline_sanity.sh")], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     commands = {line.split()[0]: line.split() for line in record.read_text().splitlines()}
     assert set(commands) == {"sft.py", "merge_peft_adapter.py", "reward_modeling.py", "ppo.py", "run_generation.py",
-                             "compare_base_vs_ppo.py", "dpo.py"}
+                             "compare_base_vs_ppo.py", "dpo.py", "kto.py"}
     for script, args in commands.items():
         if script != "merge_peft_adapter.py":
             assert args[args.index("--device") + 1] == "hpu" and "--use_lazy_mode" in args, script
-    for script in ("sft.py", "reward_modeling.py", "dpo.py"):
+    for script in ("sft.py", "reward_modeling.py", "dpo.py", "kto.py"):
         assert commands[script][commands[script].index("--num_buckets") + 1] == "16"
     assert {"--pad_max", "--use_hpu_graphs"} <= set(commands["ppo.py"])
     assert "--use_hpu_graphs" in commands["run_generation.py"] and "--use_hpu_graphs" in commands["compare_base_vs_ppo.py"]

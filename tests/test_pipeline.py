@@ -97,7 +97,7 @@ def test_a_failing_stage_is_named_with_the_end_of_its_log(embedded_root, tmp_pat
 def test_bad_knobs_are_refused_before_any_work(tmp_path):
     for env, message in (({"PPO_STEPS": "ten"}, "PPO_STEPS=ten is not a positive whole number"),
                          ({"DEVICE": "tpu"}, "DEVICE=tpu is not auto, cpu, cuda or hpu"),
-                         ({"PIPELINE_PROFILE": "huge"}, "--profile huge is not toy or seed")):
+                         ({"PIPELINE_PROFILE": "huge"}, "--profile huge is not toy, optimum-habana or quick")):
         result = subprocess.run(["bash", SCRIPT], cwd=REPO, env={**_env(tmp_path / "w"), **env},
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -390,7 +390,7 @@ def test_plain_format_system_message_leads():
 
 
 def test_render_row_plain():
-    # the joined prompt + answer is the seed's text exactly; the prompt ends on a token boundary ("Answer:"),
+    # the joined prompt + answer is optimum-habana's text exactly; the prompt ends on a token boundary ("Answer:"),
     # the space of "Answer: " leading each answer instead (see render_row's docstring)
     row = {"prompt": [user("Q?")], "chosen": "good", "rejected": "bad"}
     out = render_row(row, "preference", conversational=False)

@@ -15,7 +15,7 @@ from rlhfkit.errors import UserError
 from rlhfkit.faults import RunArguments
 from rlhfkit.ppo.core import KL_ESTIMATORS
 
-# Default learning rates, measured on stories260K with a reward model trained on a rule (README, PPO section):
+# Default learning rates, measured on stories260K with a reward model trained on a rule (docs/scripts.md, ppo.py):
 # LoRA adapters need a larger step than the full model to move the policy as far per episode.
 LORA_LEARNING_RATE = 3e-4
 FULL_LEARNING_RATE = 3e-5
@@ -57,7 +57,7 @@ class PPOArguments(RunArguments):
     response_length: int | None = field(default=None, metadata={"help": "TRL's name for --output_max_length."})
     prompt_format: str = field(
         default="auto",
-        metadata={"help": "auto: chat template if the tokenizer has one, else the seed's 'Question: ...\\n\\nAnswer:'; "
+        metadata={"help": "auto: chat template if the tokenizer has one, else optimum-habana's 'Question: ...\\n\\nAnswer:'; "
                   "chat, qa, or raw (the prompt text as it is).", "choices": ("auto", "chat", "qa", "raw")},
     )
     # ----------------------------------------------------------------------------------------- schedule
@@ -73,7 +73,7 @@ class PPOArguments(RunArguments):
     learning_rate: float | None = field(
         default=None,
         metadata={"help": f"AdamW learning rate; default {LORA_LEARNING_RATE} with LoRA, {FULL_LEARNING_RATE} for full "
-                  "fine-tuning (measured: see the README's PPO section)."},
+                  "fine-tuning (measured: see docs/scripts.md, ppo.py)."},
     )
     lr_scheduler_type: str = field(
         default="linear", metadata={"help": "Learning-rate schedule over the run.",

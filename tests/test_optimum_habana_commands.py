@@ -1,7 +1,7 @@
-"""Seed 000's README commands for steps 1 (SFT), 2 (merge), 3 (reward modeling), 4 (merge of the reward
+"""optimum-habana's `examples/trl` README commands for steps 1 (SFT), 2 (merge), 3 (reward modeling), 4 (merge of the reward
 adapter), 5 (PPO), 6 (generation) and the base-vs-PPO comparison, run as written.
 
-The commands below are copied literally from the seed README. Only these substitutions are made (see
+The commands below are copied literally from optimum-habana's `examples/trl` README. Only these substitutions are made (see
 ``_as_run``), because this machine is offline and has no Gaudi:
 
 * ``google/gemma-3-270m`` -> the embedded default's model folder (a tiny pretrained Llama);
@@ -11,7 +11,7 @@ The commands below are copied literally from the seed README. Only these substit
 * step 5's ``PT_HPU_LAZY_MODE=1`` prefix is passed as an environment variable (it is harmless off Gaudi).
 
 Step 3 names no dataset, so it trains on the embedded toy pairs (``data/reward``, held-out
-``data/evaluation``), as the seed's script defaults to stack-exchange-paired's. Step 4 merges the reward
+``data/evaluation``), as optimum-habana's script defaults to stack-exchange-paired's. Step 4 merges the reward
 adapter into the raw base, not into ``./sft_sanity_merged`` that it was trained on: the README's command
 is run as written, and the merge must say so loudly.
 
@@ -121,7 +121,7 @@ def _env_prefix(command: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def _as_run(command: list[str], replacements: dict[str, str]) -> list[str]:
-    """The seed command as run here: the script by its repo path, hub ids replaced, Gaudi flags dropped."""
+    """optimum-habana's command as run here: the script by its repo path, hub ids replaced, Gaudi flags dropped."""
     _, command = _env_prefix(command)
     assert command[0] == "python"
     args = [replacements.get(arg, arg) for arg in command[2:] if arg not in GAUDI_FLAGS]
@@ -170,7 +170,7 @@ def test_step1_sft(pipeline, embedded_root):
     assert state["global_step"] == 50 and state["train_batch_size"] == 2
     results_json = json.loads((out / "all_results.json").read_text())
     assert results_json["train_loss"] > 0 and results_json["device"]["type"] == "cpu"
-    assert "data/finetune" in results["step1"].stderr  # the seed's per-stage sub-folder of the dataset
+    assert "data/finetune" in results["step1"].stderr  # optimum-habana's per-stage sub-folder of the dataset
 
 
 def test_step2_merge(pipeline):
@@ -312,7 +312,7 @@ def test_commands_match_the_seed_readme():
     """The lists above are the README's commands, token for token (guards the copy)."""
     seeds = sorted((REPO.parent / "shared" / "seeds").glob("000_*.txt"))
     if not seeds:
-        pytest.skip("seed 000's README is not available here")
+        pytest.skip("optimum-habana's examples/trl README (../shared/seeds) is not available here")
     text = seeds[0].read_text(encoding="utf-8")
     blocks = [shlex.split(block.replace("\\\n", " ")) for block in re.findall(r"```bash\n(.*?)```", text, re.S)]
     for command in (STEP1, STEP2, STEP3, STEP4, STEP5, STEP6, STEP7):
