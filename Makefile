@@ -36,7 +36,7 @@ CMD ?=
 REQUIRE_DOCKER = command -v docker >/dev/null || { echo "error: docker is not installed: make $@ needs the Docker CLI and daemon (https://docs.docker.com/engine/install/)" >&2; exit 1; }; \
 	docker info >/dev/null 2>&1 || { echo "error: cannot reach the Docker daemon (docker info failed): start it, or check DOCKER_HOST and your permissions" >&2; exit 1; }
 
-.PHONY: help install test lint sanity bench default clean build run hpu-check
+.PHONY: help install test test-fast lint sanity bench default clean build run hpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 test: install ## run the test suite (CPU, offline)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install ## the quick lane: every test not marked slow (no training run, no subprocess), a few minutes
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: install ## ruff over the tree; shellcheck (shell scripts) and hadolint (Dockerfile) when installed
 	$(VENV)/bin/ruff check .

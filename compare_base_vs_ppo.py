@@ -27,9 +27,9 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from rlhfkit.cli import make_parser, setup_logging
+from rlhfkit.cli import make_parser, script_cli
 from rlhfkit.device import DeviceArguments, PrecisionArguments
-from rlhfkit.errors import UserError, cli_entry
+from rlhfkit.errors import UserError
 from rlhfkit.hpu import HPUGraphArguments
 
 logger = logging.getLogger("compare_base_vs_ppo")
@@ -129,11 +129,7 @@ def main(args: CompareArguments, device_args: DeviceArguments, precision: Precis
     validate(args)
     from rlhfkit import compare, compare_report, device, hpu, io, models, scoring
 
-    graphs = graphs or HPUGraphArguments()
-    info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
-    hpu.warn_graphs_off_gaudi(info, graphs.use_hpu_graphs)
-    static = graphs.use_hpu_graphs and info.type == "hpu"
-    dtype = device.torch_dtype(device.resolve_precision(info, precision.bf16, precision.fp16))
+    info, dtype, static = hpu.inference_setup(device_args, precision, graphs or HPUGraphArguments())
     prompts = load_prompts(args)
     gold, gold_name = compare.resolve_gold_judge(args.gold_judge, prompts)
     settings = compare.SamplingSettings(
@@ -206,10 +202,7 @@ def build_parser():
                        description=__doc__)
 
 
-@cli_entry
-def cli(argv: list[str] | None = None):
-    setup_logging()
-    return main(*build_parser().parse_args_and_config(argv))
+cli = script_cli(build_parser, main)
 
 
 if __name__ == "__main__":

@@ -19,21 +19,12 @@ held-out examples are evaluated before and after training (``rewards/chosen``, `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from rlhfkit.cli import make_parser, setup_logging
-from rlhfkit.device import DeviceArguments, configure_training_args
-from rlhfkit.errors import UserError, cli_entry
-from rlhfkit.faults import RunArguments
-from rlhfkit.hpu import StaticShapeArguments, TrainerHPUGraphArguments
+from rlhfkit.cli import script_cli
+from rlhfkit.device import DeviceArguments
+from rlhfkit.errors import UserError
 from rlhfkit.modelargs import ModelArguments
-from rlhfkit.pairs import PairDataArguments
-from rlhfkit.training import TRAINER_DEFAULTS
-
-
-@dataclass
-class ScriptArguments(PairDataArguments, RunArguments, StaticShapeArguments, TrainerHPUGraphArguments):
-    pass
+from rlhfkit.preference_training import ScriptArguments
+from rlhfkit.training import trainer_parser
 
 
 def validate(training_args) -> None:
@@ -46,12 +37,7 @@ def validate(training_args) -> None:
 def make_kto_parser():
     from trl import KTOConfig
 
-    return make_parser(
-        (ScriptArguments, ModelArguments, DeviceArguments, KTOConfig),
-        description=__doc__,
-        prepare=lambda ns: configure_training_args(ns, ns),
-        defaults=TRAINER_DEFAULTS,
-    )
+    return trainer_parser(ScriptArguments, KTOConfig, __doc__)
 
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):
@@ -61,10 +47,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     return run("kto", script_args, model_args, device_args, training_args)
 
 
-@cli_entry
-def cli(argv: list[str] | None = None):
-    setup_logging()
-    return main(*make_kto_parser().parse_args_and_config(argv))
+cli = script_cli(make_kto_parser, main)
 
 
 if __name__ == "__main__":

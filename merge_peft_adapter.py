@@ -21,12 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 
-from rlhfkit.cli import make_parser, setup_logging
-from rlhfkit.errors import UserError, cli_entry
+from rlhfkit.cli import make_parser, script_cli
+from rlhfkit.errors import UserError
 
 logger = logging.getLogger("merge_peft_adapter")
 
@@ -150,35 +148,22 @@ def main(args: MergeArguments):
             raise RuntimeError("the merged score head differs from the adapter's trained head")
 
     output = os.path.abspath(args.output_name)
-    parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.merging-", dir=parent)
-    try:
+    with io.new_dir(output, replace=True) as staging:  # --overwrite_output_dir: the old folder is swapped out
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         io.write_json(os.path.join(staging, "merge_info.json"), {
             "adapter": os.path.abspath(args.adapter_model_name), "base": base,
             "adapter_recorded_base": recorded, "task_type": task_type,
         })
-        os.chmod(staging, 0o755)
-        if os.path.exists(output):  # --overwrite_output_dir: swap, then drop the old folder
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=parent)
-            os.replace(output, os.path.join(old, "x"))
-            os.replace(staging, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info("merged model written to %s", args.output_name)
     return output
 
 
-@cli_entry
-def cli(argv: list[str] | None = None):
-    setup_logging()
-    (args,) = make_parser((MergeArguments,), description=__doc__).parse_args_and_config(argv)
-    return main(args)
+def build_parser():
+    return make_parser((MergeArguments,), description=__doc__)
+
+
+cli = script_cli(build_parser, main)
 
 
 if __name__ == "__main__":

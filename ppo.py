@@ -27,10 +27,10 @@ from __future__ import annotations
 import logging
 import os
 
-from rlhfkit.cli import make_parser, setup_logging
+from rlhfkit.cli import make_parser, script_cli
 from rlhfkit.data import DatasetArguments
 from rlhfkit.device import DeviceArguments, PrecisionArguments
-from rlhfkit.errors import UserError, cli_entry
+from rlhfkit.errors import UserError
 from rlhfkit.modelargs import ModelArguments
 from rlhfkit.ppo.config import PPOArguments
 
@@ -86,9 +86,11 @@ def load_prompts(data_args: DatasetArguments, args: PPOArguments, tokenizer):
     return [schemas.prompt_text(prompts[i]) for i in keep], [ids[i] for i in keep]
 
 
-def validate(args: PPOArguments, model_args: ModelArguments) -> None:
+def validate(args: PPOArguments, model_args: ModelArguments) -> str | None:
+    """Everything checkable before a model loads; returns the checkpoint to resume from, if any."""
     args.validate()
-    from rlhfkit import models
+    from rlhfkit import checkpoints, faults, models
+    from rlhfkit.ppo.trainer import STATE_FILE
 
     if args.reward_model_name:
         models.check_reward_model(args.reward_model_name, args.trust_remote_code)
@@ -98,17 +100,8 @@ def validate(args: PPOArguments, model_args: ModelArguments) -> None:
             raise UserError("--save_merged False with an adapter folder as the policy: the new adapter would sit on the "
                             "merged SFT model, not on the base its config names; merge the SFT adapter first "
                             "(merge_peft_adapter.py) or keep --save_merged True")
-    resume = args.resume_from_checkpoint
-    from rlhfkit import faults
-
-    faults.check_output_dir(args.output_dir, args.overwrite_output_dir, bool(resume))
-    if resume and resume.lower() in ("last", "true", "latest"):
-        from rlhfkit.ppo.trainer import newest_checkpoint
-
-        if newest_checkpoint(args.output_dir) is None:
-            raise UserError(f"--resume_from_checkpoint {resume}: no complete checkpoint-* in {args.output_dir}")
-    elif resume and not os.path.isdir(resume):
-        raise UserError(f"--resume_from_checkpoint {resume} is not a folder: pass a checkpoint-* folder or 'last'")
+    faults.check_output_dir(args.output_dir, args.overwrite_output_dir, bool(args.resume_from_checkpoint))
+    return checkpoints.resolve(args.resume_from_checkpoint, args.output_dir, STATE_FILE)
 
 
 def save_policy(trainer, args: PPOArguments, model_args: ModelArguments, tokenizer) -> None:
@@ -147,14 +140,14 @@ def write_outputs(trainer, args: PPOArguments, summary: dict, info) -> None:
 
 def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArguments, device_args: DeviceArguments,
          precision: PrecisionArguments):
-    validate(args, model_args)
+    resume = validate(args, model_args)
     import torch
     from accelerate import Accelerator
     from transformers import set_seed
 
     from rlhfkit import device, faults, hpu, models, scoring
     from rlhfkit.ppo import policy as policy_lib
-    from rlhfkit.ppo.trainer import PPOTrainer, newest_checkpoint
+    from rlhfkit.ppo.trainer import PPOTrainer
 
     info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
     dtype = device.torch_dtype(device.resolve_precision(info, precision.bf16, precision.fp16))
@@ -215,11 +208,8 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     accelerator.wait_for_everyone()
     trainer = PPOTrainer(args, accelerator, module, ref_model, scorer, tokenizer, prompts, queries, stop_ids,
                          total_steps, generator)
-    if args.resume_from_checkpoint:
-        path = args.resume_from_checkpoint
-        if path.lower() in ("last", "true", "latest"):
-            path = newest_checkpoint(args.output_dir)
-        trainer.load_checkpoint(path)
+    if resume:
+        trainer.load_checkpoint(resume)
     trainable, total = models.count_parameters(module, True), models.count_parameters(module)
     critic = {"head": "a value head on the policy trunk",
               "reward": "the reward model + LoRA, its adapter-disabled self scoring" if shared else
@@ -248,10 +238,7 @@ def build_parser():
                        description=__doc__)
 
 
-@cli_entry
-def cli(argv: list[str] | None = None):
-    setup_logging()
-    return main(*build_parser().parse_args_and_config(argv))
+cli = script_cli(build_parser, main)
 
 
 if __name__ == "__main__":

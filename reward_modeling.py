@@ -26,14 +26,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from rlhfkit.cli import make_parser, setup_logging
-from rlhfkit.device import DeviceArguments, configure_training_args
-from rlhfkit.errors import UserError, cli_entry
+from rlhfkit.cli import script_cli
+from rlhfkit.device import DeviceArguments
 from rlhfkit.faults import RunArguments
 from rlhfkit.hpu import StaticShapeArguments, TrainerHPUGraphArguments
 from rlhfkit.modelargs import ModelArguments
 from rlhfkit.pairs import PairDataArguments, load_pairs
-from rlhfkit.training import TRAINER_DEFAULTS, prepare_output, train_and_save, will_train
+from rlhfkit.training import open_run, train_and_save, trainer_parser, will_train
 
 logger = logging.getLogger("reward_modeling")
 
@@ -46,12 +45,7 @@ class ScriptArguments(PairDataArguments, RunArguments, StaticShapeArguments, Tra
 def make_reward_parser():
     from trl import RewardConfig
 
-    return make_parser(
-        (ScriptArguments, ModelArguments, DeviceArguments, RewardConfig),
-        description=__doc__,
-        prepare=lambda ns: configure_training_args(ns, ns),
-        defaults=TRAINER_DEFAULTS,
-    )
+    return trainer_parser(ScriptArguments, RewardConfig, __doc__)
 
 
 def evaluate_pairs(model, tokenizer, rendered, batch_size: int, max_length: int | None) -> dict:
@@ -65,29 +59,18 @@ def evaluate_pairs(model, tokenizer, rendered, batch_size: int, max_length: int 
 
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):
-    from transformers import set_seed
-
     from rlhfkit import device, hpu, models
     from rlhfkit.results import write_results
 
-    if not training_args.output_dir:
-        raise UserError("--output_dir is required: where to write the reward model")
-    info = configure_training_args(training_args, device_args)
-    hpu.prepare_trainer_shapes(training_args, script_args)
-    set_seed(training_args.seed)
-    prepare_output(training_args, script_args)  # a bad --resume_from_checkpoint or --output_dir fails first
-
-    model_name = models.resolve_name(model_args.model_name_or_path)
-    models.check_model_source(model_name)
-    tokenizer = models.load_tokenizer(model_args.tokenizer_name_or_path or model_name,
-                                      training_args.trust_remote_code)
-    models.ensure_pad_token(tokenizer)  # then the score is read at the last token before padding
+    # the tokenizer gets a pad token: the score is read at the last token before padding
+    info, model_name, tokenizer_name, tokenizer = open_run(training_args, device_args, script_args, model_args,
+                                                           "the reward model")
     train, evaluation = load_pairs(script_args, training_args.seed, tokenizer, training_args.max_length)
 
     model = models.load_sequence_classifier(model_name, trust_remote_code=training_args.trust_remote_code,
                                             allow_pickle=model_args.allow_pickle,
                                             pad_token_id=tokenizer.pad_token_id)
-    models.check_vocabulary(model, tokenizer, model_name, model_args.tokenizer_name_or_path or model_name)
+    models.check_vocabulary(model, tokenizer, model_name, tokenizer_name)
     peft_config = model_args.lora_config("SEQ_CLS")
     trainer, shapes = hpu.make_trainer("reward", info, training_args, script_args, model=model, train_dataset=train,
                                        eval_dataset=evaluation if training_args.eval_strategy != "no" else None,
@@ -111,10 +94,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     return results
 
 
-@cli_entry
-def cli(argv: list[str] | None = None):
-    setup_logging()
-    return main(*make_reward_parser().parse_args_and_config(argv))
+cli = script_cli(make_reward_parser, main)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from rlhfkit.cli import make_parser, setup_logging
+from rlhfkit.cli import make_parser, script_cli
 from rlhfkit.device import DeviceArguments, PrecisionArguments
-from rlhfkit.errors import UserError, cli_entry
+from rlhfkit.errors import UserError
 from rlhfkit.hpu import HPUGraphArguments
 
 logger = logging.getLogger("run_generation")
@@ -93,15 +93,11 @@ def main(args: GenerationArguments, device_args: DeviceArguments, precision: Pre
     validate(args)
     from transformers import set_seed
 
-    from rlhfkit import device, hpu, models, sampling
+    from rlhfkit import hpu, models, sampling
 
-    graphs = graphs or HPUGraphArguments()
-    info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
-    hpu.warn_graphs_off_gaudi(info, graphs.use_hpu_graphs)
-    static = graphs.use_hpu_graphs and info.type == "hpu"
+    info, dtype, static = hpu.inference_setup(device_args, precision, graphs or HPUGraphArguments())
     if static and not args.use_kv_cache:
         raise UserError("--use_hpu_graphs decodes with a static KV cache: drop --use_kv_cache False")
-    dtype = device.torch_dtype(device.resolve_precision(info, precision.bf16, precision.fp16))
     prompts = list(args.prompt or []) + (read_prompt_file(args.prompt_file) if args.prompt_file else [])
 
     name = models.resolve_name(args.model_name_or_path)
@@ -137,12 +133,12 @@ def main(args: GenerationArguments, device_args: DeviceArguments, precision: Pre
     return records
 
 
-@cli_entry
-def cli(argv: list[str] | None = None):
-    setup_logging()
-    parser = make_parser((GenerationArguments, DeviceArguments, PrecisionArguments, HPUGraphArguments),
-                         description=__doc__)
-    return main(*parser.parse_args_and_config(argv))
+def build_parser():
+    return make_parser((GenerationArguments, DeviceArguments, PrecisionArguments, HPUGraphArguments),
+                       description=__doc__)
+
+
+cli = script_cli(build_parser, main)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,14 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from rlhfkit.cli import make_parser, setup_logging
+from rlhfkit.cli import script_cli
 from rlhfkit.data import DatasetArguments
-from rlhfkit.device import DeviceArguments, configure_training_args
-from rlhfkit.errors import UserError, cli_entry
+from rlhfkit.device import DeviceArguments
+from rlhfkit.errors import UserError
 from rlhfkit.faults import RunArguments
 from rlhfkit.hpu import StaticShapeArguments, TrainerHPUGraphArguments
 from rlhfkit.modelargs import ModelArguments
-from rlhfkit.training import TRAINER_DEFAULTS, prepare_output, train_and_save, will_train
+from rlhfkit.training import open_run, train_and_save, trainer_parser, will_train
 
 logger = logging.getLogger("sft")
 
@@ -50,12 +50,7 @@ class ScriptArguments(DatasetArguments, RunArguments, StaticShapeArguments, Trai
 def make_parser_for_sft():
     from trl import SFTConfig
 
-    return make_parser(
-        (ScriptArguments, ModelArguments, DeviceArguments, SFTConfig),
-        description=__doc__,
-        prepare=lambda ns: configure_training_args(ns, ns),
-        defaults=TRAINER_DEFAULTS,
-    )
+    return trainer_parser(ScriptArguments, SFTConfig, __doc__)
 
 
 def held_out_size(spec: str, total: int) -> int:
@@ -117,27 +112,16 @@ def check_room_for_completions(train, tokenizer, max_length: int | None) -> None
 
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):
-    from transformers import set_seed
-
     from rlhfkit import device, hpu, models
     from rlhfkit.results import write_results
 
-    if not training_args.output_dir:
-        raise UserError("--output_dir is required: where to write the trained model")
-    info = configure_training_args(training_args, device_args)
-    hpu.prepare_trainer_shapes(training_args, script_args)
-    set_seed(training_args.seed)
+    info, model_name, tokenizer_name, tokenizer = open_run(training_args, device_args, script_args, model_args,
+                                                           "the trained model")
     do_train = will_train(training_args)
-    prepare_output(training_args, script_args)  # a bad --resume_from_checkpoint or --output_dir fails first
-
-    model_name = models.resolve_name(model_args.model_name_or_path)
-    models.check_model_source(model_name)
-    tokenizer = models.load_tokenizer(model_args.tokenizer_name_or_path or model_name,
-                                   training_args.trust_remote_code)
     train_dataset, eval_dataset = load_data(script_args, training_args, tokenizer)
     model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,
                                   allow_pickle=model_args.allow_pickle, merge_adapter=True)
-    models.check_vocabulary(model, tokenizer, model_name, model_args.tokenizer_name_or_path or model_name)
+    models.check_vocabulary(model, tokenizer, model_name, tokenizer_name)
     peft_config = model_args.lora_config("CAUSAL_LM")
     trainer, shapes = hpu.make_trainer("sft", info, training_args, script_args, model=model,
                                        train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -161,10 +145,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     return results
 
 
-@cli_entry
-def cli(argv: list[str] | None = None):
-    setup_logging()
-    return main(*make_parser_for_sft().parse_args_and_config(argv))
+cli = script_cli(make_parser_for_sft, main)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from rlhfkit.errors import UserError
+from rlhfkit.errors import UserError, cli_entry
 
 
 def make_parser(dataclass_types: Iterable[type], description: str | None = None, prepare=None, defaults=None):
@@ -141,3 +141,16 @@ def setup_logging(level: int = logging.INFO) -> logging.Logger:
 def dataclass_to_dict(obj: Any) -> dict[str, Any]:
     """Plain dict of a dataclass instance, for logs and result files."""
     return {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}
+
+
+def script_cli(build_parser, main):
+    """A script's command-line entry, ``cli(argv=None)``: logging set up, the flags (and ``--config``) parsed by
+    ``build_parser()``, then ``main(*parsed)``; bad input ends in one ``error:`` line (:func:`cli_entry`)."""
+
+    @cli_entry
+    def cli(argv: list[str] | None = None):
+        setup_logging()
+        return main(*build_parser().parse_args_and_config(argv))
+
+    return cli
+

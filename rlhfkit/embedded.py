@@ -20,8 +20,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import tempfile
 
 from rlhfkit import toy
 
@@ -148,37 +146,32 @@ def build(output_dir: str, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS) 
     ``pretrain_steps`` below the default gives a base model that has not learned the task's language (for
     tests of the build itself).
     """
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".embedded-", dir=parent)
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    from rlhfkit import io
+
     try:
-        tokenizer = build_tokenizer(seed)
-        model = build_model(tokenizer, seed)
-        pretrain_loss = pretrain(model, tokenizer, seed, pretrain_steps)
-        model.save_pretrained(model_dir(staging), safe_serialization=True)
-        tokenizer.save_pretrained(model_dir(staging))
-        toy.write_dataset(staging, seed)
-        info = {
-            "version": VERSION,
-            "seed": seed,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "vocab_size": len(tokenizer),
-            "pretrain": {"steps": pretrain_steps, "batch": PRETRAIN_BATCH, "lr": PRETRAIN_LR, "loss": pretrain_loss},
-            "model": MODEL_CONFIG,
-            "splits": toy.SPLITS,
-        }
-        with open(os.path.join(staging, "BUILD_INFO.json"), "w", encoding="utf-8") as handle:
-            json.dump(info, handle, indent=2)
-        try:
-            os.rename(staging, output_dir)
-        except OSError:
-            if not is_built(output_dir):
-                raise
-            shutil.rmtree(staging, ignore_errors=True)  # another process finished the same build first
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with io.new_dir(output_dir) as staging:
+            tokenizer = build_tokenizer(seed)
+            model = build_model(tokenizer, seed)
+            pretrain_loss = pretrain(model, tokenizer, seed, pretrain_steps)
+            model.save_pretrained(model_dir(staging), safe_serialization=True)
+            tokenizer.save_pretrained(model_dir(staging))
+            toy.write_dataset(staging, seed)
+            info = {
+                "version": VERSION,
+                "seed": seed,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "vocab_size": len(tokenizer),
+                "pretrain": {"steps": pretrain_steps, "batch": PRETRAIN_BATCH, "lr": PRETRAIN_LR,
+                             "loss": pretrain_loss},
+                "model": MODEL_CONFIG,
+                "splits": toy.SPLITS,
+            }
+            with open(os.path.join(staging, "BUILD_INFO.json"), "w", encoding="utf-8") as handle:
+                json.dump(info, handle, indent=2)
+    except OSError:
+        if not is_built(output_dir):
+            raise
+        # another process finished the same build first: its folder stands, ours is gone
     return output_dir
 
 

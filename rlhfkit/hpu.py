@@ -156,6 +156,16 @@ def warn_graphs_off_gaudi(info, enabled: bool) -> None:
         logger.warning("--use_hpu_graphs is a Gaudi option: ignored on %s", info.type)
 
 
+def inference_setup(device_args, precision, graphs):
+    """(device info, torch dtype, static) for the sampling scripts (run_generation.py, compare_base_vs_ppo.py):
+    the device, the precision it gets, and whether HPU graphs (static shapes) apply: only on Gaudi, warned
+    elsewhere."""
+    info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
+    warn_graphs_off_gaudi(info, graphs.use_hpu_graphs)
+    dtype = device.torch_dtype(device.resolve_precision(info, precision.bf16, precision.fp16))
+    return info, dtype, graphs.use_hpu_graphs and info.type == "hpu"
+
+
 # ------------------------------------------------------------------------------------ trainer backends
 
 TRL_TRAINERS = {"sft": "SFTTrainer", "reward": "RewardTrainer", "dpo": "DPOTrainer", "kto": "KTOTrainer"}

@@ -48,6 +48,30 @@ def write_bytes(path: str, payload: bytes) -> None:
 
 
 @contextlib.contextmanager
+def new_dir(final_dir: str, replace: bool = False):
+    """A whole folder written aside and renamed into place: yields a staging sibling of ``final_dir`` (an ordinary
+    folder's permissions); on success it becomes ``final_dir`` in one rename. ``replace``: an existing
+    ``final_dir`` is swapped out, then removed; otherwise an existing one makes the rename fail (``OSError``).
+    Nothing is left behind on failure."""
+    final_dir = os.path.abspath(final_dir)
+    parent = os.path.dirname(final_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.saving-", dir=parent)
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private
+        yield staging
+        if replace and os.path.exists(final_dir):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.old-", dir=parent)
+            os.replace(final_dir, os.path.join(old, "previous"))
+            os.replace(staging, final_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, final_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def staging_dir(final_dir: str, publish_files: bool = True):
     """A temporary folder beside ``final_dir`` to save into; on success its files are published into
     ``final_dir`` (created if needed, other contents kept), config files last. Removed on failure.

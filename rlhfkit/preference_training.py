@@ -9,10 +9,19 @@ or with ``--precompute_ref_log_probs`` computes the reference log-probs once bef
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from rlhfkit.errors import UserError
+from rlhfkit.faults import RunArguments
+from rlhfkit.hpu import StaticShapeArguments, TrainerHPUGraphArguments
+from rlhfkit.pairs import PairDataArguments
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScriptArguments(PairDataArguments, RunArguments, StaticShapeArguments, TrainerHPUGraphArguments):
+    """dpo.py's and kto.py's own flags: the data, the run's fault handling, Gaudi's static shapes and graphs."""
 
 # the data kind each trainer takes, and the held-out metrics its summary line reports
 DATA_KIND = {"dpo": "preference", "kto": "unpaired"}
@@ -55,26 +64,13 @@ def reference_model(model_name: str, model_args, training_args, peft_config, use
 def run(kind: str, script_args, model_args, device_args, training_args) -> dict:
     """Train and evaluate with TRL's trainer for ``kind`` ("dpo" or "kto"); the results as written to
     ``all_results.json``."""
-    from transformers import set_seed
-
     from rlhfkit import device, hpu, models
-    from rlhfkit.device import configure_training_args
     from rlhfkit.pairs import load_pairs
     from rlhfkit.results import write_results
-    from rlhfkit.training import prepare_output, train_and_save, will_train
+    from rlhfkit.training import open_run, train_and_save, will_train
 
-    if not training_args.output_dir:
-        raise UserError("--output_dir is required: where to write the trained policy")
-    info = configure_training_args(training_args, device_args)
-    hpu.prepare_trainer_shapes(training_args, script_args)
-    set_seed(training_args.seed)
-    prepare_output(training_args, script_args)  # a bad --resume_from_checkpoint or --output_dir fails first
-
-    model_name = models.resolve_name(model_args.model_name_or_path)
-    models.check_model_source(model_name)
-    tokenizer_name = model_args.tokenizer_name_or_path or model_name
-    tokenizer = models.load_tokenizer(tokenizer_name, training_args.trust_remote_code)
-    models.ensure_pad_token(tokenizer)
+    info, model_name, tokenizer_name, tokenizer = open_run(training_args, device_args, script_args, model_args,
+                                                           "the trained policy")
     train, evaluation = load_pairs(script_args, training_args.seed, tokenizer, training_args.max_length,
                                    DATA_KIND[kind])
     model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,

@@ -19,44 +19,61 @@ TRAINER_DEFAULTS = {"bf16": None, "gradient_checkpointing": False, "report_to": 
 # content with its length and halved what SFT gained on the gold judge (docs/benchmarks.md): opt-in only.
 
 
-def newest_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest ``checkpoint-N`` with its ``trainer_state.json``, which the Trainer writes last: a checkpoint
-    cut short by a crash lacks it and is passed over (with a warning)."""
-    import re
+def trainer_parser(script_cls, config_cls, doc: str):
+    """The flag parser of a Trainer script: its own arguments (``script_cls``), the model's, the device switch and
+    TRL's config class (``config_cls``), with :data:`TRAINER_DEFAULTS`; the device flags set the config's too."""
+    from rlhfkit.cli import make_parser
+    from rlhfkit.device import DeviceArguments, configure_training_args
+    from rlhfkit.modelargs import ModelArguments
 
-    if not os.path.isdir(output_dir):
-        return None
-    found = []
-    for name in os.listdir(output_dir):
-        match = re.fullmatch(r"checkpoint-(\d+)", name)
-        path = os.path.join(output_dir, name)
-        if match and os.path.isdir(path):
-            if os.path.isfile(os.path.join(path, "trainer_state.json")):
-                found.append((int(match.group(1)), path))
-            else:
-                logger.warning("%s is incomplete (no trainer_state.json): not resuming from it", path)
-    return max(found)[1] if found else None
+    return make_parser((script_cls, ModelArguments, DeviceArguments, config_cls), description=doc,
+                       prepare=lambda ns: configure_training_args(ns, ns), defaults=TRAINER_DEFAULTS)
+
+
+TRAINER_CHECKPOINT_MARKER = "trainer_state.json"  # the Trainer writes it last into a checkpoint
+
+
+def newest_complete_checkpoint(output_dir: str) -> str | None:
+    from rlhfkit import checkpoints
+
+    return checkpoints.newest_complete(output_dir, TRAINER_CHECKPOINT_MARKER)
 
 
 def resolve_resume(training_args) -> str | None:
-    """``--resume_from_checkpoint`` as a path, or ``true``/``last`` for the newest complete checkpoint."""
-    value = training_args.resume_from_checkpoint
-    if value is None:
-        return None
-    if value.lower() in ("true", "last", "latest"):
-        last = newest_complete_checkpoint(training_args.output_dir)
-        if last is None:
-            raise UserError(f"--resume_from_checkpoint {value}: no complete checkpoint-* folder in "
-                            f"{training_args.output_dir}")
-        return last
-    if not os.path.isdir(value):
-        raise UserError(f"--resume_from_checkpoint {value} is not a folder: pass a checkpoint-* folder or 'last'")
-    return value
+    """``--resume_from_checkpoint`` as a path (``true`` / ``last``: the newest complete checkpoint)."""
+    from rlhfkit import checkpoints
+
+    return checkpoints.resolve(training_args.resume_from_checkpoint, training_args.output_dir,
+                               TRAINER_CHECKPOINT_MARKER)
 
 
 def will_train(training_args) -> bool:
     """--do_train, or neither --do_train nor --do_eval (training is the default)."""
     return bool(training_args.do_train or not training_args.do_eval)
+
+
+def open_run(training_args, device_args, script_args, model_args, what: str):
+    """The opening every Trainer script (sft, reward_modeling, dpo, kto) shares, before any data or weights load:
+    ``--output_dir`` required (``what``: what it will hold), the device and precision, the static shapes, the
+    seed, the resume target and the output-folder policy; then the model's source checked and its tokenizer
+    loaded, with a pad token. Returns (device info, model name, tokenizer name, tokenizer)."""
+    from transformers import set_seed
+
+    from rlhfkit import hpu, models
+    from rlhfkit.device import configure_training_args
+
+    if not training_args.output_dir:
+        raise UserError(f"--output_dir is required: where to write {what}")
+    info = configure_training_args(training_args, device_args)
+    hpu.prepare_trainer_shapes(training_args, script_args)
+    set_seed(training_args.seed)
+    prepare_output(training_args, script_args)  # a bad --resume_from_checkpoint or --output_dir fails first
+    model_name = models.resolve_name(model_args.model_name_or_path)
+    models.check_model_source(model_name)
+    tokenizer_name = model_args.tokenizer_name_or_path or model_name
+    tokenizer = models.load_tokenizer(tokenizer_name, training_args.trust_remote_code)
+    models.ensure_pad_token(tokenizer)
+    return info, model_name, tokenizer_name, tokenizer
 
 
 def prepare_output(training_args, run_args) -> str | None:
@@ -100,6 +117,8 @@ def make_checkpoints_atomic(trainer) -> None:
 
     from transformers.trainer_utils import rotate_checkpoints
 
+    from rlhfkit import checkpoints
+
     save_checkpoint, get_output_dir = trainer._save_checkpoint, trainer._get_output_dir
 
     def atomic_save_checkpoint(model, trial):
@@ -116,9 +135,7 @@ def make_checkpoints_atomic(trainer) -> None:
             trainer._get_output_dir = get_output_dir
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
-            final = os.path.join(run_dir, name)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(os.path.join(staging, name), final)
+            checkpoints.publish(os.path.join(staging, name), os.path.join(run_dir, name))
             shutil.rmtree(staging, ignore_errors=True)
             best = trainer.state.best_model_checkpoint
             if best and best.startswith(staging):

@@ -25,18 +25,16 @@ sampling seed (seed + rank), gradients are averaged, and metrics are averaged ov
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import logging
 import os
-import re
 import shutil
 import time
 
 import torch
 
-from rlhfkit import faults, hpu, sampling
+from rlhfkit import checkpoints, faults, hpu, sampling
 from rlhfkit.errors import UserError
 from rlhfkit.ppo import core
 from rlhfkit.ppo.policy import PolicyAndValue, logprobs_and_values
@@ -60,9 +58,8 @@ def _format_duration(seconds: float) -> str:
 
 
 def newest_checkpoint(output_dir: str) -> str | None:
-    found = [(int(m.group(1)), path) for path in glob.glob(os.path.join(output_dir, "checkpoint-*"))
-             if (m := re.search(r"checkpoint-(\d+)$", path)) and os.path.isfile(os.path.join(path, STATE_FILE))]
-    return max(found)[1] if found else None
+    """The newest complete PPO checkpoint in ``output_dir`` (its :data:`STATE_FILE` written)."""
+    return checkpoints.newest_complete(output_dir, STATE_FILE)
 
 
 class PPOTrainer:
@@ -446,18 +443,11 @@ class PPOTrainer:
                      "log_history": self.log_history}
             with open(os.path.join(staging, STATE_FILE), "w", encoding="utf-8") as handle:
                 json.dump(state, handle, indent=1)  # written last: its presence marks a complete checkpoint
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(staging, final)
-            self._rotate()
+            checkpoints.publish(staging, final)
+            checkpoints.rotate(self.args.output_dir, self.args.save_total_limit)
             logger.info("saved %s", final)
         acc.wait_for_everyone()
         return final
-
-    def _rotate(self) -> None:
-        found = sorted((int(m.group(1)), p) for p in glob.glob(os.path.join(self.args.output_dir, "checkpoint-*"))
-                       if (m := re.search(r"checkpoint-(\d+)$", p)))
-        for _, path in found[: -self.args.save_total_limit]:
-            shutil.rmtree(path, ignore_errors=True)
 
     def load_checkpoint(self, path: str) -> None:
         from safetensors.torch import load_file
