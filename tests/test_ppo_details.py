@@ -144,3 +144,18 @@ def test_comparison_reports_no_kl_for_truncated_sampling():
 
     reason = compare.kl_unavailable(Loaded(), Loaded(), compare.SamplingSettings(top_k=5))
     assert reason and "top-k/top-p" in reason
+
+
+def test_trl_names_map_to_ours_and_say_so(caplog):
+    """--response_length (TRL's name) sets --output_max_length, with a log line; the two disagreeing is an error."""
+    import logging
+
+    from rlhfkit.errors import UserError
+    from rlhfkit.ppo.config import PPOArguments
+
+    with caplog.at_level(logging.INFO):
+        assert PPOArguments(response_length=20).output_max_length == 20
+    assert "--response_length 20 (TRL's name) sets --output_max_length 20" in caplog.text
+    assert PPOArguments(response_length=20, output_max_length=20).output_max_length == 20
+    with pytest.raises(UserError, match="--response_length 20 and --output_max_length 30 disagree"):
+        PPOArguments(response_length=20, output_max_length=30)

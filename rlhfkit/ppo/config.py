@@ -8,6 +8,7 @@ process; the update runs ``ppo_epochs`` passes over them, one optimizer step per
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -19,6 +20,11 @@ from rlhfkit.ppo.core import KL_ESTIMATORS
 # LoRA adapters need a larger step than the full model to move the policy as far per episode.
 LORA_LEARNING_RATE = 3e-4
 FULL_LEARNING_RATE = 3e-5
+
+
+# TRL's flag names that stand for ours (--total_episodes is not one: it sets how many steps run, resolve_steps)
+ALIASES = {"response_length": "output_max_length"}
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -151,8 +157,16 @@ class PPOArguments(RunArguments):
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code shipped with checkpoints."})
 
     def __post_init__(self):
-        if self.response_length is not None:
-            self.output_max_length = self.response_length
+        for alias, name in ALIASES.items():  # TRL's names for our flags: mapped, and said so
+            value = getattr(self, alias)
+            if value is None:
+                continue
+            ours = getattr(self, name)
+            if ours != value and ours != type(self).__dataclass_fields__[name].default:
+                raise UserError(f"--{alias} {value} and --{name} {ours} disagree: --{alias} is TRL's name for "
+                                f"--{name}; give one of them")
+            setattr(self, name, value)
+            logger.info("--%s %s (TRL's name) sets --%s %s", alias, value, name, value)
 
     def validate(self) -> None:
         positive = ("batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs",
