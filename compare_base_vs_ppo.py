@@ -127,9 +127,10 @@ def load_prompts(args: CompareArguments) -> list:
 def main(args: CompareArguments, device_args: DeviceArguments, precision: PrecisionArguments,
          graphs: HPUGraphArguments | None = None):
     validate(args)
-    from rlhfkit import compare, compare_report, device, hpu, io, models, scoring
+    from rlhfkit import compare, compare_report, device, hpu, models, scoring
 
-    info, dtype, static = hpu.inference_setup(device_args, precision, graphs or HPUGraphArguments())
+    graphs = graphs or HPUGraphArguments()
+    info, dtype, static = hpu.inference_setup(device_args, precision, graphs)
     prompts = load_prompts(args)
     gold, gold_name = compare.resolve_gold_judge(args.gold_judge, prompts)
     settings = compare.SamplingSettings(
@@ -175,26 +176,36 @@ def main(args: CompareArguments, device_args: DeviceArguments, precision: Precis
     pairs = [("finetuned", "base")] + ([("sft", "base"), ("finetuned", "sft")] if args.sft_model else [])
     summary = compare_report.summarize(samples, pairs, args.confidence, args.seed)
     history = compare.find_training_log(args.finetuned_model)
-    summary["settings"] = {
-        "num_prompts": len(prompts), "generations_per_prompt": args.generations_per_prompt,
+    summary["settings"] = run_settings(args, len(prompts), gold_name, device.describe(info), history)
+    print(compare_report.table(summary), flush=True)
+    write_outputs(args.output_dir, summary, compare_report.sample_records(prompts, samples),
+                  compare_report.plot(samples, history))
+    return summary
+
+
+def run_settings(args: CompareArguments, num_prompts: int, gold_name, device_description, history) -> dict:
+    """What comparison.json records of how the comparison ran."""
+    return {
+        "num_prompts": num_prompts, "generations_per_prompt": args.generations_per_prompt,
         "do_sample": args.do_sample, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
         "max_new_tokens": args.max_new_tokens, "seed": args.seed, "dataset_name": args.dataset_name or "embedded toy task",
         "subset": args.subset, "dataset_split": args.dataset_split, "reward_model": args.reward_model,
-        "gold_judge": gold_name, "device": device.describe(info),
+        "gold_judge": gold_name, "device": device_description,
         "training_log": os.path.join(args.finetuned_model, "trainer_state.json") if history else None,
     }
-    print(compare_report.table(summary), flush=True)
-    records = compare_report.sample_records(prompts, samples)
-    figure = compare_report.plot(samples, history)
-    with io.staging_dir(args.output_dir) as staging:  # the three files appear together, or not at all
+
+
+def write_outputs(output_dir: str, summary: dict, records: list, figure: bytes | None) -> None:
+    """comparison.json, samples.jsonl and comparison.png: the three appear together, or not at all."""
+    from rlhfkit import io
+
+    with io.staging_dir(output_dir) as staging:
         io.write_json(os.path.join(staging, "comparison.json"), summary)
         io.write_text(os.path.join(staging, "samples.jsonl"),
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         if figure is not None:
             io.write_bytes(os.path.join(staging, "comparison.png"), figure)
-    logger.info("wrote comparison.json, samples.jsonl%s to %s", " and comparison.png" if figure else "",
-                args.output_dir)
-    return summary
+    logger.info("wrote comparison.json, samples.jsonl%s to %s", " and comparison.png" if figure else "", output_dir)
 
 
 def build_parser():

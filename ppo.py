@@ -138,6 +138,68 @@ def write_outputs(trainer, args: PPOArguments, summary: dict, info) -> None:
     plot_curves(trainer.log_history, os.path.join(args.output_dir, "ppo_curves.png"))
 
 
+def make_scorer(args: PPOArguments, model_args: ModelArguments, module, reward_tok, tokenizer, dtype, target, info):
+    """(the scorer of responses, whether it shares the critic's weights): the reward model, or the rule.
+
+    With LoRA, a critic on the reward model shares its weights: scores come from it with the adapter disabled
+    (not under HPU graphs, which cannot follow the adapter being switched)."""
+    from rlhfkit import scoring
+
+    pad_multiple = args.input_max_length + args.output_max_length if args.pad_max else None
+    shared = module.critic is not None and model_args.use_peft and not (args.use_hpu_graphs and info.type == "hpu")
+    if shared:
+        return scoring.RewardModelScorer(module.critic, reward_tok, tokenizer, batch_size=args.batch_size,
+                                         adapter_disabled=True, pad_multiple=pad_multiple), True
+    if args.reward_model_name:
+        reward_model, reward_tok = scoring.load_reward_model(
+            args.reward_model_name, args.reward_tokenizer_name, tokenizer, dtype, target, args.trust_remote_code,
+            model_args.allow_pickle)
+        scoring.wrap_in_hpu_graph(reward_model, info, args.use_hpu_graphs)
+        return scoring.RewardModelScorer(reward_model, reward_tok, tokenizer, batch_size=args.batch_size,
+                                         pad_multiple=pad_multiple), False
+    return scoring.load_rule(args.reward_function), False
+
+
+def place_for_inference(args: PPOArguments, module, ref_model, target, info):
+    """(the reference model on the device, HPU-graph wrapped on Gaudi; the policy's graph-wrapped generator or
+    None). On Gaudi with HPU graphs, generation runs through a graph-wrapped view of the transformers model (under
+    PEFT's wrapper, whose generate calls it); the training forward and the adapter-disabled reference pass run
+    the model object itself, outside any captured graph."""
+    from rlhfkit import hpu
+    from rlhfkit.ppo import policy as policy_lib
+
+    if ref_model is not None:
+        ref_model.to(target)
+        ref_model = hpu.wrap_for_inference(ref_model, info, args.use_hpu_graphs, "the frozen reference")
+    if not (args.use_hpu_graphs and info.type == "hpu"):
+        return ref_model, None
+    module.policy.to(target)
+    return ref_model, hpu.wrap_for_inference(hpu.inference_view(policy_lib.unwrap_peft(module.policy)), info, True,
+                                             "the policy's generation (static KV cache)")
+
+
+def describe_run(trainer, args: PPOArguments, model_args: ModelArguments, info, shared: bool, why: str) -> None:
+    """The run's one summary line (device, processes, steps, rate, parameters, reference, critic, scores), and
+    what all_results.json records of the critic."""
+    from rlhfkit import models
+
+    module, processes = trainer.accelerator.unwrap_model(trainer.model), trainer.world
+    trainable, total = models.count_parameters(module, True), models.count_parameters(module)
+    critic = {"head": "a value head on the policy trunk",
+              "reward": "the reward model + LoRA, its adapter-disabled self scoring" if shared else
+              "a trained copy of the reward model"}[args.value_model]
+    trainer.describe = {"value_model": args.value_model, "critic": critic, "learning_rate": args.learning_rate,
+                        "use_peft": model_args.use_peft}
+    logger.info(
+        "PPO on %s x %d process(es): %d prompts, %d steps of %d episodes (%d per process), %d PPO epochs, "
+        "learning rate %g, %s trainable of %s parameters, reference: %s, critic: %s (%s), scores: %s",
+        info.type, processes, len(trainer.prompts), trainer.total_steps, args.batch_size * processes,
+        args.batch_size, args.ppo_epochs, args.learning_rate, f"{trainable:,}", f"{total:,}",
+        "adapter disabled" if trainer.ref_model is None else "frozen copy", critic, why,
+        args.reward_model_name or args.reward_function,
+    )
+
+
 def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArguments, device_args: DeviceArguments,
          precision: PrecisionArguments):
     resume = validate(args, model_args)
@@ -145,13 +207,11 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     from accelerate import Accelerator
     from transformers import set_seed
 
-    from rlhfkit import device, faults, hpu, models, scoring
+    from rlhfkit import faults, hpu, models
     from rlhfkit.ppo import policy as policy_lib
     from rlhfkit.ppo.trainer import PPOTrainer
 
-    info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
-    dtype = device.torch_dtype(device.resolve_precision(info, precision.bf16, precision.fp16))
-    hpu.warn_graphs_off_gaudi(info, args.use_hpu_graphs)
+    info, dtype, _ = hpu.inference_setup(device_args, precision, args)  # args: PPO's --use_hpu_graphs
     accelerator = Accelerator(cpu=info.type == "cpu")
     if not accelerator.is_main_process:  # one process speaks; the others only warn
         logging.getLogger().setLevel(logging.WARNING)
@@ -173,34 +233,8 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
         logger.warning(slow_rate)
     module, ref_model = policy_lib.build(model_args, args, dtype, tokenizer, args.reward_model_name)
     stop_ids = models.stop_token_ids(args.stop_token, tokenizer, module.policy.generation_config)
-    # with LoRA, a critic on the reward model shares its weights: scores come from it with the adapter disabled
-    # (not under HPU graphs, which cannot follow the adapter being switched)
-    shared = (module.critic is not None and model_args.use_peft and not (args.use_hpu_graphs and info.type == "hpu"))
-    if shared:
-        scorer = scoring.RewardModelScorer(
-            module.critic, reward_tok, tokenizer, batch_size=args.batch_size, adapter_disabled=True,
-            pad_multiple=args.input_max_length + args.output_max_length if args.pad_max else None)
-    elif args.reward_model_name:
-        reward_model, reward_tok = scoring.load_reward_model(
-            args.reward_model_name, args.reward_tokenizer_name, tokenizer, dtype, accelerator.device,
-            args.trust_remote_code, model_args.allow_pickle)
-        scoring.wrap_in_hpu_graph(reward_model, info, args.use_hpu_graphs)
-        scorer = scoring.RewardModelScorer(
-            reward_model, reward_tok, tokenizer, batch_size=args.batch_size,
-            pad_multiple=args.input_max_length + args.output_max_length if args.pad_max else None)
-    else:
-        scorer = scoring.load_rule(args.reward_function)
-    if ref_model is not None:
-        ref_model.to(accelerator.device)
-        ref_model = hpu.wrap_for_inference(ref_model, info, args.use_hpu_graphs, "the frozen reference")
-    generator = None
-    if args.use_hpu_graphs and info.type == "hpu":
-        # generation through a graph-wrapped view of the transformers model (under PEFT's wrapper, whose generate
-        # calls it): the training forward and the adapter-disabled reference pass run the model object itself,
-        # outside any captured graph
-        module.policy.to(accelerator.device)
-        generator = hpu.wrap_for_inference(hpu.inference_view(policy_lib.unwrap_peft(module.policy)), info, True,
-                                           "the policy's generation (static KV cache)")
+    scorer, shared = make_scorer(args, model_args, module, reward_tok, tokenizer, dtype, accelerator.device, info)
+    ref_model, generator = place_for_inference(args, module, ref_model, accelerator.device, info)
 
     faults.check_disk_space(args.output_dir, faults.needed_bytes(module))
     if accelerator.is_main_process:  # only now: a refused run leaves no folder behind
@@ -210,20 +244,7 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
                          total_steps, generator)
     if resume:
         trainer.load_checkpoint(resume)
-    trainable, total = models.count_parameters(module, True), models.count_parameters(module)
-    critic = {"head": "a value head on the policy trunk",
-              "reward": "the reward model + LoRA, its adapter-disabled self scoring" if shared else
-              "a trained copy of the reward model"}[args.value_model]
-    trainer.describe = {"value_model": args.value_model, "critic": critic, "learning_rate": args.learning_rate,
-                        "use_peft": model_args.use_peft}
-    logger.info(
-        "PPO on %s x %d process(es): %d prompts, %d steps of %d episodes (%d per process), %d PPO epochs, "
-        "learning rate %g, %s trainable of %s parameters, reference: %s, critic: %s (%s), scores: %s",
-        info.type, accelerator.num_processes, len(prompts), total_steps, args.batch_size * accelerator.num_processes,
-        args.batch_size, args.ppo_epochs, args.learning_rate, f"{trainable:,}", f"{total:,}",
-        "adapter disabled" if ref_model is None else "frozen copy", critic, why,
-        args.reward_model_name or args.reward_function,
-    )
+    describe_run(trainer, args, model_args, info, shared, why)
     torch.set_grad_enabled(True)
     summary = trainer.train()
     save_policy(trainer, args, model_args, tokenizer)

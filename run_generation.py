@@ -95,7 +95,8 @@ def main(args: GenerationArguments, device_args: DeviceArguments, precision: Pre
 
     from rlhfkit import hpu, models, sampling
 
-    info, dtype, static = hpu.inference_setup(device_args, precision, graphs or HPUGraphArguments())
+    graphs = graphs or HPUGraphArguments()
+    info, dtype, static = hpu.inference_setup(device_args, precision, graphs)
     if static and not args.use_kv_cache:
         raise UserError("--use_hpu_graphs decodes with a static KV cache: drop --use_kv_cache False")
     prompts = list(args.prompt or []) + (read_prompt_file(args.prompt_file) if args.prompt_file else [])

@@ -157,7 +157,7 @@ def warn_graphs_off_gaudi(info, enabled: bool) -> None:
 
 
 def inference_setup(device_args, precision, graphs):
-    """(device info, torch dtype, static) for the sampling scripts (run_generation.py, compare_base_vs_ppo.py):
+    """(device info, torch dtype, static) for the sampling scripts (run_generation.py, compare_base_vs_ppo.py, ppo.py):
     the device, the precision it gets, and whether HPU graphs (static shapes) apply: only on Gaudi, warned
     elsewhere."""
     info = device.resolve_device(device_args.device, device_args.use_habana, device_args.use_lazy_mode)
