@@ -232,58 +232,83 @@ class PPOTrainer:
                 "a LoRA adapter" if lora else "full fine-tuning", default)
 
     def update(self, episodes, old_logprobs, old_values, advantages, returns):
-        """``ppo_epochs`` passes; one optimizer step per backward batch; returns the mean of the step stats."""
-        args, acc = self.args, self.accelerator
+        """``ppo_epochs`` passes over the rollout in shuffled backward batches, one optimizer step each; with
+        ``--early_stopping`` the passes end once ``policy/policykl`` exceeds 1.5 x ``--target_kl`` (old TRL's rule).
+        Returns (the mean of the step stats, whether it stopped early)."""
         self.model.train()  # dropout is already off everywhere; train() only for layers that care
+        rollout = (episodes, old_logprobs, old_values, advantages, returns)
         sums: dict[str, torch.Tensor] = {}
         count, early_stopped = 0, False
+        for micro_batches in self._backward_batches():
+            step_stats = self._accumulate_gradients(rollout, micro_batches)
+            self._optimizer_step(step_stats)
+            for k, v in step_stats.items():
+                sums[k] = sums.get(k, 0) + v
+            count += 1
+            if self._moved_too_far(step_stats):
+                early_stopped = True
+                break
+        return {k: v / count for k, v in sums.items()}, early_stopped
+
+    def _backward_batches(self):
+        """Per PPO epoch, a fresh shuffle of the rollout, cut into backward batches (``--mini_batch_size x
+        --gradient_accumulation_steps`` episodes), each a list of micro-batch index tensors."""
+        args = self.args
         backward, micro = args.backward_batch_size, args.mini_batch_size
         for _epoch in range(args.ppo_epochs):
             order = torch.randperm(args.batch_size, generator=self.shuffle).to(self.device)
             for first in range(0, args.batch_size, backward):
-                step_stats: dict[str, torch.Tensor] = {}
-                for m, start in enumerate(range(first, first + backward, micro)):
-                    index = order[start : start + micro]
-                    part = episodes.select(index)
-                    mask = part.response_mask.float()
-                    sync = m == args.gradient_accumulation_steps - 1
-                    with self._maybe_no_sync(sync):
-                        pg_loss, pg_stats, vf_loss, vf_stats, logits = self._backward(
-                            part, old_logprobs[index], old_values[index], advantages[index], returns[index], mask)
-                    loss = pg_loss + args.vf_coef * vf_loss
-                    with torch.no_grad():
-                        entropy = core.masked_mean(core.entropy_from_logits(logits, args.temperature), mask)
-                    stats = {"loss/policy": pg_loss.detach(), "loss/value": vf_loss.detach(),
-                             "loss/total": loss.detach(), "policy/entropy": entropy,
-                             "policy/approxkl": pg_stats["approxkl"], "policy/policykl": pg_stats["policykl"],
-                             "policy/clipfrac": pg_stats["clipfrac"],
-                             "val/clipfrac": vf_stats["clipfrac"], "val/ratio": pg_stats["ratio"],
-                             "val/ratio_var": pg_stats["ratio_var"], "val/error": vf_stats["error"]}
-                    for k, v in stats.items():
-                        step_stats[k] = step_stats.get(k, 0) + v / args.gradient_accumulation_steps
-                if args.max_grad_norm > 0:
-                    step_stats["policy/grad_norm"] = torch.as_tensor(
-                        acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)).float()
-                # a NaN/inf loss: this batch's gradients are dropped (gradients are all-reduced, so every process
-                # decides the same); past --max_bad_batches the run stops before the optimizer sees them
-                if self.bad.check(self.model.parameters(), self.step_index + 1):
-                    raise faults.diverged(self.bad, newest_checkpoint(args.output_dir))
-                step_stats["lr"] = torch.tensor(self.scheduler.get_last_lr()[0])  # the rate this step used
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                hpu.flush_after_optimizer_step()
-                for k, v in step_stats.items():
-                    sums[k] = sums.get(k, 0) + v
-                count += 1
-                if args.early_stopping:
-                    policykl = acc.reduce(step_stats["policy/policykl"].detach(), "mean").item()
-                    if policykl > 1.5 * args.target_kl:  # the same decision on every process
-                        early_stopped = True
-                        break
-            if early_stopped:
-                break
-        return {k: v / count for k, v in sums.items()}, early_stopped
+                yield [order[start : start + micro] for start in range(first, first + backward, micro)]
+
+    def _accumulate_gradients(self, rollout, micro_batches) -> dict[str, torch.Tensor]:
+        """Back-propagate each micro-batch of one backward batch (gradients synchronised on the last); returns
+        the batch's stats, each the mean over its micro-batches."""
+        args = self.args
+        episodes, old_logprobs, old_values, advantages, returns = rollout
+        step_stats: dict[str, torch.Tensor] = {}
+        for m, index in enumerate(micro_batches):
+            part = episodes.select(index)
+            mask = part.response_mask.float()
+            with self._maybe_no_sync(m == args.gradient_accumulation_steps - 1):
+                pg_loss, pg_stats, vf_loss, vf_stats, logits = self._backward(
+                    part, old_logprobs[index], old_values[index], advantages[index], returns[index], mask)
+            loss = pg_loss + args.vf_coef * vf_loss
+            with torch.no_grad():
+                entropy = core.masked_mean(core.entropy_from_logits(logits, args.temperature), mask)
+            stats = {"loss/policy": pg_loss.detach(), "loss/value": vf_loss.detach(),
+                     "loss/total": loss.detach(), "policy/entropy": entropy,
+                     "policy/approxkl": pg_stats["approxkl"], "policy/policykl": pg_stats["policykl"],
+                     "policy/clipfrac": pg_stats["clipfrac"],
+                     "val/clipfrac": vf_stats["clipfrac"], "val/ratio": pg_stats["ratio"],
+                     "val/ratio_var": pg_stats["ratio_var"], "val/error": vf_stats["error"]}
+            for k, v in stats.items():
+                step_stats[k] = step_stats.get(k, 0) + v / args.gradient_accumulation_steps
+        return step_stats
+
+    def _optimizer_step(self, step_stats: dict) -> None:
+        """Clip the gradients (their norm into ``step_stats``), drop a non-finite batch or stop past
+        ``--max_bad_batches``, then step the optimizer and the scheduler."""
+        args = self.args
+        if args.max_grad_norm > 0:
+            step_stats["policy/grad_norm"] = torch.as_tensor(
+                self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)).float()
+        # a NaN/inf loss: this batch's gradients are dropped (gradients are all-reduced, so every process
+        # decides the same); past --max_bad_batches the run stops before the optimizer sees them
+        if self.bad.check(self.model.parameters(), self.step_index + 1):
+            raise faults.diverged(self.bad, newest_checkpoint(args.output_dir))
+        step_stats["lr"] = torch.tensor(self.scheduler.get_last_lr()[0])  # the rate this step used
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        hpu.flush_after_optimizer_step()
+
+    def _moved_too_far(self, step_stats: dict) -> bool:
+        """``--early_stopping``: the policy's KL to the rollout policy past 1.5 x ``--target_kl``, decided the same
+        on every process."""
+        if not self.args.early_stopping:
+            return False
+        policykl = self.accelerator.reduce(step_stats["policy/policykl"].detach(), "mean").item()
+        return policykl > 1.5 * self.args.target_kl
 
     def _backward(self, part, old_logprobs, old_values, advantages, returns, mask):
         """Losses of one micro-batch, back-propagated; the loss is ``policy + vf_coef * value``.
@@ -320,6 +345,9 @@ class PPOTrainer:
 
     # --------------------------------------------------------------------------------------- logging
     def _record(self, episodes, scores, kl_per_sequence, metrics: dict) -> None:
+        """One step's record: the metrics into the history, and on the main process every episode into
+        ``training_log.csv``, the metrics into TensorBoard, the progress line and, every ``--sample_every`` steps,
+        a table of samples."""
         from accelerate.utils import gather_object
 
         rows = [
@@ -333,6 +361,18 @@ class PPOTrainer:
         self.log_history.append(metrics)
         if not self.accelerator.is_main_process:
             return
+        self._append_episodes(rows)
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, self.episodes_done)
+        step = self.step_index
+        if step % self.args.logging_steps == 0 or step == self.total_steps:
+            self._log_progress(metrics)
+        every = self.args.sample_every
+        if every and (step % every == 0 or step == 1):
+            self._log_samples(rows[: self.args.num_samples_logged])
+
+    def _append_episodes(self, rows: list[dict]) -> None:
         path = os.path.join(self.args.output_dir, "training_log.csv")
         new = not os.path.exists(path)
         with open(path, "a", encoding="utf-8", newline="") as handle:
@@ -340,31 +380,29 @@ class PPOTrainer:
             if new:
                 writer.writeheader()
             writer.writerows(rows)
-        if self.writer is not None:
-            for key, value in metrics.items():
-                self.writer.add_scalar(key, value, self.episodes_done)
+
+    def _log_progress(self, metrics: dict) -> None:
+        """The step's progress line: rate, ETA and the metrics a reader watches."""
         step = self.step_index
-        if step % self.args.logging_steps == 0 or step == self.total_steps:
-            elapsed = time.perf_counter() - self._started
-            done = step - self._first_step
-            eta = elapsed / max(done, 1) * (self.total_steps - step)
-            logger.info(
-                "step %d/%d | %.2f episodes/s | ETA %s | scores %.3f | kl %.3f | rlhf_reward %.3f | approxkl %.4f | "
-                "clipfrac %.3f | loss/policy %.4f | loss/value %.4f | eos %d/%d",
-                step, self.total_steps, metrics["eps"], _format_duration(eta), metrics["objective/scores"],
-                metrics["objective/kl"], metrics["objective/rlhf_reward"], metrics["policy/approxkl"],
-                metrics["policy/clipfrac"], metrics["loss/policy"], metrics["loss/value"],
-                metrics["val/num_eos_tokens"], self.args.batch_size * self.world,
-            )
-        every = self.args.sample_every
-        if every and (step % every == 0 or step == 1):
-            shown = rows[: self.args.num_samples_logged]
-            table = "\n".join(f"  {r['score']:+.3f} | {r['prompt'][-60:]!r} -> {r['response'][:100]!r}" for r in shown)
-            logger.info("samples at step %d (score | prompt -> response):\n%s", step, table)
-            if self.writer is not None:
-                markdown = "| score | prompt | response |\n|---|---|---|\n" + "\n".join(
-                    f"| {r['score']:+.3f} | {_cell(r['prompt'])} | {_cell(r['response'])} |" for r in shown)
-                self.writer.add_text("samples", markdown, self.episodes_done)
+        elapsed = time.perf_counter() - self._started
+        eta = elapsed / max(step - self._first_step, 1) * (self.total_steps - step)
+        logger.info(
+            "step %d/%d | %.2f episodes/s | ETA %s | scores %.3f | kl %.3f | rlhf_reward %.3f | approxkl %.4f | "
+            "clipfrac %.3f | loss/policy %.4f | loss/value %.4f | eos %d/%d",
+            step, self.total_steps, metrics["eps"], _format_duration(eta), metrics["objective/scores"],
+            metrics["objective/kl"], metrics["objective/rlhf_reward"], metrics["policy/approxkl"],
+            metrics["policy/clipfrac"], metrics["loss/policy"], metrics["loss/value"],
+            metrics["val/num_eos_tokens"], self.args.batch_size * self.world,
+        )
+
+    def _log_samples(self, shown: list[dict]) -> None:
+        """A table of sampled episodes, in the log and (as Markdown) in TensorBoard."""
+        table = "\n".join(f"  {r['score']:+.3f} | {r['prompt'][-60:]!r} -> {r['response'][:100]!r}" for r in shown)
+        logger.info("samples at step %d (score | prompt -> response):\n%s", self.step_index, table)
+        if self.writer is not None:
+            markdown = "| score | prompt | response |\n|---|---|---|\n" + "\n".join(
+                f"| {r['score']:+.3f} | {_cell(r['prompt'])} | {_cell(r['response'])} |" for r in shown)
+            self.writer.add_text("samples", markdown, self.episodes_done)
 
     # ---------------------------------------------------------------------------------------- the run
     def train(self) -> dict:
