@@ -20,6 +20,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+# Fixtures that build the embedded default or train and run scripts for a whole module: a test that uses one
+# (directly or through another fixture) is marked slow, so `make test-fast` never pays for them.
+E2E_FIXTURES = {"embedded_root", "runs", "world", "adapters", "merges", "pipeline", "toy", "held_out_scores",
+                "stories", "stories_reward_model", "lora_run", "full_run", "flag_and_config_runs", "refused_runs",
+                "adapter_dir"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def fixture_path(*parts: str) -> Path:
     """A file under ../shared/fixtures, or skip the test (a user's clone has no ../shared)."""
     path = FIXTURES.joinpath(*parts)

@@ -16,6 +16,8 @@ import sys
 import pytest
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # every test here trains a model or runs a script
+
 TRAINERS = ("sft.py", "reward_modeling.py", "dpo.py", "kto.py", "ppo.py")
 DATA_SCRIPTS = (*TRAINERS, "compare_base_vs_ppo.py")
 ALL = (*DATA_SCRIPTS, "merge_peft_adapter.py", "run_generation.py")

@@ -222,6 +222,7 @@ SCRIPTS = ("sft.py", "reward_modeling.py", "dpo.py", "kto.py", "ppo.py", "merge_
            "compare_base_vs_ppo.py")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_prints_its_help(script):
     """--help works (a help text with a bare '%' once crashed argparse's formatter) and lists --config."""

@@ -42,6 +42,7 @@ def _loaded(path, name):
     return compare.load_model(name, str(path), None, None, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_kl_is_zero_against_itself_and_positive_against_another_model(embedded_root):
     """On a model's own samples, KL from an identical model is 0 for every sequence; from a model with a
     perturbed output layer it is positive on average (k1 is unbiased, so single sequences may be negative)."""
@@ -71,6 +72,7 @@ def test_kl_is_zero_against_itself_and_positive_against_another_model(embedded_r
     assert compare.kl_unavailable(base, base, settings) == "this is the base"
 
 
+@pytest.mark.slow
 def test_a_model_against_itself_ties_everywhere(embedded_root, reward_model, tmp_path):
     """Same model, same seed: every answer pair is identical, so the paired comparison must be all ties
     (win rate exactly 0.5, difference 0, KL 0). A training log beside the fine-tuned model is picked up."""
@@ -100,6 +102,7 @@ def test_a_model_against_itself_ties_everywhere(embedded_root, reward_model, tmp
     assert "win rate finetuned over base (reward): 0.500" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_model_with_another_tokenizer_is_scored_but_has_no_kl(embedded_root, reward_model, tmp_path):
     """stories260K (its own 512-token vocabulary) as the SFT column: the reward model re-tokenises its text,
     and its KL from the base is reported missing with the reason."""
@@ -116,6 +119,7 @@ def test_a_model_with_another_tokenizer_is_scored_but_has_no_kl(embedded_root, r
                                                                        "finetuned_vs_sft"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     ["missing_split", "missing_model", "no_reward_model", "greedy_many", "bad_judge", "causal_lm_as_reward_model"],

@@ -444,12 +444,14 @@ def test_token_lengths_with_a_chat_template(tmp_path, tokenizer):
 
 
 # -------------------------------------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_cli_unknown_schema(tmp_path):
     path = write_jsonl(tmp_path / "odd.jsonl", [{"body": "a", "score": 1}])
     result = run_script("-m", "rlhfkit.inspect_data", "--dataset_name", str(path))
     assert_user_error(result, "[body, score]", "match no known schema")
 
 
+@pytest.mark.slow
 def test_cli_malformed_json_line(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text(json.dumps(SE_ROWS[0]) + "\n" + json.dumps(SE_ROWS[1]) + '\n{"question": \n', encoding="utf-8")
@@ -457,6 +459,7 @@ def test_cli_malformed_json_line(tmp_path):
     assert_user_error(result, "broken.jsonl", "line 3")
 
 
+@pytest.mark.slow
 def test_cli_missing_split(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", SE_ROWS)
     write_jsonl(tmp_path / "test.jsonl", SE_ROWS)
@@ -464,6 +467,7 @@ def test_cli_missing_split(tmp_path):
     assert_user_error(result, "split 'dev' not found", "splits there: test, train")
 
 
+@pytest.mark.slow
 def test_cli_empty_file(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_bytes(b"")
@@ -471,6 +475,7 @@ def test_cli_empty_file(tmp_path):
     assert_user_error(result, "empty.jsonl", "is empty")
 
 
+@pytest.mark.slow
 def test_cli_embedded_toy_default(embedded_root):
     result = run_script("-m", "rlhfkit.inspect_data", "--kind", "preference", "--num_examples", "1")
     assert result.returncode == 0, result.stderr

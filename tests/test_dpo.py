@@ -109,6 +109,7 @@ def _lora(runs):
 
 
 # ------------------------------------------------------------------------------------------------- LoRA
+@pytest.mark.slow
 def test_lora_dpo_from_sft_merged_model(runs):
     result, out = _lora(runs)
     _, merged = runs["merge"]
@@ -138,6 +139,7 @@ def test_lora_dpo_moves_held_out_rewards(runs):
     assert results["eval_loss"] < results["eval_before_loss"]
 
 
+@pytest.mark.slow
 def test_dpo_policy_scores_at_least_sft_on_the_gold_judge(runs, embedded_root):
     from rlhfkit.models import load_causal_lm, load_tokenizer
 
@@ -193,6 +195,7 @@ def _built_trainer(monkeypatch, tmp_path: Path, *flags: str):
     return built["trainer"]
 
 
+@pytest.mark.slow
 def test_lora_holds_no_second_copy_and_full_finetuning_does(monkeypatch, tmp_path, embedded_root):
     from transformers import AutoModelForCausalLM
 

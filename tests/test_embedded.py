@@ -114,6 +114,7 @@ def _data_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "data").rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_build_is_deterministic(tmp_path, embedded_root):
     import torch
 
@@ -136,6 +137,7 @@ def test_build_is_deterministic(tmp_path, embedded_root):
         assert len(_data_files(first)) == 4
 
 
+@pytest.mark.slow
 def test_default_base_model_speaks_the_toy_language(embedded_root):
     """The pretrained base answers on topic (it copies the item), but has no taste: sampled answers score
     well below full marks, leaving SFT, reward modeling and PPO room to improve."""
@@ -161,6 +163,7 @@ def test_default_base_model_speaks_the_toy_language(embedded_root):
     assert gold < 0.3  # far from full marks (-0.61 when measured)
 
 
+@pytest.mark.slow
 def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

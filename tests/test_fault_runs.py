@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # every test here trains a model or runs a script
+
 QUIET = ["--disable_tqdm", "True", "--report_to", "none", "--save_strategy", "no"]
 TRAINER_RUNS = {
     "sft.py": ["--max_steps", "40", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--max_train_samples",

@@ -64,6 +64,7 @@ def test_images_are_refused_in_one_line():
         data.load_canonical(str(path), "sft")
 
 
+@pytest.mark.slow
 def test_sft_refuses_images_without_a_traceback(tmp_path):
     path = fixture_path("data", "llamafactory-mllm_demo.json")
     result = run_script(str(REPO / "sft.py"), "--model_name_or_path", str(fixture_path(*STORIES)), "--dataset_name",
@@ -134,6 +135,7 @@ def test_a_single_message_pair_is_not_an_hh_transcript(tmp_path, caplog):
 
 
 # --------------------------------------------------------------------------------------- the scripts train
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["sharegpt_pair", "kto_labels", "prompt_completion", "text"])
 def test_sft_trains_two_steps(fmt, tmp_path):
     if fmt == "sharegpt_pair":
@@ -153,6 +155,7 @@ def test_sft_trains_two_steps(fmt, tmp_path):
     assert any("train_loss" in h for h in history) and history[-1]["step"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["dpo.py", "reward_modeling.py"])
 def test_pair_scripts_train_two_steps_on_sharegpt_pairs(script, tmp_path):
     """ShareGPT pairs as LLaMA-Factory writes them (short hand-written rows: the demo file's conversations are
@@ -193,6 +196,7 @@ def test_readme_schema_table_matches_detection_order():
     assert found == [s.name for s in schemas.SCHEMAS]  # every schema, in detection order
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["sft.py", "reward_modeling.py", "dpo.py"])
 def test_a_tokenizer_larger_than_the_embedding_is_refused_before_training(script, tmp_path):
     rows = [{"prompt": f"Q{i}", "chosen": "good", "rejected": "bad"} for i in range(8)]
@@ -205,6 +209,7 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused_before_training(script
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_loading_a_reward_adapter_shows_no_false_missing_head_report(tmp_path):
     """A reward adapter's base has no score head (the adapter brings the trained one): transformers' "score.weight
     MISSING, newly initialized" report would be false, and the renamed-flag FutureWarnings are noise."""
@@ -304,6 +309,7 @@ def test_the_format_files_cover_every_schema():
     assert {schema for schema, _, _ in FORMATS.values()} == {s.name for s in schemas.SCHEMAS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("script", "kind"), [("sft.py", "sft"), ("reward_modeling.py", "preference"),
                                               ("dpo.py", "preference"), ("kto.py", "unpaired"), ("ppo.py", "prompt")])
 def test_each_script_trains_two_steps_on_every_format_it_takes(script, kind, tmp_path):
@@ -329,6 +335,7 @@ def test_each_script_trains_two_steps_on_every_format_it_takes(script, kind, tmp
     assert (results["train_episodes"] == 16) if script == "ppo.py" else results["train_runtime"] > 0
 
 
+@pytest.mark.slow
 def test_inspect_data_shows_schemas_drops_ignored_columns_labels_roles_and_tokens(tmp_path):
     glaive, kto = fixture_path("data", "llamafactory-glaive_toolcall_en_demo.json"), fixture_path(
         "data", "llamafactory-kto_en_demo.json")

@@ -81,6 +81,7 @@ FP32 = ["--bf16", "False"]
 # ------------------------------------------------------------------------------------- Trainer scripts
 
 
+@pytest.mark.slow
 def test_sft_on_gaudi_flushes_fuses_and_pads_to_one_shape(embedded_root, tmp_path):
     """SFT with --pad_max and --use_hpu_graphs: lazy mode set before the runtime is imported; a flush after each
     of the 2 backward passes and after each of the 3 optimizer steps (in that order); Habana's fused AdamW and
@@ -105,6 +106,7 @@ def test_sft_on_gaudi_flushes_fuses_and_pads_to_one_shape(embedded_root, tmp_pat
     assert results_of(out)["device"] == {"type": "hpu", "lazy_mode": True}
 
 
+@pytest.mark.slow
 def test_without_static_shapes_batches_vary(embedded_root, tmp_path):
     """The contrast to the test above: the same run with padding to the longest row sees several shapes (one
     compile each on Gaudi); with --num_buckets 4 at most four widths, all multiples of 16."""
@@ -121,6 +123,7 @@ def test_without_static_shapes_batches_vary(embedded_root, tmp_path):
     assert {rows for rows, _ in shapes} == {4} and all(width in (16, 32, 48, 64) for _, width in shapes), shapes
 
 
+@pytest.mark.slow
 def test_reward_modeling_on_gaudi(embedded_root, tmp_path):
     out = tmp_path / "rm"
     result, records = run_standin(
@@ -135,6 +138,7 @@ def test_reward_modeling_on_gaudi(embedded_root, tmp_path):
     assert "trainer: TRL" in result.stderr and "RewardTrainer" in result.stderr
 
 
+@pytest.mark.slow
 def test_dpo_on_gaudi(embedded_root, tmp_path):
     out = tmp_path / "dpo"
     result, records = run_standin(
@@ -148,6 +152,7 @@ def test_dpo_on_gaudi(embedded_root, tmp_path):
     assert len(events(records, "fused_adamw_step")) == 2
 
 
+@pytest.mark.slow
 def test_dpo_lora_refuses_training_graphs(embedded_root, tmp_path):
     """LoRA DPO's reference is the policy with its adapter switched off: a captured graph would replay the
     adapter-on computation and make the reference equal the policy. Refused, not silently wrong."""
@@ -157,6 +162,7 @@ def test_dpo_lora_refuses_training_graphs(embedded_root, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fragments", [
     (["--use_hpu_graphs"], ["needs static shapes", "--pad_max or --num_buckets"]),
     (["--pad_max", "--num_buckets", "4"], ["--pad_max and --num_buckets", "pass one"]),
@@ -172,6 +178,7 @@ def test_static_shape_flags_refused_with_the_fix(args, fragments, tmp_path):
 # ------------------------------------------------------------------------------- optimum-habana's trainer
 
 
+@pytest.mark.slow
 def test_optimum_habana_1_21_is_refused_with_its_pins(embedded_root, tmp_path):
     """optimum-habana 1.21.2 installed (its real pins): refused, the log line naming the pin that fails."""
     result, records = run_standin(
@@ -186,6 +193,7 @@ def test_optimum_habana_1_21_is_refused_with_its_pins(embedded_root, tmp_path):
     assert not events(records, "gaudi_trainer")
 
 
+@pytest.mark.slow
 def test_a_fitting_optimum_habana_is_chosen(embedded_root, tmp_path):
     """A release whose pins fit and whose Gaudi trainer is built on the installed TRL: used, with GaudiConfig's
     fused AdamW and clip norm, and the script's settings carried into its Gaudi config class."""
@@ -303,6 +311,7 @@ def test_fixed_length_rollouts_sample_the_same_episodes(embedded_root):
 # ------------------------------------------------------------------------------------------------- PPO
 
 
+@pytest.mark.slow
 def test_ppo_on_gaudi_fixed_shapes_graphs_and_flushes(embedded_root, tmp_path):
     """PPO with --pad_max and --use_hpu_graphs: every rollout one shape (prompts padded to --input_max_length,
     responses --output_max_length); generation replays two graphs (the prompt, then one decoding step); a flush
@@ -325,6 +334,7 @@ def test_ppo_on_gaudi_fixed_shapes_graphs_and_flushes(embedded_root, tmp_path):
     assert summary["final/objective/kl"] != 0.0
 
 
+@pytest.mark.slow
 def test_ppo_pad_max_needs_batched_generation(tmp_path):
     result, _ = run_standin("ppo.py", "--output_dir", str(tmp_path / "p"), "--reward_function", "toy", "--pad_max",
                             "--batched_gen", "False", tmp_path=tmp_path)
@@ -334,6 +344,7 @@ def test_ppo_pad_max_needs_batched_generation(tmp_path):
 # ------------------------------------------------------------------------------------- generation, scoring
 
 
+@pytest.mark.slow
 def test_run_generation_with_hpu_graphs_gives_the_same_text(embedded_root, tmp_path):
     """Greedy text with graphs (prompts padded to the longest, static KV cache) equals the CPU run's; the graph
     sees two shapes per batch size (prompt, decoding step), not one per prompt length and step."""
@@ -351,6 +362,7 @@ def test_run_generation_with_hpu_graphs_gives_the_same_text(embedded_root, tmp_p
     assert len(shapes) == 2 and (2, 1) in shapes, shapes
 
 
+@pytest.mark.slow
 def test_compare_with_hpu_graphs(embedded_root, tmp_path):
     """The comparison on the stand-in: each model generates through its own graph, the reward model scores
     through one, rows padded to one width; the KL passes run outside the graphs (base vs itself: 0)."""

@@ -86,6 +86,7 @@ def test_batched_greedy_equals_unbatched_embedded(embedded_root):
     _assert_batched_equals_unbatched(load_causal_lm(model_dir), tokenizer, TOY_QUESTIONS, "auto")
 
 
+@pytest.mark.slow
 def test_batched_greedy_equals_unbatched_stories260k():
     from rlhfkit.models import load_causal_lm, load_tokenizer
     from rlhfkit.sampling import format_prompt
@@ -146,6 +147,7 @@ def runs(embedded_root, adapter_dir, tmp_path_factory):
     return results, {"folder": folder, "txt": txt, "jsonl": jsonl, "rows": rows}
 
 
+@pytest.mark.slow
 def test_stories260k_known_opening_and_tokens_per_second(runs):
     stories = fixture_path("models", "stories260K")
     results, _ = runs

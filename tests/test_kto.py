@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, assert_user_error, fixture_path, run_script
 
+pytestmark = pytest.mark.slow  # every test here trains a model or runs a script
+
 KTO = str(REPO / "kto.py")
 STORIES = ("models", "stories260K")
 QUIET = ["--save_strategy", "no", "--disable_tqdm", "True", "--report_to", "none", "--bf16", "False"]

@@ -99,6 +99,7 @@ def merges(adapters, embedded_root, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------- causal LM
+@pytest.mark.slow
 def test_causal_merge_equals_base_plus_adapter(merges, adapters):
     import torch
     from peft import PeftModel

@@ -52,7 +52,8 @@ SCRIPTS = {
                          "INFO reward_modeling: held-out pairs:"]),
     "dpo": (["--train_subset", "64", "--eval_subset", "16", "--learning_rate", "2e-3", "--beta", "0.1"],
             ["--per_device_train_batch_size", "--per_device_eval_batch_size"],
-            ["INFO rlhfkit.pairs: training pairs:", "INFO dpo: policy ", "INFO dpo: held-out pairs:"]),
+            ["INFO rlhfkit.pairs: training pairs:", "INFO rlhfkit.preference_training: policy ",
+             "INFO rlhfkit.preference_training: held-out pairs:"]),
 }
 # The same global batch gives the same training up to float reduction order (a batch padded to 4 rows instead of
 # 8, a 2-way gradient all-reduce, 1 thread instead of 2). Measured, 1 vs 2 processes, 3 steps: per-step loss and
@@ -149,6 +150,7 @@ def runs(request, embedded_root, probe_env, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------ 2 processes
+@pytest.mark.slow
 def test_both_runs_succeed_and_two_processes_ran(runs):
     (single, _), (double, _) = runs["one"], runs["two"]
     _ok(single)

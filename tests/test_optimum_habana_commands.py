@@ -155,6 +155,7 @@ def pipeline(embedded_root, tmp_path_factory):
     return results, cwd
 
 
+@pytest.mark.slow
 def test_step1_sft(pipeline, embedded_root):
     import json
 
@@ -272,6 +273,7 @@ def test_step6_generation(pipeline):
     assert re.search(r"\d+ new tokens in [\d.]+s: [\d.]+ tokens/s", result.stderr), result.stderr
 
 
+@pytest.mark.slow
 def test_step7_compare_as_written_lists_the_splits_there_are(pipeline, embedded_root):
     results, cwd = pipeline
     assert "step5" in results, "an earlier step failed"
@@ -283,6 +285,7 @@ def test_step7_compare_as_written_lists_the_splits_there_are(pipeline, embedded_
     assert not (cwd / "comparison").exists()
 
 
+@pytest.mark.slow
 def test_step7_compare_runs_against_local_paths(pipeline, embedded_root, tmp_path):
     """The command as written, with the hub ids replaced by local folders; the dataset folder holds a
     ``train_prefs`` split (the file name up to the first '-' or '.' names the split)."""

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 SCRIPT = str(REPO / "ppo_pipeline_sanity.sh")
@@ -35,6 +36,7 @@ def _ppo_checkpoint(work: Path) -> Path | None:
     return Path(found) if found else None
 
 
+@pytest.mark.slow
 def test_pipeline_killed_mid_ppo_resumes_there_and_ppo_beats_the_base(embedded_root, tmp_path):
     work = tmp_path / "work"
     env = _env(work, SFT_STEPS="200", RM_EPOCHS="1", PPO_STEPS="16", PPO_SAVE_STEPS="4", NUM_SAMPLES="100")
@@ -83,6 +85,7 @@ def test_pipeline_killed_mid_ppo_resumes_there_and_ppo_beats_the_base(embedded_r
     assert (work / "logs" / "ppo.log").is_file() and "resuming" in (work / "pipeline.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_failing_stage_is_named_with_the_end_of_its_log(embedded_root, tmp_path):
     work = tmp_path / "work"
     result = subprocess.run(["bash", SCRIPT], cwd=REPO, env=_env(work, DATASET=str(tmp_path / "no-such-data")),

@@ -136,6 +136,7 @@ def held_out_scores(toy, embedded_root):
 
 
 # ---------------------------------------------------------------------------------------------- the toy task
+@pytest.mark.slow
 def test_ppo_raises_reward_and_gold_scores_on_held_out_prompts(held_out_scores, toy):
     sft, ppo = held_out_scores
     assert ppo["reward"] >= sft["reward"] + 0.6, (sft, ppo)
@@ -185,6 +186,7 @@ def stories(tmp_path_factory):
     return folder, prompts, rule
 
 
+@pytest.mark.slow
 def test_stories260k_with_a_rule_reward(stories):
     folder, prompts, rule = stories
     out = folder / "rule"
@@ -207,6 +209,7 @@ def _final_weights(out: Path) -> dict:
     return load_file(str(out / "adapter_model.safetensors"))
 
 
+@pytest.mark.slow
 def test_resume_after_kill_ends_like_an_uninterrupted_run(stories):
     """Kill a run (SIGKILL) once its step-2 checkpoint exists, resume it with 'last', and compare with a run
     that was never interrupted: same metrics per step, same final adapter (within float tolerance)."""
@@ -247,6 +250,7 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(stories):
     assert not list(killed.glob(".checkpoint-*"))
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one(stories):
     """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs (2 CPU processes, DDP over
     gloo; `--cpu` would start a single process without MPI) with 8 episodes per process against 1 process
@@ -276,6 +280,7 @@ def test_two_processes_agree_with_one(stories):
 
 
 # ------------------------------------------------------------------------------------------- refused input
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "fragments"),
     [
@@ -331,6 +336,7 @@ OPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", sorted(OPTIONS))
 def test_every_option_runs_and_does_what_it_says(option, stories, stories_reward_model, tmp_path):
     folder, prompts, _ = stories

@@ -51,6 +51,7 @@ def test_lora_critic_scores_with_its_adapter_disabled(reward_model, embedded_roo
     assert (adapted - expected).abs().max() > 1e-2  # the adapter is really there when enabled
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["lora-reward", "full-reward", "lora-head"])
 def test_critic_variants_train_and_resume(variant, reward_model, tmp_path):
     flags = {"lora-reward": [], "full-reward": ["--use_peft", "False"], "lora-head": ["--value_model", "head"]}[variant]
@@ -74,6 +75,7 @@ def test_critic_variants_train_and_resume(variant, reward_model, tmp_path):
     assert _results(out)["train_steps"] == 4
 
 
+@pytest.mark.slow
 def test_a_policy_that_cannot_move_is_told_so_once(tmp_path):
     runs = {}
     for name, rate in (("still", "1e-9"), ("moving", "1e-3")):

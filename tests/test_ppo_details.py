@@ -56,6 +56,7 @@ def test_dropout_in_model_code_is_disabled(embedded_root, tmp_path):
     assert torch.equal(sampling.response_logprobs(model.train(), episodes, 1.0), rollout)
 
 
+@pytest.mark.slow
 def test_ratio_starts_at_one_and_lr_is_the_rate_used(embedded_root, tmp_path):
     """One optimizer step per PPO step: its ratio is computed before any update, so it is exactly 1 even for a
     model whose attention applies dropout from its config; the linear schedule's rates are 1e-3 then 5e-4."""
@@ -78,6 +79,7 @@ def _ppo_module(monkeypatch, name: str):
     return script
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("large", ["policykl", "approxkl"])
 def test_early_stopping_reads_policykl(monkeypatch, embedded_root, tmp_path, large):
     """With the stats forced apart (one estimate far above 1.5 x --target_kl, the other 0), only a large
@@ -101,6 +103,7 @@ def test_early_stopping_reads_policykl(monkeypatch, embedded_root, tmp_path, lar
     assert stopped == (2 if large == "policykl" else 0), summary
 
 
+@pytest.mark.slow
 def test_bad_batch_count_survives_a_resume(embedded_root, tmp_path):
     """--max_bad_batches 1: one NaN batch before the checkpoint and one after the resume make two, one too many."""
     def rule(name: str, bad_calls: str) -> str:
@@ -124,6 +127,7 @@ def test_bad_batch_count_survives_a_resume(embedded_root, tmp_path):
     assert last.startswith("error: the loss became NaN or infinite at step 3 (2 bad batch(es)"), last
 
 
+@pytest.mark.slow
 def test_truncated_sampling_is_refused(tmp_path):
     for flags in (["--top_k", "5"], ["--top_p", "0.9"]):
         out = tmp_path / "out"

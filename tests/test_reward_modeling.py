@@ -147,6 +147,7 @@ def runs(embedded_root, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------- full fine-tuning
+@pytest.mark.slow
 def test_full_run_ranks_held_out_pairs(runs):
     result, out = runs["full"]
     _ok(result)
@@ -183,6 +184,7 @@ def test_full_run_saves_a_reward_model(runs, embedded_root):
     assert pad == "<pad>" and raw["pad_token_id"] == 0  # the embedded tokenizer's distinct pad token
 
 
+@pytest.mark.slow
 def test_saved_model_gives_the_reported_accuracy(runs, embedded_root):
     """The saved model, loaded fresh, scores data/evaluation as the run reported (what was saved is what was
     evaluated, and the evaluation used the held-out split)."""
@@ -199,6 +201,7 @@ def test_saved_model_gives_the_reported_accuracy(runs, embedded_root):
     assert metrics["margin_mean"] == pytest.approx(reported["eval_margin_mean"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_full_run_ranks_unseen_pairs_like_the_gold_judge(runs, embedded_root):
     result, out = runs["full"]
     _ok(result)
@@ -303,6 +306,7 @@ def test_max_length_below_every_example_is_a_user_error(runs):
     _assert_no_model_written(out)
 
 
+@pytest.mark.slow
 def test_tokenizer_without_pad_token_pads_with_eos(runs):
     fixture_path(*GPT2_TOKENIZER)
     from rlhfkit import models, scoring

@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 
+import pytest
 import torch
 from conftest import fixture_path
 
@@ -65,6 +66,7 @@ def test_no_stop_tokens_means_every_response_runs_to_the_end(tmp_path):
             assert row[length - 1] == dot and (row[length:] == tokenizer.pad_token_id).all()
 
 
+@pytest.mark.slow
 def test_checkpoint_generation_settings_do_not_leak_into_sampling(tmp_path):
     """A checkpoint asking for a repetition penalty, n-gram blocking, min_p, typical_p, suppressed tokens, bad
     words and a minimum length samples exactly like the plain checkpoint, greedy and sampled."""

@@ -115,6 +115,7 @@ def flag_and_config_runs(embedded_root, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------- LoRA
+@pytest.mark.slow
 def test_lora_run_writes_adapter_tokenizer_and_results(lora_run, embedded_root):
     result, out = lora_run
     _ok(result)
@@ -146,6 +147,7 @@ def test_lora_training_loss_decreases(lora_run):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses
 
 
+@pytest.mark.slow
 def test_lora_sft_beats_base_on_gold_judge(lora_run, embedded_root):
     from rlhfkit.models import load_causal_lm, load_tokenizer
 
@@ -164,6 +166,7 @@ def test_lora_sft_beats_base_on_gold_judge(lora_run, embedded_root):
 
 
 # ------------------------------------------------------------------------------------ full fine-tuning
+@pytest.mark.slow
 def test_full_finetuning_writes_a_full_model(full_run, embedded_root):
     import torch
 
@@ -197,6 +200,7 @@ def test_do_eval_writes_eval_loss_and_perplexity(full_run):
 
 
 # ------------------------------------------------------------------------------------------- --config
+@pytest.mark.slow
 def test_yaml_config_run_equals_flag_run(flag_and_config_runs):
     import torch
 
@@ -248,6 +252,7 @@ def refused_runs(embedded_root, tmp_path_factory):
         return {name: (futures[name].result(), runs[name][1]) for name in runs}, missing, data, config
 
 
+@pytest.mark.slow
 def test_nonexistent_model_is_a_user_error(refused_runs):
     runs, missing, _, _ = refused_runs
     result, out = runs["model"]

@@ -110,6 +110,7 @@ def test_an_answer_that_is_a_tool_call_is_dropped_with_its_reason(tmp_path, capl
     assert "empty message content" not in caplog.text
 
 
+@pytest.mark.slow
 def test_the_chat_template_receives_tool_calls_and_tools(tmp_path):
     """Under a chat template, the conversation goes through ``apply_chat_template(..., tools=...)`` with the calls
     as Hugging Face ``tool_calls`` (arguments as objects), and the row is cut into prompt and completion text."""
@@ -132,6 +133,7 @@ def test_the_chat_template_receives_tool_calls_and_tools(tmp_path):
     assert data.render(plain, "sft", tokenizer)[0]["prompt"] == [{"role": "user", "content": "Hi"}]  # stays a chat
 
 
+@pytest.mark.slow
 def test_sft_trains_on_tool_calls_in_plain_text_and_through_a_chat_template(tmp_path, embedded_root):
     """Two steps each: glaive's rows on stories260K (no chat template: plain text), and OpenAI tool calls on the
     embedded model with a tool-aware chat template (the template renders the rows)."""
