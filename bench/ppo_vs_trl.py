@@ -361,17 +361,10 @@ def trl_figures(out_dir: str, process: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------- reporting
 def fmt(value, kind: str) -> str:
-    if value is None:
-        return "-"
-    if kind == "mib":
-        return f"{value / 2**20:,.0f} MiB"
-    if kind == "int":
-        return f"{int(value):,}"
-    if kind == "ratio":
-        return f"{value:.2f}x"
-    if kind == "signed":
-        return f"{value:+.3f}"
-    return f"{value:,.2f}" if abs(value) >= 10 else f"{value:.3f}"
+    """A figure of the side-by-side table, in bench/report.py's format (``kind``: mib, int, ratio, signed, num)."""
+    from report import number  # bench/ is the script's folder: on sys.path when run, and in tests/test_bench.py
+
+    return number(value, {"mib": "MiB", "ratio": "x", "num": ""}.get(kind, kind))
 
 
 def ratio(a, b):

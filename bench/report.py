@@ -4,7 +4,9 @@ targets. Figures are medians over the repeats, with min-max in brackets where th
 from __future__ import annotations
 
 
-def _num(value, unit: str = "") -> str:
+def number(value, unit: str = "") -> str:
+    """One figure as the benchmark reports print it: ``MiB`` (bytes shown in MiB), ``x`` (a ratio), ``%`` (a
+    share), ``int``, ``signed`` (a gain), or a plain number with three significant digits or so."""
     if value is None:
         return "-"
     if unit == "MiB":
@@ -13,6 +15,10 @@ def _num(value, unit: str = "") -> str:
         return f"{value:.2f}x"
     if unit == "%":
         return f"{100 * value:.0f}%"
+    if unit == "int":
+        return f"{int(value):,}"
+    if unit == "signed":
+        return f"{value:+.3f}"
     if abs(value) >= 100:
         return f"{value:,.0f}"
     return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
@@ -22,9 +28,9 @@ def cell(stat: dict | None, unit: str = "") -> str:
     """``median (min-max)`` of a spread, or ``-``."""
     if not stat:
         return "-"
-    text = _num(stat["median"], unit)
+    text = number(stat["median"], unit)
     if stat.get("n", 1) > 1 and stat["min"] != stat["max"]:
-        text += f" ({_num(stat['min'], unit)}-{_num(stat['max'], unit)})"
+        text += f" ({number(stat['min'], unit)}-{number(stat['max'], unit)})"
     return text
 
 
@@ -85,7 +91,7 @@ def _ppo(ppo: dict, memory: str) -> list[str]:
         for side in block["runs"]:
             x = block["summary"][side]
             shares = x.get("time_shares")
-            share_text = " / ".join(_num(shares.get(k), "%") for k in ("generation", "forward", "scoring", "update")) \
+            share_text = " / ".join(number(shares.get(k), "%") for k in ("generation", "forward", "scoring", "update")) \
                 if shares else "-"
             label = {"ours": "ours (`ppo.py`)", "trl": "TRL 1.12.0 PPOTrainer"}[side]
             lines.append(f"| {setting} | {label} | {cell(x.get('episodes_per_second'))} | "
@@ -123,7 +129,7 @@ def markdown(results: dict) -> str:
         lines += ["### Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
         for t in results["targets"]:
             value = t["measured"]
-            shown = " vs ".join(_num(v) for v in value) if isinstance(value, list) else _num(value)
+            shown = " vs ".join(number(v) for v in value) if isinstance(value, list) else number(value)
             lines.append(f"| {t['what']} | {t['target']} | {shown} | {'yes' if t['met'] else '**no**'} |")
         lines.append("")
     return "\n".join(lines)
