@@ -450,6 +450,17 @@ def parse_args(argv: list[str] | None):
     return args, settings
 
 
+def run_side(args, cmd: list[str], side: str, label: str, env) -> dict:
+    """One side's process figures: ``cmd`` run under the measuring wrapper into ``<out>/<side>``, or with
+    ``--skip SIDE`` the figures of its last run."""
+    if args.skip == side:
+        say(f"{label}: skipped, reusing the last results")
+        with open(os.path.join(args.out, f"{side}_process.json"), encoding="utf-8") as handle:
+            return {**json.load(handle), "log": os.path.join(args.out, f"{side}.log")}
+    shutil.rmtree(os.path.join(args.out, side), ignore_errors=True)
+    return measured(cmd, args.out, side, label, env)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, s = parse_args(argv)
     cuda = args.device == "cuda"
@@ -477,13 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:  # ppo.py does not write GPU memory: run it inside a shim that does
         cmd = [sys.executable, os.path.abspath(__file__), "--cuda-peak", cuda_peak_path, "--", *cmd[1:]]
     commands["ours"] = shlex.join(cmd)
-    if args.skip != "ours":
-        shutil.rmtree(ours_dir, ignore_errors=True)
-        process = measured(cmd, args.out, "ours", "ours (ppo.py)", env)
-    else:
-        say("ours: skipped, reusing the last results")
-        with open(os.path.join(args.out, "ours_process.json"), encoding="utf-8") as handle:
-            process = {**json.load(handle), "log": os.path.join(args.out, "ours.log")}
+    process = run_side(args, cmd, "ours", "ours (ppo.py)", env)
     cuda_peak = None
     if cuda and os.path.isfile(cuda_peak_path):
         with open(cuda_peak_path, encoding="utf-8") as handle:
@@ -496,13 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     python = trl_python or os.path.join(os.path.abspath(args.venv), "bin", "python")
     cmd = [python, "bench/trl_ppo_runner.py", "--spec", spec_path]
     commands["trl"] = shlex.join(cmd)
-    if args.skip != "trl":
-        shutil.rmtree(trl_dir, ignore_errors=True)
-        process = measured(cmd, args.out, "trl", "TRL 1.12.0 PPOTrainer", env)
-    else:
-        say("TRL: skipped, reusing the last results")
-        with open(os.path.join(args.out, "trl_process.json"), encoding="utf-8") as handle:
-            process = {**json.load(handle), "log": os.path.join(args.out, "trl.log")}
+    process = run_side(args, cmd, "trl", "TRL 1.12.0 PPOTrainer", env)
     trl = trl_figures(trl_dir, process)
     commands["wrapper"] = (f"{shlex.quote(sys.executable)} bench/ppo_vs_trl.py --measure-child RESULT LOG -- "
                            "<the ours / trl command>")
