@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO, assert_user_error, fixture_path, run_script
+from conftest import FIXTURES, REPO, assert_ok, assert_user_error, fixture_path, read_json, run_script
 
 DPO = str(REPO / "dpo.py")
 SFT = str(REPO / "sft.py")
@@ -41,14 +41,6 @@ MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.json"
 # two runs at a time on a 2-core machine: one thread each, or torch's thread pools oversubscribe the cores and
 # a small run slows down ~30x
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-def _ok(result) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _mean_gold(model, tokenizer, questions: list[str]) -> float:
@@ -104,7 +96,7 @@ def runs(embedded_root, tmp_path_factory):
 def _lora(runs):
     for step in ("sft", "merge", "lora"):
         assert step in runs, f"the LoRA chain stopped before {step}"
-        _ok(runs[step][0])
+        assert_ok(runs[step][0])
     return runs["lora"]
 
 
@@ -113,21 +105,21 @@ def _lora(runs):
 def test_lora_dpo_from_sft_merged_model(runs):
     result, out = _lora(runs)
     _, merged = runs["merge"]
-    results = _read_json(out / "all_results.json")
+    results = read_json(out / "all_results.json")
     assert results["reference"] == "adapter disabled (no copy)"
     assert "reference: adapter disabled (no copy)" in result.stderr
     assert results["use_peft"] is True and results["model"] == str(merged)
-    adapter = _read_json(out / "adapter_config.json")
+    adapter = read_json(out / "adapter_config.json")
     assert adapter["task_type"] == "CAUSAL_LM" and adapter["base_model_name_or_path"] == str(merged)
     assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
-    assert _read_json(out / "trainer_state.json")["global_step"] == DPO_STEPS
+    assert read_json(out / "trainer_state.json")["global_step"] == DPO_STEPS
     assert "training pairs: 5000, held-out pairs: 200" in result.stderr
 
 
 def test_lora_dpo_moves_held_out_rewards(runs):
     _, out = _lora(runs)
-    results = _read_json(out / "all_results.json")
-    metrics = _read_json(out / "eval_results.json")
+    results = read_json(out / "all_results.json")
+    metrics = read_json(out / "eval_results.json")
     _assert_eval_keys(results)
     _assert_eval_keys(metrics)
     # before training the policy is its reference (LoRA starts at zero): no implicit reward at all
@@ -158,13 +150,13 @@ def test_dpo_policy_scores_at_least_sft_on_the_gold_judge(runs, embedded_root):
 @pytest.mark.parametrize("name, reference", [("full", "separate copy"), ("precomputed", "precomputed log-probs")])
 def test_full_finetuning_reference(runs, embedded_root, name, reference):
     result, out = runs[name]
-    _ok(result)
-    results = _read_json(out / "all_results.json")
+    assert_ok(result)
+    results = read_json(out / "all_results.json")
     assert results["reference"] == reference
     assert f"reference: {reference}" in result.stderr
     assert results["use_peft"] is False
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
-    assert _read_json(out / "trainer_state.json")["global_step"] == 5
+    assert read_json(out / "trainer_state.json")["global_step"] == 5
     _assert_eval_keys(results)
     assert results["eval_before_rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # the reference is the start
     assert results["eval_rewards/margins"] != results["eval_before_rewards/margins"]  # 5 steps moved it

@@ -10,7 +10,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import FIXTURES, REPO, assert_user_error, fixture_path, run_script
+from conftest import FIXTURES, REPO, assert_ok, assert_user_error, fixture_path, run_script
 
 GENERATE = str(REPO / "run_generation.py")
 TOY_QUESTIONS = [
@@ -32,10 +32,6 @@ STORY_PROMPTS = [
 # Greedy stories260K after "Once upon a time" (--prompt_format raw), found by running the script once.
 STORY_OPENING = ", there was a little girl named Lily. She loved to play"
 TOKENS_PER_SECOND = re.compile(r"(\d+) new tokens in [\d.]+s: ([\d.]+) tokens/s")
-
-
-def _ok(result) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
 def _completions(stdout: str) -> dict[str, list[str]]:
@@ -152,7 +148,7 @@ def test_stories260k_known_opening_and_tokens_per_second(runs):
     stories = fixture_path("models", "stories260K")
     results, _ = runs
     result = results["stories"]
-    _ok(result)
+    assert_ok(result)
     completions = _completions(result.stdout)
     assert list(completions) == ["Once upon a time"]
     assert len(completions["Once upon a time"]) == 1
@@ -169,7 +165,7 @@ def test_adapter_folder_loads_its_base(runs, adapter_dir, embedded_root):
 
     results, _ = runs
     result = results["adapter"]
-    _ok(result)
+    assert_ok(result)
     assert f"loading adapter {adapter_dir} onto its base {embedded_root / 'model'}" in result.stderr
     got = _completions(result.stdout)["How was the pizza?"]
     tokenizer = load_tokenizer(str(embedded_root / "model"))
@@ -192,7 +188,7 @@ def test_adapter_folder_loads_its_base(runs, adapter_dir, embedded_root):
 def test_prompt_file_txt_sampling_two_each(runs):
     results, paths = runs
     result = results["txt"]
-    _ok(result)
+    assert_ok(result)
     prompts = ["How was the pizza?", "Describe the lamp.", "Tell me about the new train."]
     records = _read_jsonl(paths["folder"] / "txt-out.jsonl")
     assert [r["prompt"] for r in records] == prompts  # blank lines skipped, order kept
@@ -206,7 +202,7 @@ def test_prompt_file_txt_sampling_two_each(runs):
 def test_prompt_file_jsonl_question_schema(runs):
     results, paths = runs
     result = results["jsonl"]
-    _ok(result)
+    assert_ok(result)
     records = _read_jsonl(paths["folder"] / "jsonl-out.jsonl")
     questions = [row["question"] for row in paths["rows"]]
     assert len(records) == len(questions) == 2

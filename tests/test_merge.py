@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO, assert_user_error, fixture_path, run_script
+from conftest import FIXTURES, REPO, assert_ok, assert_user_error, fixture_path, run_script
 
 MERGE = str(REPO / "merge_peft_adapter.py")
 TEXTS = [
@@ -23,10 +23,6 @@ TEXTS = [
     "Question: Tell me about the old castle.\n\nAnswer: The castle is dull.",
 ]
 SENTINEL = "keep me\n"
-
-
-def _ok(result) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
 def _batch(tokenizer):
@@ -106,7 +102,7 @@ def test_causal_merge_equals_base_plus_adapter(merges, adapters):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     result, merged_dir = merges["causal"]
-    _ok(result)
+    assert_ok(result)
     names = {p.name for p in merged_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
     assert "adapter_config.json" not in names and "adapter_model.safetensors" not in names
@@ -139,7 +135,7 @@ def test_reward_merge_keeps_trained_score_head(merges, adapters):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     result, merged_dir = merges["reward"]
-    _ok(result)
+    assert_ok(result)
     assert not (merged_dir / "adapter_config.json").exists()
     tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
     merged = AutoModelForSequenceClassification.from_pretrained(str(merged_dir)).eval()
@@ -168,7 +164,7 @@ def test_other_base_with_same_shapes_merges_with_a_warning(merges, adapters):
     from safetensors.torch import load_file
 
     result, merged_dir = merges["copied_base"]
-    _ok(result)
+    assert_ok(result)
     warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
     assert len(warnings) == 1, result.stderr
     assert f"trained on base '{adapters['base']}'" in warnings[0]
@@ -183,7 +179,7 @@ def test_other_base_with_same_shapes_merges_with_a_warning(merges, adapters):
 
 def test_recorded_base_merges_without_warning(merges):
     result, _ = merges["causal"]
-    _ok(result)
+    assert_ok(result)
     assert "WARNING" not in result.stderr, result.stderr
 
 
@@ -205,7 +201,7 @@ def test_existing_output_is_refused_without_overwrite(merges):
 
 def test_existing_output_is_replaced_with_overwrite(merges):
     result, out = merges["overwritten"]
-    _ok(result)
+    assert_ok(result)
     names = {p.name for p in out.iterdir()}
     assert "notes.txt" not in names
     assert {"config.json", "model.safetensors", "tokenizer.json", "merge_info.json"} <= names

@@ -23,7 +23,6 @@ the launch environment it builds from them).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_script
+from conftest import REPO, assert_ok, read_json, run_script
 
 CONFIGS = REPO / "configs" / "accelerate"
 EXPECTED_TYPES = {"cpu_2proc.yaml": "MULTI_GPU", "ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP",
@@ -95,17 +94,9 @@ if os.environ.get("RLHFKIT_PROBE_REPO"):
 '''
 
 
-def _ok(result) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _log_steps(out: Path) -> list[dict]:
     """The Trainer's per-step log entries (logging_steps 1), from trainer_state.json."""
-    return [entry for entry in _read_json(out / "trainer_state.json")["log_history"] if "loss" in entry]
+    return [entry for entry in read_json(out / "trainer_state.json")["log_history"] if "loss" in entry]
 
 
 def _probe_lines(stderr: str) -> list[str]:
@@ -153,16 +144,16 @@ def runs(request, embedded_root, probe_env, tmp_path_factory):
 @pytest.mark.slow
 def test_both_runs_succeed_and_two_processes_ran(runs):
     (single, _), (double, _) = runs["one"], runs["two"]
-    _ok(single)
-    _ok(double)
+    assert_ok(single)
+    assert_ok(double)
     ranks = {line.split()[2] for line in _probe_lines(double.stderr) if line.endswith(" started")}
     assert ranks == {"0", "1"}, _probe_lines(double.stderr)  # both processes ran the script
 
 
 def test_same_global_batches_give_the_same_training(runs):
     (single, one), (double, two) = runs["one"], runs["two"]
-    _ok(single)
-    _ok(double)
+    assert_ok(single)
+    assert_ok(double)
     steps_one, steps_two = _log_steps(one), _log_steps(two)
     assert len(steps_one) == len(steps_two) == 3
     # data order: step 1 sees the same rows in both layouts (the same untrained model, so the same token count and
@@ -176,7 +167,7 @@ def test_same_global_batches_give_the_same_training(runs):
     for key in ("grad_norm", "loss"):
         values_one, values_two = [e[key] for e in steps_one], [e[key] for e in steps_two]
         assert values_two == pytest.approx(values_one, rel=TOLERANCES["step"]), (key, values_one, values_two)
-    train_one, train_two = _read_json(one / "all_results.json"), _read_json(two / "all_results.json")
+    train_one, train_two = read_json(one / "all_results.json"), read_json(two / "all_results.json")
     assert train_two["train_loss"] == pytest.approx(train_one["train_loss"], rel=TOLERANCES["step"])
 
 
@@ -185,8 +176,8 @@ def test_same_adapter_weights(runs):
     from safetensors.torch import load_file
 
     (single, one), (double, two) = runs["one"], runs["two"]
-    _ok(single)
-    _ok(double)
+    assert_ok(single)
+    assert_ok(double)
     wa, wb = load_file(str(one / "adapter_model.safetensors")), load_file(str(two / "adapter_model.safetensors"))
     assert wa.keys() == wb.keys()
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
@@ -196,7 +187,7 @@ def test_same_adapter_weights(runs):
 
 def test_main_process_alone_writes_the_model_and_results(runs):
     (double, two) = runs["two"]
-    _ok(double)
+    assert_ok(double)
     probes = _probe_lines(double.stderr)
     published = [line for line in probes if " publishes " in line and not line.endswith("(nothing)")]
     assert len(published) == 1 and published[0].startswith("[probe] rank 0 "), probes
@@ -206,13 +197,13 @@ def test_main_process_alone_writes_the_model_and_results(runs):
         assert writers == [f"[probe] rank 0 writes {result_file}"], probes
     assert [p.name for p in two.rglob("adapter_model.safetensors")] == ["adapter_model.safetensors"]
     assert not list(two.parent.glob(f".{two.name}.saving-*"))  # no staging folder left behind
-    assert "train_loss" in _read_json(two / "all_results.json")
+    assert "train_loss" in read_json(two / "all_results.json")
 
 
 def test_main_process_alone_logs(runs):
     (single, _), (double, _) = runs["one"], runs["two"]
-    _ok(single)
-    _ok(double)
+    assert_ok(single)
+    assert_ok(double)
     for line in SCRIPTS[runs["name"]][2]:
         assert single.stderr.count(line) == 1, (line, single.stderr)
         assert double.stderr.count(line) == 1, (line, double.stderr)

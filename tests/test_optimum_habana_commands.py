@@ -29,7 +29,7 @@ import re
 import shlex
 
 import pytest
-from conftest import REPO, assert_user_error, run_script
+from conftest import REPO, assert_ok, assert_user_error, run_script
 
 STEP1 = [
     "python", "sft.py",
@@ -128,10 +128,6 @@ def _as_run(command: list[str], replacements: dict[str, str]) -> list[str]:
     return [str(REPO / command[1]), *args]
 
 
-def _ok(result) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-
-
 @pytest.fixture(scope="module")
 def pipeline(embedded_root, tmp_path_factory):
     """Steps 1 to 6 in order in one working folder; a failed step leaves the steps that need its output unrun."""
@@ -160,7 +156,7 @@ def test_step1_sft(pipeline, embedded_root):
     import json
 
     results, cwd = pipeline
-    _ok(results["step1"])
+    assert_ok(results["step1"])
     out = cwd / "sft_sanity"
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "all_results.json"):
         assert (out / name).is_file(), name
@@ -179,7 +175,7 @@ def test_step2_merge(pipeline):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     results, cwd = pipeline
-    _ok(results["step2"])
+    assert_ok(results["step2"])
     merged = cwd / "sft_sanity_merged"
     assert (merged / "config.json").is_file() and (merged / "model.safetensors").is_file()
     assert not (merged / "adapter_config.json").exists()
@@ -196,7 +192,7 @@ def test_step3_reward_modeling(pipeline):
     from safetensors.torch import load_file
 
     results, cwd = pipeline
-    _ok(results["step3"])
+    assert_ok(results["step3"])
     out = cwd / "rm_sanity"
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["task_type"] == "SEQ_CLS"
@@ -218,7 +214,7 @@ def test_step4_merges_reward_adapter_into_raw_base_with_a_warning(pipeline, embe
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     results, cwd = pipeline
-    _ok(results["step4"])
+    assert_ok(results["step4"])
     warnings = [line for line in results["step4"].stderr.splitlines() if "WARNING" in line]
     assert len(warnings) == 1, results["step4"].stderr
     assert "sft_sanity_merged" in warnings[0] and str(embedded_root / "model") in warnings[0]
@@ -243,7 +239,7 @@ def test_step5_ppo(pipeline):
 
     results, cwd = pipeline
     assert "step5" in results, "an earlier step failed"
-    _ok(results["step5"])
+    assert_ok(results["step5"])
     out = cwd / "ppo_sanity"
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert not (out / "adapter_config.json").exists()  # merged by default
@@ -265,7 +261,7 @@ def test_step5_ppo(pipeline):
 def test_step6_generation(pipeline):
     results, _ = pipeline
     result = results["step6"]
-    _ok(result)
+    assert_ok(result)
     lines = result.stdout.splitlines()
     assert lines[0] == "### prompt: What is the currency of the USA?"
     assert len(lines) >= 2 and lines[1].strip(), result.stdout
@@ -277,7 +273,7 @@ def test_step6_generation(pipeline):
 def test_step7_compare_as_written_lists_the_splits_there_are(pipeline, embedded_root):
     results, cwd = pipeline
     assert "step5" in results, "an earlier step failed"
-    _ok(results["step5"])
+    assert_ok(results["step5"])
     replacements = {"google/gemma-3-270m": str(embedded_root / "model"),
                     "lvwerra/stack-exchange-paired": str(embedded_root)}
     result = run_script(*_as_run(STEP7, replacements), cwd=cwd, env=_env_prefix(STEP7)[0])
@@ -293,14 +289,14 @@ def test_step7_compare_runs_against_local_paths(pipeline, embedded_root, tmp_pat
 
     results, cwd = pipeline
     assert "step5" in results, "an earlier step failed"
-    _ok(results["step5"])
+    assert_ok(results["step5"])
     dataset = tmp_path / "stack-exchange-paired"
     (dataset / "data" / "evaluation").mkdir(parents=True)
     shutil.copy(embedded_root / "data" / "evaluation" / "train.jsonl",
                 dataset / "data" / "evaluation" / "train_prefs-00000-of-00001.jsonl")
     replacements = {"google/gemma-3-270m": str(embedded_root / "model"), "lvwerra/stack-exchange-paired": str(dataset)}
     result = run_script(*_as_run(STEP7, replacements), cwd=cwd, env=_env_prefix(STEP7)[0])
-    _ok(result)
+    assert_ok(result)
     summary = json.loads((cwd / "comparison" / "comparison.json").read_text())
     assert summary["settings"]["num_prompts"] == 5 and summary["settings"]["dataset_split"] == "train_prefs"
     assert summary["models"]["finetuned"]["path"] == "./ppo_sanity"

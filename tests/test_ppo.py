@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO, assert_user_error, run_script
+from conftest import FIXTURES, REPO, assert_ok, assert_user_error, read_json, run_script
 
 PPO = str(REPO / "ppo.py")
 SFT = str(REPO / "sft.py")
@@ -52,16 +52,8 @@ def reward(prompt, response):
 '''
 
 
-def _ok(result) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _history(out: Path) -> list[dict]:
-    return _read_json(out / "trainer_state.json")["log_history"]
+    return read_json(out / "trainer_state.json")["log_history"]
 
 
 def _story_inputs(folder: Path) -> tuple[Path, Path]:
@@ -97,8 +89,8 @@ def toy(embedded_root, tmp_path_factory):
         rm_future = pool.submit(run_script, RM, "--output_dir", str(rm), *RM_ARGS, env=ONE_THREAD)
         results = {"sft": sft_future.result(), "rm": rm_future.result()}
     for name in ("sft", "rm"):
-        _ok(results[name])
-    _ok(run_script(MERGE, "--adapter_model_name", str(sft), "--output_name", str(merged)))
+        assert_ok(results[name])
+    assert_ok(run_script(MERGE, "--adapter_model_name", str(sft), "--output_name", str(merged)))
     result = run_script(PPO, "--model_name_or_path", str(merged), "--reward_model_name", str(rm), "--output_dir",
                         str(policy), *TOY_PPO)
     return result, merged, rm, policy
@@ -116,7 +108,7 @@ def held_out_scores(toy, embedded_root):
     from rlhfkit.scoring import score_texts
 
     result, merged, rm, policy = toy
-    _ok(result)
+    assert_ok(result)
     rows = [json.loads(line) for line in (embedded_root / "data/evaluation/train.jsonl").read_text().splitlines()]
     questions = [row["question"] for row in rows[-HELD_OUT:]]
     reward_model, reward_tokenizer = models.load_sequence_classifier(str(rm)), models.load_tokenizer(str(rm))
@@ -148,7 +140,7 @@ def test_ppo_raises_reward_and_gold_scores_on_held_out_prompts(held_out_scores, 
 
 def test_ppo_outputs_metrics_and_logs(toy):
     result, merged, rm, out = toy
-    _ok(result)
+    assert_ok(result)
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert (out / "tokenizer.json").is_file() and not (out / "adapter_config.json").exists()
     assert [p.name for p in out.rglob("*.bin")] == []
@@ -162,7 +154,7 @@ def test_ppo_outputs_metrics_and_logs(toy):
     assert history[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout is the reference itself
     scores = [h["objective/scores"] for h in history]
     assert sum(scores[-5:]) / 5 > sum(scores[:5]) / 5 + 0.5, scores
-    summary = _read_json(out / "all_results.json")
+    summary = read_json(out / "all_results.json")
     assert summary["train_episodes"] == TOY_STEPS * TOY_BATCH and summary["episodes_per_second"] > 0
     assert summary["generated_tokens_per_second"] > 0 and summary["num_processes"] == 1
     with open(out / "training_log.csv", encoding="utf-8") as handle:
@@ -193,13 +185,13 @@ def test_stories260k_with_a_rule_reward(stories):
     result = run_script(PPO, *_stories_args(prompts, rule), "--output_dir", str(out), "--steps", "12",
                         "--batch_size", "32", "--mini_batch_size", "8", "--learning_rate", "1e-3",
                         "--kl_coef", "0.1", "--save_merged", "False")
-    _ok(result)
+    assert_ok(result)
     history = _history(out)
     first, last = history[0]["objective/scores"], sum(h["objective/scores"] for h in history[-3:]) / 3
     assert last > first + 1.0, [h["objective/scores"] for h in history]
     assert max(h["objective/kl"] for h in history) < 60
     assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
-    adapter = _read_json(out / "adapter_config.json")
+    adapter = read_json(out / "adapter_config.json")
     assert Path(adapter["base_model_name_or_path"]).resolve() == STORIES.resolve()
 
 
@@ -219,7 +211,7 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(stories):
     common = [*_stories_args(prompts, rule), "--steps", "6", "--batch_size", "8", "--mini_batch_size", "4",
               "--learning_rate", "1e-3", "--save_steps", "2", "--save_merged", "False", "--seed", "7"]
     whole, killed = folder / "whole", folder / "killed"
-    _ok(run_script(PPO, *common, "--output_dir", str(whole)))
+    assert_ok(run_script(PPO, *common, "--output_dir", str(whole)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, PPO, *common, "--output_dir", str(killed)], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -231,7 +223,7 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(stories):
     process.wait()
     assert not (killed / "config.json").exists() and not (killed / "adapter_config.json").exists()
     resumed = run_script(PPO, *common, "--output_dir", str(killed), "--resume_from_checkpoint", "last")
-    _ok(resumed)
+    assert_ok(resumed)
     assert "resumed from" in resumed.stderr
     a, b = _history(whole), _history(killed)
     assert len(a) == len(b) == 6
@@ -259,15 +251,15 @@ def test_two_processes_agree_with_one(stories):
     common = [*_stories_args(prompts, rule), "--steps", "6", "--mini_batch_size", "4", "--learning_rate", "1e-3",
               "--save_merged", "False"]
     one, two = folder / "one", folder / "two"
-    _ok(run_script(PPO, *common, "--batch_size", "16", "--output_dir", str(one)))
+    assert_ok(run_script(PPO, *common, "--batch_size", "16", "--output_dir", str(one)))
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     result = subprocess.run([*launch, PPO, *common, "--batch_size", "8", "--device", "cpu", "--output_dir", str(two)],
                             cwd=REPO,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=1800)
-    _ok(result)
+    assert_ok(result)
     assert result.stderr.count("PPO on cpu x 2 process(es)") == 1  # the second process does not repeat the log
-    summary_one, summary_two = _read_json(one / "all_results.json"), _read_json(two / "all_results.json")
+    summary_one, summary_two = read_json(one / "all_results.json"), read_json(two / "all_results.json")
     assert summary_two["num_processes"] == 2 and summary_two["train_episodes"] == summary_one["train_episodes"] == 96
     with open(two / "training_log.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -346,6 +338,6 @@ def test_every_option_runs_and_does_what_it_says(option, stories, stories_reward
             "--steps", "3", "--batch_size", "4", "--mini_batch_size", "2", "--output_max_length", "16",
             "--learning_rate", "1e-3", "--output_dir", str(tmp_path / option)]
     result = run_script(PPO, *args, *flags, env=ONE_THREAD)
-    _ok(result)
+    assert_ok(result)
     history = _history(tmp_path / option)
     assert check(history, result.stderr), (option, history)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO, assert_user_error, fixture_path, run_script
+from conftest import FIXTURES, REPO, assert_ok, assert_user_error, fixture_path, read_json, run_script
 
 RM = str(REPO / "reward_modeling.py")
 MERGE = str(REPO / "merge_peft_adapter.py")
@@ -34,14 +34,6 @@ MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.json"
 # two runs at a time on a 2-core machine: one thread each, or torch's thread pools oversubscribe the cores and
 # a small run slows down ~30x (measured: 4 s of training took 133 s beside another 2-thread run)
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-def _ok(result) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -150,9 +142,9 @@ def runs(embedded_root, tmp_path_factory):
 @pytest.mark.slow
 def test_full_run_ranks_held_out_pairs(runs):
     result, out = runs["full"]
-    _ok(result)
-    metrics = _read_json(out / "eval_results.json")
-    all_results = _read_json(out / "all_results.json")
+    assert_ok(result)
+    metrics = read_json(out / "eval_results.json")
+    all_results = read_json(out / "all_results.json")
     for key in ("eval_accuracy", "eval_auroc", "eval_margin_mean", "eval_score_mean", "eval_score_std",
                 "eval_pairs"):
         assert key in metrics and key in all_results, key
@@ -163,7 +155,7 @@ def test_full_run_ranks_held_out_pairs(runs):
     assert metrics["eval_score_std"] > 0, metrics
     assert "data/reward" in result.stderr and "data/evaluation" in result.stderr
     assert all_results["use_peft"] is False and all_results["train_loss"] > 0
-    state = _read_json(out / "trainer_state.json")
+    state = read_json(out / "trainer_state.json")
     assert state["global_step"] == 2 * -(-5000 // 32)  # 2 epochs of the 5000 toy reward pairs
 
 
@@ -171,7 +163,7 @@ def test_full_run_saves_a_reward_model(runs, embedded_root):
     from transformers import AutoConfig
 
     result, out = runs["full"]
-    _ok(result)
+    assert_ok(result)
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
     assert "adapter_config.json" not in names
@@ -179,7 +171,7 @@ def test_full_run_saves_a_reward_model(runs, embedded_root):
     config = AutoConfig.from_pretrained(str(out))
     assert config.num_labels == 1
     assert config.architectures == ["LlamaForSequenceClassification"]
-    raw = _read_json(out / "config.json")
+    raw = read_json(out / "config.json")
     pad = json.loads((embedded_root / "model" / "tokenizer_config.json").read_text())["pad_token"]
     assert pad == "<pad>" and raw["pad_token_id"] == 0  # the embedded tokenizer's distinct pad token
 
@@ -191,11 +183,11 @@ def test_saved_model_gives_the_reported_accuracy(runs, embedded_root):
     from rlhfkit.preference_metrics import pair_metrics
 
     result, out = runs["full"]
-    _ok(result)
+    assert_ok(result)
     rows = [json.loads(line) for line in (embedded_root / "data/evaluation/train.jsonl").read_text().splitlines()]
     chosen, rejected = _pair_scores(str(out), rows)
     metrics = pair_metrics(chosen, rejected)
-    reported = _read_json(out / "eval_results.json")
+    reported = read_json(out / "eval_results.json")
     assert metrics["pairs"] == reported["eval_pairs"] == len(rows)
     assert metrics["accuracy"] == pytest.approx(reported["eval_accuracy"], abs=2 / len(rows))
     assert metrics["margin_mean"] == pytest.approx(reported["eval_margin_mean"], abs=1e-3)
@@ -204,7 +196,7 @@ def test_saved_model_gives_the_reported_accuracy(runs, embedded_root):
 @pytest.mark.slow
 def test_full_run_ranks_unseen_pairs_like_the_gold_judge(runs, embedded_root):
     result, out = runs["full"]
-    _ok(result)
+    assert_ok(result)
     seen = set()
     for split in ("finetune", "reward", "evaluation", "rl"):
         for line in (embedded_root / "data" / split / "train.jsonl").read_text().splitlines():
@@ -224,9 +216,9 @@ def test_lora_run_saves_adapter_with_score_head(runs, embedded_root):
     from safetensors.torch import load_file
 
     result, out = runs["lora"]
-    _ok(result)
+    assert_ok(result)
     assert not (out / "model.safetensors").exists()  # an adapter, not a full model
-    adapter = _read_json(out / "adapter_config.json")
+    adapter = read_json(out / "adapter_config.json")
     assert adapter["task_type"] == "SEQ_CLS"
     assert Path(adapter["base_model_name_or_path"]).resolve() == (embedded_root / "model").resolve()
     weights = load_file(str(out / "adapter_model.safetensors"))
@@ -234,9 +226,9 @@ def test_lora_run_saves_adapter_with_score_head(runs, embedded_root):
     assert heads, sorted(weights)
     assert any(weights[name].shape[0] == 1 for name in heads)  # the 1-output head itself, trained in full
     assert any("lora_" in name for name in weights)
-    results = _read_json(out / "all_results.json")
+    results = read_json(out / "all_results.json")
     assert results["use_peft"] is True
-    assert _read_json(out / "trainer_state.json")["global_step"] == 40
+    assert read_json(out / "trainer_state.json")["global_step"] == 40
     assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_pairs"] == 500
 
 
@@ -248,7 +240,7 @@ def test_merged_lora_reward_model_scores_as_base_plus_adapter(runs, embedded_roo
     from rlhfkit import models, scoring
 
     (_, adapter), (merge, merged_dir) = runs["lora"], runs["lora_merge"]
-    _ok(merge)
+    assert_ok(merge)
     assert not (merged_dir / "adapter_config.json").exists()
     rows = [json.loads(line) for line in (embedded_root / "data/evaluation/train.jsonl").read_text().splitlines()]
     tokenizer = models.load_tokenizer(str(merged_dir))
@@ -272,13 +264,13 @@ def test_real_hh_pairs_on_stories260k(runs):
     fixture_path(*HH)
     stories = fixture_path(*STORIES)
     result, out = runs["hh"]
-    _ok(result)
+    assert_ok(result)
     assert "schema hh_rlhf -> preference" in result.stderr
-    metrics = _read_json(out / "eval_results.json")
+    metrics = read_json(out / "eval_results.json")
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and 0 < metrics["eval_pairs"] <= 50
-    results = _read_json(out / "all_results.json")
+    results = read_json(out / "all_results.json")
     assert results["model"] == str(stories) and results["train_loss"] > 0
-    assert _read_json(out / "trainer_state.json")["global_step"] == 20
+    assert read_json(out / "trainer_state.json")["global_step"] == 20
 
 
 # -------------------------------------------------------------------------------------- input handling
@@ -291,13 +283,13 @@ def test_alpaca_file_is_a_user_error_naming_preference(runs):
 
 def test_identical_pairs_are_dropped_with_a_count(runs):
     result, out = runs["identical"]
-    _ok(result)
+    assert_ok(result)
     assert f"dropped {IDENTICAL_ROWS} invalid row(s)" in result.stderr, result.stderr[-3000:]
     assert f"chosen and rejected are identical: {IDENTICAL_ROWS}" in result.stderr
     kept = 40 - IDENTICAL_ROWS
     held = kept // 10
     assert f"training pairs: {kept - held}, held-out pairs: {held}" in result.stderr
-    assert _read_json(out / "trainer_state.json")["global_step"] == 2
+    assert read_json(out / "trainer_state.json")["global_step"] == 2
 
 
 def test_max_length_below_every_example_is_a_user_error(runs):
@@ -312,10 +304,10 @@ def test_tokenizer_without_pad_token_pads_with_eos(runs):
     from rlhfkit import models, scoring
 
     result, out = runs["no_pad"]
-    _ok(result)
+    assert_ok(result)
     warnings = [line for line in result.stderr.splitlines() if "no pad token" in line]
     assert len(warnings) == 1 and "WARNING" in warnings[0], result.stderr[-3000:]
-    config = _read_json(out / "config.json")
+    config = read_json(out / "config.json")
     assert config["eos_token_id"] == 50256 and config["pad_token_id"] == config["eos_token_id"]
     tokenizer = models.load_tokenizer(str(out))
     assert tokenizer.pad_token_id == tokenizer.eos_token_id == 50256

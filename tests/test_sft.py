@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import REPO, assert_user_error, run_script
+from conftest import REPO, assert_ok, assert_user_error, read_json, run_script
 
 SFT = str(REPO / "sft.py")
 LORA_MODULES = ["--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj"]
@@ -23,14 +23,6 @@ GOLD_QUESTIONS = 100
 GOLD_SAMPLES = 4
 GOLD_MARGIN = 0.1  # measured: base -0.30, SFT -0.09 (400 samples each, std of a mean ~0.03)
 MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.json", "model.safetensors")
-
-
-def _ok(result) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _safetensors(path: Path) -> dict:
@@ -118,17 +110,17 @@ def flag_and_config_runs(embedded_root, tmp_path_factory):
 @pytest.mark.slow
 def test_lora_run_writes_adapter_tokenizer_and_results(lora_run, embedded_root):
     result, out = lora_run
-    _ok(result)
+    assert_ok(result)
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).is_file(), f"{name} missing from {sorted(p.name for p in out.iterdir())}"
     assert not (out / "model.safetensors").exists()  # an adapter, not a full model
     pickled = [p.name for p in out.rglob("*.bin") if p.name != "training_args.bin"]
     assert pickled == [], f"pickle weights written: {pickled}"
-    adapter = _read_json(out / "adapter_config.json")
+    adapter = read_json(out / "adapter_config.json")
     assert adapter["task_type"] == "CAUSAL_LM"
     assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
     assert Path(adapter["base_model_name_or_path"]).resolve() == (embedded_root / "model").resolve()
-    results = _read_json(out / "all_results.json")
+    results = read_json(out / "all_results.json")
     for key in ("train_runtime", "train_loss", "train_tokens_per_second"):
         assert isinstance(results[key], float) and results[key] > 0, (key, results.get(key))
     assert results["use_peft"] is True
@@ -138,8 +130,8 @@ def test_lora_run_writes_adapter_tokenizer_and_results(lora_run, embedded_root):
 
 def test_lora_training_loss_decreases(lora_run):
     result, out = lora_run
-    _ok(result)
-    state = _read_json(out / "trainer_state.json")
+    assert_ok(result)
+    state = read_json(out / "trainer_state.json")
     assert state["global_step"] == 300
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert len(losses) >= 10, state["log_history"]
@@ -152,7 +144,7 @@ def test_lora_sft_beats_base_on_gold_judge(lora_run, embedded_root):
     from rlhfkit.models import load_causal_lm, load_tokenizer
 
     result, out = lora_run
-    _ok(result)
+    assert_ok(result)
     rows = [json.loads(line) for line in (embedded_root / "data/evaluation/train.jsonl").read_text().splitlines()]
     questions = [row["question"] for row in rows[:GOLD_QUESTIONS]]
     assert len(questions) == GOLD_QUESTIONS
@@ -171,7 +163,7 @@ def test_full_finetuning_writes_a_full_model(full_run, embedded_root):
     import torch
 
     result, out = full_run
-    _ok(result)
+    assert_ok(result)
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert not (out / "adapter_config.json").exists() and not (out / "adapter_model.safetensors").exists()
     assert (out / "tokenizer.json").is_file()
@@ -180,21 +172,21 @@ def test_full_finetuning_writes_a_full_model(full_run, embedded_root):
     assert set(trained) == set(base)
     changed = [name for name in base if not torch.equal(base[name], trained[name])]
     assert len(changed) > len(base) // 2, f"only {len(changed)} of {len(base)} tensors changed"
-    results = _read_json(out / "all_results.json")
+    results = read_json(out / "all_results.json")
     assert results["use_peft"] is False and results["train_loss"] > 0
 
 
 def test_do_eval_writes_eval_loss_and_perplexity(full_run):
     result, out = full_run
-    _ok(result)
+    assert_ok(result)
     from rlhfkit import toy
 
     rows = toy.SPLITS["finetune"]
     assert re.search(rf"training rows: {rows - 50}, evaluation rows: 50\b", result.stderr), result.stderr[-3000:]
-    metrics = _read_json(out / "eval_results.json")
+    metrics = read_json(out / "eval_results.json")
     assert 0 < metrics["eval_loss"] < 10
     assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-9)
-    all_results = _read_json(out / "all_results.json")
+    all_results = read_json(out / "all_results.json")
     assert all_results["eval_loss"] == metrics["eval_loss"]
     assert "train_loss" in all_results  # eval results are merged in, not written over the training ones
 
@@ -205,12 +197,12 @@ def test_yaml_config_run_equals_flag_run(flag_and_config_runs):
     import torch
 
     (flag_result, by_flags), (config_result, by_config) = flag_and_config_runs
-    _ok(flag_result)
-    _ok(config_result)
+    assert_ok(flag_result)
+    assert_ok(config_result)
     for out in (by_flags, by_config):  # the settings really applied (not the defaults, in both runs)
-        adapter = _read_json(out / "adapter_config.json")
+        adapter = read_json(out / "adapter_config.json")
         assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
-        state = _read_json(out / "trainer_state.json")
+        state = read_json(out / "trainer_state.json")
         assert state["global_step"] == 5 and state["max_steps"] == 5
         assert state["train_batch_size"] == 4
         assert list(out.glob("checkpoint-*")) == []
@@ -219,8 +211,8 @@ def test_yaml_config_run_equals_flag_run(flag_and_config_runs):
     assert set(flag_weights) == set(config_weights) and flag_weights
     for name, tensor in flag_weights.items():
         assert torch.equal(tensor, config_weights[name]), name
-    flag_loss = _read_json(by_flags / "all_results.json")["train_loss"]
-    assert flag_loss == _read_json(by_config / "all_results.json")["train_loss"]
+    flag_loss = read_json(by_flags / "all_results.json")["train_loss"]
+    assert flag_loss == read_json(by_config / "all_results.json")["train_loss"]
 
 
 # ----------------------------------------------------------------------------------------- bad input
