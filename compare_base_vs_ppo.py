@@ -31,12 +31,16 @@ from rlhfkit.cli import make_parser, script_cli
 from rlhfkit.device import DeviceArguments, PrecisionArguments
 from rlhfkit.errors import UserError
 from rlhfkit.hpu import HPUGraphArguments
+from rlhfkit.sampling_args import SamplingSettings
 
 logger = logging.getLogger("compare_base_vs_ppo")
 
 
 @dataclass
-class CompareArguments:
+class CompareArguments(SamplingSettings):
+    """The models, the prompts and the judges; how every model is sampled: rlhfkit.sampling_args (no KL is
+    measured under greedy decoding)."""
+
     finetuned_model: str | None = field(
         default=None, metadata={"help": "The fine-tuned model (e.g. ./ppo_sanity): a model folder, adapter folder or hub id."}
     )
@@ -62,26 +66,13 @@ class CompareArguments:
     )
     dataset_split: str = field(default="train", metadata={"help": "Split to read the prompts from."})
     num_samples: int = field(default=100, metadata={"help": "Prompts to compare on (the first ones of the split)."})
-    generations_per_prompt: int = field(default=1, metadata={"help": "Answers per prompt and model."})
     input_max_length: int = field(default=256, metadata={"help": "Drop prompts longer than this many tokens."})
-    prompt_format: str = field(
-        default="auto",
-        metadata={"help": "auto: the chat template if the tokenizer has one, else qa ('Question: ...\\n\\nAnswer:'); "
-                  "chat; qa; raw.", "choices": ("auto", "chat", "qa", "raw")},
-    )
-    max_new_tokens: int = field(default=64, metadata={"help": "Tokens per answer at most."})
-    do_sample: bool = field(default=True, metadata={"help": "Sample (False: greedy; then no KL is measured)."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (PPO's default)."})
-    top_k: int = field(default=0, metadata={"help": "Sample among the k likeliest tokens; 0: no limit."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
-    batch_size: int = field(default=16, metadata={"help": "Answers generated per batch."})
     gold_judge: str = field(
         default="auto",
         metadata={"help": "auto: the toy task's gold judge when every prompt is a toy question; toy; none; "
                   "MODULE:FUNC or FILE.py:FUNC (f(prompt, response) -> float)."},
     )
     confidence: float = field(default=0.95, metadata={"help": "Level of the win-rate confidence intervals."})
-    seed: int = field(default=42, metadata={"help": "Random seed (each model starts sampling from it)."})
     output_dir: str = field(default="comparison", metadata={"help": "Where comparison.json, samples.jsonl and "
                                                                    "comparison.png go."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code shipped with the checkpoints."})
@@ -98,12 +89,9 @@ def validate(args: CompareArguments) -> None:
     for name in ("num_samples", "generations_per_prompt", "max_new_tokens", "batch_size", "input_max_length"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1")
-    if args.do_sample and args.temperature <= 0:
-        raise UserError("--temperature must be positive when sampling (or pass --do_sample False for greedy decoding)")
+    args.check_sampling(args.do_sample, " (or pass --do_sample False for greedy decoding)")
     if not args.do_sample and args.generations_per_prompt > 1:
         raise UserError("--generations_per_prompt > 1 needs sampling: greedy decoding gives one answer per prompt")
-    if not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise UserError("--top_p must be in (0, 1] and --top_k at least 0")
     if not 0.5 <= args.confidence < 1:
         raise UserError("--confidence must be in [0.5, 1), e.g. 0.95")
     for flag, what in (("finetuned_model", "fine-tuned model"), ("base_model", "base model"),
@@ -133,11 +121,6 @@ def main(args: CompareArguments, device_args: DeviceArguments, precision: Precis
     info, dtype, static = hpu.inference_setup(device_args, precision, graphs)
     prompts = load_prompts(args)
     gold, gold_name = compare.resolve_gold_judge(args.gold_judge, prompts)
-    settings = compare.SamplingSettings(
-        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, generations_per_prompt=args.generations_per_prompt, batch_size=args.batch_size,
-        prompt_format=args.prompt_format, seed=args.seed,
-    )
     base_path = models.resolve_name(args.base_model)
     fallback = args.tokenizer_name_or_path or (base_path if models.has_own_tokenizer(base_path) else None)
     order = [("base", base_path)] + ([("sft", args.sft_model)] if args.sft_model else []) + [
@@ -171,7 +154,7 @@ def main(args: CompareArguments, device_args: DeviceArguments, precision: Precis
                 args.reward_model, gold_name or "none", info.type)
     samples = {}
     for model in loaded:
-        samples[model.name] = compare.sample_model(model, prompts, ids[model.name], settings, scorer_for, gold, base,
+        samples[model.name] = compare.sample_model(model, prompts, ids[model.name], args, scorer_for, gold, base,
                                                    static_shapes=static)
     pairs = [("finetuned", "base")] + ([("sft", "base"), ("finetuned", "sft")] if args.sft_model else [])
     summary = compare_report.summarize(samples, pairs, args.confidence, args.seed)

@@ -24,12 +24,18 @@ from rlhfkit.cli import make_parser, script_cli
 from rlhfkit.device import DeviceArguments, PrecisionArguments
 from rlhfkit.errors import UserError
 from rlhfkit.hpu import HPUGraphArguments
+from rlhfkit.sampling_args import DecodingArguments
+from rlhfkit.sampling_args import default as sampling_default
 
 logger = logging.getLogger("run_generation")
 
 
 @dataclass
-class GenerationArguments:
+class GenerationArguments(DecodingArguments):
+    """The sampling flags (rlhfkit.sampling_args) with generate's defaults: greedy; temperature 1.0 when sampling."""
+
+    do_sample: bool = sampling_default("do_sample", False)
+    temperature: float = sampling_default("temperature", 1.0, "Sampling temperature (with --do_sample).")
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Model folder, adapter folder or hub id; default: the embedded tiny Llama."}
     )
@@ -38,21 +44,8 @@ class GenerationArguments:
         default=None, metadata={"help": "A prompt (repeat the flag, or give several after it).", "action": "extend"}
     )
     prompt_file: str | None = field(default=None, metadata={"help": "A .txt (one per line) or .jsonl/.json file."})
-    prompt_format: str = field(
-        default="auto",
-        metadata={
-            "help": "auto: the chat template if the tokenizer has one, else qa; chat: the chat template; "
-            "qa: optimum-habana's 'Question: ...\\n\\nAnswer:'; raw: the prompt text as it is.",
-            "choices": ("auto", "chat", "qa", "raw"),
-        },
-    )
-    max_new_tokens: int = field(default=64, metadata={"help": "Tokens to generate at most per prompt."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per batch."})
     use_kv_cache: bool = field(default=True, metadata={"help": "Reuse attention keys/values while decoding."})
-    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with --do_sample)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (with --do_sample)."})
-    top_k: int = field(default=0, metadata={"help": "Sample among the k likeliest tokens; 0: no limit."})
     num_return_sequences: int = field(default=1, metadata={"help": "Completions per prompt."})
     seed: int = field(default=42, metadata={"help": "Random seed for sampling."})
     output_file: str | None = field(default=None, metadata={"help": "Also write results as jsonl here."})
@@ -82,8 +75,7 @@ def validate(args: GenerationArguments) -> None:
     for name in ("max_new_tokens", "batch_size", "num_return_sequences"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1")
-    if args.do_sample and args.temperature <= 0:
-        raise UserError("--temperature must be positive when sampling (or drop --do_sample for greedy decoding)")
+    args.check_sampling(args.do_sample, " (or drop --do_sample for greedy decoding)")
     if not args.do_sample and args.num_return_sequences > 1:
         raise UserError("--num_return_sequences > 1 needs --do_sample (greedy decoding gives one answer)")
 

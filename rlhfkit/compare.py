@@ -26,21 +26,9 @@ import torch
 
 from rlhfkit import schemas
 from rlhfkit.errors import UserError
+from rlhfkit.sampling_args import SamplingSettings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SamplingSettings:
-    max_new_tokens: int = 64
-    do_sample: bool = True
-    temperature: float = 0.7
-    top_k: int = 0
-    top_p: float = 1.0
-    generations_per_prompt: int = 1
-    batch_size: int = 16
-    prompt_format: str = "auto"
-    seed: int = 42
 
 
 @dataclass

@@ -22,6 +22,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from rlhfkit import aliases
 from rlhfkit.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -92,10 +93,7 @@ def resolve_device(device: str = "auto", use_habana: bool = False, use_lazy_mode
     global _hpu_core
     if device not in DEVICE_CHOICES:
         raise UserError(f"--device {device} is not one of {', '.join(DEVICE_CHOICES)}")
-    if use_habana:
-        if device not in ("auto", "hpu"):
-            raise UserError(f"--use_habana conflicts with --device {device}: drop one of them")
-        device = "hpu"
+    device = aliases.resolve("use_habana", use_habana, device, "auto")
     if use_lazy_mode and device not in ("auto", "hpu"):
         raise UserError(f"--use_lazy_mode is a Gaudi option and conflicts with --device {device}: drop it")
 

@@ -121,7 +121,7 @@ CASES = {
     "hpu_absent": ((*DATA_SCRIPTS, "run_generation.py"), lambda s, w: ["--device", "hpu"],
                    ["habana_frameworks is not installed"]),
     "conflicting_device_flags": ((*DATA_SCRIPTS, "run_generation.py"),
-                                 lambda s, w: ["--use_habana", "--device", "cpu"], ["--use_habana conflicts with"]),
+                                 lambda s, w: ["--use_habana", "--device", "cpu"], ["--use_habana and --device cpu disagree"]),
     "conflicting_precision": ((*DATA_SCRIPTS, "run_generation.py"), lambda s, w: ["--bf16", "--fp16"],
                               ["--bf16 and --fp16"]),
     "unknown_config_key": (ALL, lambda s, w: ["--config", str(w["root"] / "unknown_key.yaml")],

@@ -115,7 +115,7 @@ def test_hpu_without_habana_refused(no_habana):
 
 @pytest.mark.parametrize("dev", ["cpu", "cuda"])
 def test_use_habana_conflicts_with_other_devices(dev):
-    with pytest.raises(UserError, match=f"--use_habana conflicts with --device {dev}"):
+    with pytest.raises(UserError, match=f"--use_habana and --device {dev} disagree"):
         resolve_device(dev, use_habana=True)
 
 

@@ -8,13 +8,15 @@ process; the update runs ``ppo_epochs`` passes over them, one optimizer step per
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 
+from rlhfkit import aliases
 from rlhfkit.errors import UserError
 from rlhfkit.faults import RunArguments
 from rlhfkit.ppo.core import KL_ESTIMATORS
+from rlhfkit.sampling_args import SamplingArguments
+from rlhfkit.sampling_args import default as sampling_default
 
 # Default learning rates, measured on stories260K with a reward model trained on a rule (docs/scripts.md, ppo.py):
 # LoRA adapters need a larger step than the full model to move the policy as far per episode.
@@ -22,13 +24,9 @@ LORA_LEARNING_RATE = 3e-4
 FULL_LEARNING_RATE = 3e-5
 
 
-# TRL's flag names that stand for ours (--total_episodes is not one: it sets how many steps run, resolve_steps)
-ALIASES = {"response_length": "output_max_length"}
-logger = logging.getLogger(__name__)
-
 
 @dataclass
-class PPOArguments(RunArguments):
+class PPOArguments(RunArguments, SamplingArguments):
     """PPO settings; the policy and LoRA flags come from :class:`rlhfkit.modelargs.ModelArguments` (the policy
     may be a full or merged SFT model, or an adapter folder, merged into its base at load: that is the
     reference)."""
@@ -61,11 +59,6 @@ class PPOArguments(RunArguments):
     input_max_length: int = field(default=256, metadata={"help": "Prompts longer than this (tokens) are dropped."})
     output_max_length: int = field(default=64, metadata={"help": "Tokens to generate at most per response."})
     response_length: int | None = field(default=None, metadata={"help": "TRL's name for --output_max_length."})
-    prompt_format: str = field(
-        default="auto",
-        metadata={"help": "auto: chat template if the tokenizer has one, else optimum-habana's 'Question: ...\\n\\nAnswer:'; "
-                  "chat, qa, or raw (the prompt text as it is).", "choices": ("auto", "chat", "qa", "raw")},
-    )
     # ----------------------------------------------------------------------------------------- schedule
     output_dir: str = field(default="ppo_output", metadata={"help": "Where the policy, logs and checkpoints go."})
     steps: int | None = field(default=None, metadata={"help": "PPO steps (default: one pass over the prompts)."})
@@ -97,11 +90,11 @@ class PPOArguments(RunArguments):
         default=True,
         metadata={"help": "Generate the whole batch at once (left-padded); False: one prompt at a time."},
     )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (also used for log-probs)."})
-    top_k: int = field(default=0, metadata={"help": "Accepted as 0 only (no truncation, as TRL's PPO samples): the "
-                                                      "ratio and the KL are computed on the full distribution."})
-    top_p: float = field(default=1.0, metadata={"help": "Accepted as 1.0 only (no truncation, as TRL's PPO samples): "
-                                                        "the ratio and the KL are computed on the full distribution."})
+    temperature: float = sampling_default("temperature", 0.7, "Sampling temperature (also used for log-probs).")
+    top_k: int = sampling_default("top_k", 0, "Accepted as 0 only (no truncation, as TRL's PPO samples): the ratio "
+                                  "and the KL are computed on the full distribution.")
+    top_p: float = sampling_default("top_p", 1.0, "Accepted as 1.0 only (no truncation, as TRL's PPO samples): the "
+                                    "ratio and the KL are computed on the full distribution.")
     stop_token: str | None = field(
         default="eos",
         metadata={"help": "Responses end after the first stop token: 'eos', any token text, or 'none'."},
@@ -157,16 +150,9 @@ class PPOArguments(RunArguments):
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code shipped with checkpoints."})
 
     def __post_init__(self):
-        for alias, name in ALIASES.items():  # TRL's names for our flags: mapped, and said so
-            value = getattr(self, alias)
-            if value is None:
-                continue
-            ours = getattr(self, name)
-            if ours != value and ours != type(self).__dataclass_fields__[name].default:
-                raise UserError(f"--{alias} {value} and --{name} {ours} disagree: --{alias} is TRL's name for "
-                                f"--{name}; give one of them")
-            setattr(self, name, value)
-            logger.info("--%s %s (TRL's name) sets --%s %s", alias, value, name, value)
+        default = type(self).__dataclass_fields__["output_max_length"].default
+        self.output_max_length = aliases.resolve("response_length", self.response_length, self.output_max_length,
+                                                 default)
 
     def validate(self) -> None:
         positive = ("batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs",
@@ -183,8 +169,7 @@ class PPOArguments(RunArguments):
                 f"--batch_size {self.batch_size} is not a multiple of --mini_batch_size x --gradient_accumulation_steps "
                 f"({self.backward_batch_size}): change one of them"
             )
-        if self.temperature <= 0:
-            raise UserError("--temperature must be positive (PPO samples its responses)")
+        self.check_sampling(fix=" (PPO samples its responses)")
         if self.top_k != 0 or self.top_p != 1.0:
             raise UserError(f"--top_k {self.top_k} --top_p {self.top_p}: PPO samples from the full distribution at "
                             "--temperature, the one its log-probs, ratio and KL are computed on; truncated sampling "
@@ -228,9 +213,10 @@ class PPOArguments(RunArguments):
             steps = math.ceil(self.total_episodes / per_step)
             if self.steps is not None and self.steps != steps:
                 raise UserError(
-                    f"--steps {self.steps} and --total_episodes {self.total_episodes} disagree "
-                    f"({per_step} episodes per step gives {steps} steps): pass one of them"
+                    f"--total_episodes {self.total_episodes} and --steps {self.steps} disagree "
+                    f"({per_step} episodes per step gives {steps} steps): give one of them"
                 )
+            aliases.say("total_episodes", self.total_episodes, f"{steps} ({per_step} episodes per step)")
             return steps
         if self.steps is not None:
             return self.steps
