@@ -430,6 +430,10 @@ def test_pipeline_on_gaudi_passes_the_gaudi_settings(device, embedded_root, tmp_
     for script in ("sft.py", "reward_modeling.py", "dpo.py", "kto.py"):
         assert commands[script][commands[script].index("--num_buckets") + 1] == "16"
     assert {"--pad_max", "--use_hpu_graphs"} <= set(commands["ppo.py"])
+    # the toy profile's reward model is trained in full and used as it is (no merge of it)
+    ppo = commands["ppo.py"]
+    assert ppo[ppo.index("--reward_model_name") + 1] == str(tmp_path / "work" / "rm")
+    assert "--use_peft" in commands["reward_modeling.py"]
     assert "--use_hpu_graphs" in commands["run_generation.py"] and "--use_hpu_graphs" in commands["compare_base_vs_ppo.py"]
 
 
