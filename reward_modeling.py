@@ -29,16 +29,16 @@ from dataclasses import dataclass, field
 from rlhfkit.cli import script_cli
 from rlhfkit.device import DeviceArguments
 from rlhfkit.faults import RunArguments
-from rlhfkit.hpu import StaticShapeArguments, TrainerHPUGraphArguments
+from rlhfkit.hpu import HPUGraphArguments, StaticShapeArguments
 from rlhfkit.modelargs import ModelArguments
 from rlhfkit.pairs import PairDataArguments, load_pairs
-from rlhfkit.training import open_run, train_and_save, trainer_parser, will_train
+from rlhfkit.training import make_trainer, open_run, train_and_save, trainer_parser, will_train
 
 logger = logging.getLogger("reward_modeling")
 
 
 @dataclass
-class ScriptArguments(PairDataArguments, RunArguments, StaticShapeArguments, TrainerHPUGraphArguments):
+class ScriptArguments(PairDataArguments, RunArguments, StaticShapeArguments, HPUGraphArguments):
     eval_batch_size: int = field(default=16, metadata={"help": "Pairs per batch when scoring the held-out pairs."})
 
 
@@ -59,7 +59,7 @@ def evaluate_pairs(model, tokenizer, rendered, batch_size: int, max_length: int 
 
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):
-    from rlhfkit import device, hpu, models
+    from rlhfkit import device, models
     from rlhfkit.results import write_results
 
     # the tokenizer gets a pad token: the score is read at the last token before padding
@@ -72,7 +72,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
                                             pad_token_id=tokenizer.pad_token_id)
     models.check_vocabulary(model, tokenizer, model_name, tokenizer_name)
     peft_config = model_args.lora_config("SEQ_CLS")
-    trainer, shapes = hpu.make_trainer("reward", info, training_args, script_args, model=model, train_dataset=train,
+    trainer, shapes = make_trainer("reward", info, training_args, script_args, model=model, train_dataset=train,
                                        eval_dataset=evaluation if training_args.eval_strategy != "no" else None,
                                        processing_class=tokenizer, peft_config=peft_config)
     logger.info("model %s: %d parameters, %d trainable (%s)", model_name, models.count_parameters(trainer.model),

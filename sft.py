@@ -27,15 +27,15 @@ from rlhfkit.data import DatasetArguments
 from rlhfkit.device import DeviceArguments
 from rlhfkit.errors import UserError
 from rlhfkit.faults import RunArguments
-from rlhfkit.hpu import StaticShapeArguments, TrainerHPUGraphArguments
+from rlhfkit.hpu import HPUGraphArguments, StaticShapeArguments
 from rlhfkit.modelargs import ModelArguments
-from rlhfkit.training import open_run, train_and_save, trainer_parser, will_train
+from rlhfkit.training import make_trainer, open_run, train_and_save, trainer_parser, will_train
 
 logger = logging.getLogger("sft")
 
 
 @dataclass
-class ScriptArguments(DatasetArguments, RunArguments, StaticShapeArguments, TrainerHPUGraphArguments):
+class ScriptArguments(DatasetArguments, RunArguments, StaticShapeArguments, HPUGraphArguments):
     eval_split: str | None = field(
         default=None,
         metadata={"help": "Split to evaluate on with --do_eval; default: hold out --size_valid_set training rows."},
@@ -112,7 +112,7 @@ def check_room_for_completions(train, tokenizer, max_length: int | None) -> None
 
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):
-    from rlhfkit import device, hpu, models
+    from rlhfkit import device, models
     from rlhfkit.results import write_results
 
     info, model_name, tokenizer_name, tokenizer = open_run(training_args, device_args, script_args, model_args,
@@ -123,7 +123,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
                                   allow_pickle=model_args.allow_pickle, merge_adapter=True)
     models.check_vocabulary(model, tokenizer, model_name, tokenizer_name)
     peft_config = model_args.lora_config("CAUSAL_LM")
-    trainer, shapes = hpu.make_trainer("sft", info, training_args, script_args, model=model,
+    trainer, shapes = make_trainer("sft", info, training_args, script_args, model=model,
                                        train_dataset=train_dataset, eval_dataset=eval_dataset,
                                        processing_class=tokenizer, peft_config=peft_config)
     trainable = models.count_parameters(trainer.model, trainable_only=True)

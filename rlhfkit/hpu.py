@@ -30,14 +30,24 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class StaticShapeArguments:
-    """``--pad_max`` / ``--num_buckets`` for the Trainer scripts (padding through TRL's ``pad_to_multiple_of``)."""
+class PadMaxArguments:
+    """``--pad_max``: static shapes, so that Gaudi compiles one graph instead of one per length (they suit CUDA graphs
+    and torch.compile too)."""
 
     pad_max: bool = field(
         default=False,
-        metadata={"help": "Static shapes: pad every batch to --max_length tokens and drop the last partial batch "
-                  "(on Gaudi one compiled graph instead of one per length)."},
+        metadata={"help": "Static shapes (one compiled graph on Gaudi instead of one per length). Trainer scripts: "
+                  "every batch padded to --max_length tokens, the last partial batch dropped. ppo.py: prompts "
+                  "left-padded to --input_max_length, responses always --output_max_length tokens (generation "
+                  "runs past the stop token; the response is cut after it as usual), reward-model rows padded to "
+                  "their sum."},
     )
+
+
+@dataclass
+class StaticShapeArguments(PadMaxArguments):
+    """``--pad_max`` / ``--num_buckets`` for the Trainer scripts (padding through TRL's ``pad_to_multiple_of``)."""
+
     num_buckets: int = field(
         default=0,
         metadata={"help": "Static shapes with less padding: pad each batch up to the nearest of N equal-width "
@@ -47,24 +57,15 @@ class StaticShapeArguments:
 
 @dataclass
 class HPUGraphArguments:
-    """``--use_hpu_graphs`` for the scripts that generate or score (run_generation, compare_base_vs_ppo, ppo)."""
+    """``--use_hpu_graphs``, every script's: what it captures depends on what the script runs."""
 
     use_hpu_graphs: bool = field(
         default=False,
-        metadata={"help": "Gaudi: replay forward passes as HPU graphs (generation with a static KV cache and "
-                  "prompts padded to one width; reward scoring; PPO's frozen reference). Ignored off Gaudi."},
-    )
-
-
-@dataclass
-class TrainerHPUGraphArguments:
-    """``--use_hpu_graphs`` for the Trainer scripts: training through HPU graphs, where that is safe."""
-
-    use_hpu_graphs: bool = field(
-        default=False,
-        metadata={"help": "Gaudi: capture the training forward and backward as HPU graphs (habana_frameworks' "
-                  "ModuleCacher). Needs static shapes (--pad_max or --num_buckets); refused with gradient "
-                  "checkpointing. Ignored off Gaudi."},
+        metadata={"help": "Gaudi: replay forward passes as HPU graphs. Generation (static KV cache, prompts padded "
+                  "to one width) and reward scoring in run_generation.py, compare_base_vs_ppo.py and ppo.py, and "
+                  "PPO's frozen reference; PPO's update stays in lazy mode. Trainer scripts: the training forward "
+                  "and backward (habana_frameworks' ModuleCacher), which needs --pad_max or --num_buckets and "
+                  "is refused with gradient checkpointing. Ignored off Gaudi."},
     )
 
 
@@ -166,10 +167,7 @@ def inference_setup(device_args, precision, graphs):
     return info, dtype, graphs.use_hpu_graphs and info.type == "hpu"
 
 
-# ------------------------------------------------------------------------------------ trainer backends
-
-TRL_TRAINERS = {"sft": "SFTTrainer", "reward": "RewardTrainer", "dpo": "DPOTrainer", "kto": "KTOTrainer"}
-TRL_CONFIGS = {"sft": "SFTConfig", "reward": "RewardConfig", "dpo": "DPOConfig", "kto": "KTOConfig"}
+# ---------------------------------------------------------------------------- trainer backends on Gaudi
 
 
 @dataclass
@@ -217,6 +215,8 @@ def _optimum_habana_trainer(kind: str, trl_cls) -> tuple[object, str]:
     unmet = unmet_requirements("optimum-habana")
     if unmet:
         return None, f"optimum-habana {version} requires {'; '.join(unmet)}"
+    from rlhfkit.training import TRL_CONFIGS, TRL_TRAINERS
+
     module = importlib.import_module("optimum.habana.trl")
     name, config = f"Gaudi{TRL_TRAINERS[kind]}", f"Gaudi{TRL_CONFIGS[kind]}"
     gaudi_cls = getattr(module, name, None)
@@ -229,16 +229,15 @@ def _optimum_habana_trainer(kind: str, trl_cls) -> tuple[object, str]:
     return module, f"optimum-habana {version} fits the installed transformers, accelerate and TRL"
 
 
-def choose_trainer(kind: str, info, training_args) -> TrainerChoice:
-    """The trainer for ``kind`` ("sft", "reward", "dpo", "kto"): TRL's class off Gaudi; on Gaudi, optimum-habana's
-    ``Gaudi<X>Trainer`` with a ``GaudiConfig`` (fused AdamW, fused clip norm, autocast) when an installed
-    optimum-habana fits the installed stack, else TRL's class with :func:`instrument_trainer`'s Gaudi pieces.
-    On Gaudi, one log line says which and why."""
+def choose_trainer(kind: str, training_args) -> TrainerChoice:
+    """The trainer for ``kind`` ("sft", "reward", "dpo", "kto") on Gaudi: optimum-habana's ``Gaudi<X>Trainer`` with
+    a ``GaudiConfig`` (fused AdamW, fused clip norm, autocast) when an installed optimum-habana fits the installed
+    stack, else TRL's class with :func:`add_gaudi_hooks`. One log line says which and why."""
     import trl
 
+    from rlhfkit.training import TRL_CONFIGS, TRL_TRAINERS
+
     trl_cls = getattr(trl, TRL_TRAINERS[kind])
-    if info.type != "hpu":
-        return TrainerChoice("trl", trl_cls, f"not on Gaudi ({info.type})")
     module, why = _optimum_habana_trainer(kind, trl_cls)
     if module is None:
         logger.info("trainer: TRL %s %s on the HPU through accelerate, with lazy-mode flushes and Habana's fused "
@@ -250,6 +249,16 @@ def choose_trainer(kind: str, info, training_args) -> TrainerChoice:
     logger.info("trainer: optimum-habana %s with GaudiConfig(use_fused_adam, use_fused_clip_norm) (%s)",
                 gaudi_cls.__name__, why)
     return TrainerChoice("optimum-habana", gaudi_cls, why, gaudi_config, getattr(module, f"Gaudi{TRL_CONFIGS[kind]}"))
+
+
+def gaudi_trainer(kind: str, info, training_args, use_hpu_graphs: bool = False, **kwargs):
+    """A Trainer script's trainer on Gaudi: :func:`choose_trainer`, :func:`build_trainer`, and on TRL's class
+    :func:`add_gaudi_hooks` (optimum-habana's trainer does their work itself)."""
+    choice = choose_trainer(kind, training_args)
+    trainer = build_trainer(choice, info, training_args, use_hpu_graphs, **kwargs)
+    if choice.backend == "trl":
+        add_gaudi_hooks(trainer, use_hpu_graphs)
+    return trainer
 
 
 def build_trainer(choice: TrainerChoice, info, training_args, use_hpu_graphs: bool = False, **kwargs):
@@ -268,22 +277,7 @@ def build_trainer(choice: TrainerChoice, info, training_args, use_hpu_graphs: bo
     return choice.trainer_cls(args=choice.args_cls(**values), gaudi_config=choice.gaudi_config, **kwargs)
 
 
-# ------------------------------------------------------------------------------- trainer instrumentation
-
-
-def prepare_trainer_shapes(training_args, script_args) -> None:
-    """Before any loading: static shapes set up (:func:`apply_static_shapes`) and training graphs checked."""
-    apply_static_shapes(training_args, script_args)
-    check_training_graphs(training_args, script_args)
-
-
-def make_trainer(kind: str, info, training_args, script_args, **kwargs):
-    """(trainer, :class:`TrainerRecord`): :func:`choose_trainer`, :func:`build_trainer` with ``kwargs`` (model,
-    datasets, processing_class, peft_config ...), then :func:`instrument_trainer`."""
-    warn_graphs_off_gaudi(info, script_args.use_hpu_graphs)
-    choice = choose_trainer(kind, info, training_args)
-    trainer = build_trainer(choice, info, training_args, script_args.use_hpu_graphs, **kwargs)
-    return trainer, instrument_trainer(trainer, info, script_args.use_hpu_graphs, choice.backend)
+# ------------------------------------------------------------------------------- Gaudi pieces on TRL's trainers
 
 
 def check_training_graphs(training_args, shapes) -> None:
@@ -298,52 +292,31 @@ def check_training_graphs(training_args, shapes) -> None:
         raise UserError("--use_hpu_graphs cannot capture a recomputed forward (gradient checkpointing): drop one")
 
 
-@dataclass
-class TrainerRecord:
-    """What :func:`instrument_trainer` saw: the distinct (rows, tokens) shapes of the training batches."""
-
-    shapes: set = field(default_factory=set)
-
-    def results(self) -> dict:
-        return {"train_batch_shapes": sorted([list(s) for s in self.shapes])}
-
-
-def instrument_trainer(trainer, info, use_hpu_graphs: bool = False, backend: str = "trl") -> TrainerRecord:
-    """Hooks on a TRL trainer (any device): record each training batch's shape; on Gaudi with TRL's trainer,
-    flush the lazy-mode graph after each ``training_step`` (forward and backward) and after each optimizer
-    step, take AdamW and gradient clipping from Habana's fused kernels (``hpex``, what GaudiConfig's
-    ``use_fused_adam`` / ``use_fused_clip_norm`` select), and capture the training model with ``ModuleCacher``
-    under ``--use_hpu_graphs``. optimum-habana's trainer does all of that itself."""
+def add_gaudi_hooks(trainer, use_hpu_graphs: bool = False) -> None:
+    """What optimum-habana's trainer does itself, on a TRL trainer running on Gaudi: flush the lazy-mode graph after
+    each ``training_step`` (forward and backward) and after each optimizer step, take AdamW and gradient clipping
+    from Habana's fused kernels (``hpex``, what GaudiConfig's ``use_fused_adam`` / ``use_fused_clip_norm``
+    select), and capture the training model with ``ModuleCacher`` under ``--use_hpu_graphs``."""
     from transformers import TrainerCallback
 
-    record = TrainerRecord()
-    gaudi = info.type == "hpu" and backend == "trl"
     training_step = trainer.training_step
 
     def step_then_flush(model, inputs, *args, **kwargs):
-        ids = inputs.get("input_ids") if hasattr(inputs, "get") else None
-        if ids is not None:
-            record.shapes.add(tuple(ids.shape))
         loss = training_step(model, inputs, *args, **kwargs)
-        if gaudi:
-            flush_after_backward()
+        flush_after_backward()
         return loss
-
-    trainer.training_step = step_then_flush
-    if not gaudi:
-        return record
 
     class FlushAfterOptimizerStep(TrainerCallback):
         def on_optimizer_step(self, args, state, control, **kwargs):
             flush_after_optimizer_step()
 
+    trainer.training_step = step_then_flush
     trainer.add_callback(FlushAfterOptimizerStep())
     _use_fused_adamw(trainer)
     _use_fused_clip_norm(trainer)
     if use_hpu_graphs:
         _hpu_runtime().ModuleCacher()(model=trainer.model, inplace=True, allow_unused_input=True)
         logger.info("HPU graphs: training forward and backward (ModuleCacher)")
-    return record
 
 
 def _use_fused_adamw(trainer) -> None:

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 from rlhfkit.errors import UserError
 from rlhfkit.faults import RunArguments
-from rlhfkit.hpu import StaticShapeArguments, TrainerHPUGraphArguments
+from rlhfkit.hpu import HPUGraphArguments, StaticShapeArguments
 from rlhfkit.pairs import PairDataArguments
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ScriptArguments(PairDataArguments, RunArguments, StaticShapeArguments, TrainerHPUGraphArguments):
+class ScriptArguments(PairDataArguments, RunArguments, StaticShapeArguments, HPUGraphArguments):
     """dpo.py's and kto.py's own flags: the data, the run's fault handling, Gaudi's static shapes and graphs."""
 
 # the data kind each trainer takes, and the held-out metrics its summary line reports
@@ -64,10 +64,10 @@ def reference_model(model_name: str, model_args, training_args, peft_config, use
 def run(kind: str, script_args, model_args, device_args, training_args) -> dict:
     """Train and evaluate with TRL's trainer for ``kind`` ("dpo" or "kto"); the results as written to
     ``all_results.json``."""
-    from rlhfkit import device, hpu, models
+    from rlhfkit import device, models
     from rlhfkit.pairs import load_pairs
     from rlhfkit.results import write_results
-    from rlhfkit.training import open_run, train_and_save, will_train
+    from rlhfkit.training import make_trainer, open_run, train_and_save, will_train
 
     info, model_name, tokenizer_name, tokenizer = open_run(training_args, device_args, script_args, model_args,
                                                            "the trained policy")
@@ -78,7 +78,7 @@ def run(kind: str, script_args, model_args, device_args, training_args) -> dict:
     models.check_vocabulary(model, tokenizer, model_name, tokenizer_name)
     peft_config = model_args.lora_config("CAUSAL_LM")
     ref_model = reference_model(model_name, model_args, training_args, peft_config, script_args.use_hpu_graphs)
-    trainer, shapes = hpu.make_trainer(kind, info, training_args, script_args, model=model, ref_model=ref_model,
+    trainer, shapes = make_trainer(kind, info, training_args, script_args, model=model, ref_model=ref_model,
                                        train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
                                        peft_config=peft_config)
     held = models.count_parameters(trainer.model)

@@ -1,9 +1,11 @@
-"""What the Trainer-based scripts (sft, reward_modeling, dpo) share: defaults, resuming, train-and-save."""
+"""What the Trainer-based scripts (sft, reward_modeling, dpo, kto) share: defaults, the opening of ``main``, the
+trainer (TRL's on every device; on Gaudi, :func:`rlhfkit.hpu.gaudi_trainer`), resuming, train-and-save."""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 
 from rlhfkit.errors import UserError
 
@@ -29,6 +31,10 @@ def trainer_parser(script_cls, config_cls, doc: str):
     return make_parser((script_cls, ModelArguments, DeviceArguments, config_cls), description=doc,
                        prepare=lambda ns: configure_training_args(ns, ns), defaults=TRAINER_DEFAULTS)
 
+
+# each Trainer script's TRL trainer and config (optimum-habana's Gaudi classes prefix them with "Gaudi")
+TRL_TRAINERS = {"sft": "SFTTrainer", "reward": "RewardTrainer", "dpo": "DPOTrainer", "kto": "KTOTrainer"}
+TRL_CONFIGS = {"sft": "SFTConfig", "reward": "RewardConfig", "dpo": "DPOConfig", "kto": "KTOConfig"}
 
 TRAINER_CHECKPOINT_MARKER = "trainer_state.json"  # the Trainer writes it last into a checkpoint
 
@@ -65,7 +71,8 @@ def open_run(training_args, device_args, script_args, model_args, what: str):
     if not training_args.output_dir:
         raise UserError(f"--output_dir is required: where to write {what}")
     info = configure_training_args(training_args, device_args)
-    hpu.prepare_trainer_shapes(training_args, script_args)
+    hpu.apply_static_shapes(training_args, script_args)
+    hpu.check_training_graphs(training_args, script_args)
     set_seed(training_args.seed)
     prepare_output(training_args, script_args)  # a bad --resume_from_checkpoint or --output_dir fails first
     model_name = models.resolve_name(model_args.model_name_or_path)
@@ -74,6 +81,41 @@ def open_run(training_args, device_args, script_args, model_args, what: str):
     tokenizer = models.load_tokenizer(tokenizer_name, training_args.trust_remote_code)
     models.ensure_pad_token(tokenizer)
     return info, model_name, tokenizer_name, tokenizer
+
+
+@dataclass
+class BatchShapes:
+    """The distinct (rows, tokens) shapes of a run's training batches (static shapes keep them few)."""
+
+    shapes: set = field(default_factory=set)
+
+    def results(self) -> dict:
+        return {"train_batch_shapes": sorted([list(s) for s in self.shapes])}
+
+
+def make_trainer(kind: str, info, training_args, script_args, **kwargs):
+    """(trainer, :class:`BatchShapes` it fills): TRL's trainer for ``kind`` built with ``kwargs`` (model, datasets,
+    processing_class, peft_config ...); on Gaudi, the one :func:`rlhfkit.hpu.gaudi_trainer` picks, with its hooks."""
+    from rlhfkit import hpu
+
+    if info.type == "hpu":
+        trainer = hpu.gaudi_trainer(kind, info, training_args, script_args.use_hpu_graphs, **kwargs)
+    else:
+        import trl
+
+        hpu.warn_graphs_off_gaudi(info, script_args.use_hpu_graphs)
+        trainer = getattr(trl, TRL_TRAINERS[kind])(args=training_args, **kwargs)
+    shapes = BatchShapes()
+    training_step = trainer.training_step
+
+    def recording_step(model, inputs, *args, **kwargs):
+        ids = inputs.get("input_ids") if hasattr(inputs, "get") else None
+        if ids is not None:
+            shapes.shapes.add(tuple(ids.shape))
+        return training_step(model, inputs, *args, **kwargs)
+
+    trainer.training_step = recording_step
+    return trainer, shapes
 
 
 def prepare_output(training_args, run_args) -> str | None:

@@ -233,11 +233,33 @@ def _args(**values):
     return SFTConfig(output_dir="unused", report_to="none", bf16=False, use_cpu=True, **values)
 
 
-def test_choice_off_gaudi_is_trl_and_silent(caplog):
+def test_off_gaudi_the_trainer_is_trls_without_gaudi_hooks(monkeypatch, caplog):
+    """training.make_trainer off Gaudi builds TRL's class with the script's config, records batch shapes, and
+    never reaches the Gaudi code."""
+    import types
+
     import trl
 
-    choice = hpu.choose_trainer("dpo", DeviceInfo("cpu"), _args())
-    assert (choice.backend, choice.trainer_cls) == ("trl", trl.DPOTrainer)
+    from rlhfkit import training
+
+    built = {}
+
+    class FakeDPOTrainer:
+        def __init__(self, args, **kwargs):
+            built.update(args=args, **kwargs)
+
+        def training_step(self, model, inputs):
+            return 0.5
+
+    monkeypatch.setattr(trl, "DPOTrainer", FakeDPOTrainer)
+    for name in ("gaudi_trainer", "choose_trainer", "add_gaudi_hooks"):
+        monkeypatch.setattr(hpu, name, lambda *a, **k: pytest.fail("Gaudi code reached off Gaudi"))
+    args = _args()
+    trainer, shapes = training.make_trainer("dpo", DeviceInfo("cpu"), args, types.SimpleNamespace(use_hpu_graphs=False),
+                                            model="the model")
+    assert isinstance(trainer, FakeDPOTrainer) and built == {"args": args, "model": "the model"}
+    assert trainer.training_step(None, {"input_ids": torch.zeros(2, 7)}) == 0.5
+    assert shapes.results() == {"train_batch_shapes": [[2, 7]]}
     assert "trainer:" not in caplog.text
 
 
@@ -246,7 +268,7 @@ def test_choice_refuses_a_gaudi_trainer_not_built_on_this_trl(optimum_importable
     module = importlib.import_module("optimum.habana.trl")
     monkeypatch.setattr(module, "GaudiSFTTrainer", type("GaudiSFTTrainer", (torch.nn.Module,), {}))
     caplog.set_level("INFO")
-    choice = hpu.choose_trainer("sft", DeviceInfo("hpu"), _args())
+    choice = hpu.choose_trainer("sft", _args())
     assert choice.backend == "trl"
     assert "has no GaudiSFTTrainer built on the installed TRL" in choice.reason
     assert choice.reason in caplog.text
@@ -254,7 +276,7 @@ def test_choice_refuses_a_gaudi_trainer_not_built_on_this_trl(optimum_importable
 
 def test_choice_takes_a_fitting_release(optimum_importable):
     optimum_importable(["transformers>=4.56", "accelerate>=1.0", "not-installed-anywhere>=1"])
-    choice = hpu.choose_trainer("reward", DeviceInfo("hpu"), _args())
+    choice = hpu.choose_trainer("reward", _args())
     assert choice.backend == "optimum-habana" and choice.trainer_cls.__name__ == "GaudiRewardTrainer"
     assert choice.gaudi_config.use_fused_adam and choice.gaudi_config.use_fused_clip_norm
     assert choice.args_cls.__name__ == "GaudiRewardConfig"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from rlhfkit import aliases
 from rlhfkit.errors import UserError
 from rlhfkit.faults import RunArguments
+from rlhfkit.hpu import HPUGraphArguments, PadMaxArguments
 from rlhfkit.ppo.core import KL_ESTIMATORS
 from rlhfkit.sampling_args import SamplingArguments
 from rlhfkit.sampling_args import default as sampling_default
@@ -26,7 +27,7 @@ FULL_LEARNING_RATE = 3e-5
 
 
 @dataclass
-class PPOArguments(RunArguments, SamplingArguments):
+class PPOArguments(RunArguments, SamplingArguments, PadMaxArguments, HPUGraphArguments):
     """PPO settings; the policy and LoRA flags come from :class:`rlhfkit.modelargs.ModelArguments` (the policy
     may be a full or merged SFT model, or an adapter folder, merged into its base at load: that is the
     reference)."""
@@ -135,17 +136,6 @@ class PPOArguments(RunArguments, SamplingArguments):
     num_samples_logged: int = field(default=4, metadata={"help": "Rows in each sample table."})
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard or none.",
                                                             "choices": ("tensorboard", "none")})
-    pad_max: bool = field(
-        default=False,
-        metadata={"help": "Static shapes (Gaudi): prompts left-padded to --input_max_length, responses always "
-                  "--output_max_length tokens (generation runs past the stop token; the response is cut after "
-                  "it as usual), reward-model rows padded to their sum."},
-    )
-    use_hpu_graphs: bool = field(
-        default=False,
-        metadata={"help": "Gaudi: HPU graphs for the policy's generation (static KV cache), reward scoring and a "
-                  "frozen reference copy; the update stays in lazy mode. Ignored off Gaudi."},
-    )
     seed: int = field(default=42, metadata={"help": "Random seed (each process adds its rank)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code shipped with checkpoints."})
 
