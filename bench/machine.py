@@ -47,14 +47,15 @@ def describe(device: str) -> dict:
     return info
 
 
-def versions(python: str = sys.executable) -> dict:
+def versions(python: str = sys.executable, env: dict | None = None) -> dict:
+    """The package versions, torch's thread count and the GPU that ``python`` sees (under ``env``)."""
     code = ("import json\nfrom importlib.metadata import version, PackageNotFoundError\nout = {}\n"
             "for n in ('torch', 'transformers', 'accelerate', 'peft', 'datasets', 'trl'):\n"
             "    try: out[n] = version(n)\n    except PackageNotFoundError: out[n] = None\n"
             "import torch\nout['torch_threads'] = torch.get_num_threads()\n"
             "out['gpu'] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None\n"
             "print(json.dumps(out))\n")
-    done = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {"error": done.stderr[-300:]}
 
 

@@ -28,11 +28,13 @@ import json
 import os
 import random
 import shlex
-import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402 (bench/ is not a package: its programs import each other from their folder)
+from common import REPO  # noqa: E402
+
 STORIES = os.path.join(os.path.dirname(REPO), "shared", "fixtures", "models", "stories260K")
 POSITIVE = ("happy", "smiled", "smile", "fun", "laughed", "love", "loved", "glad", "kind", "nice", "good", "great",
             "best", "beautiful", "proud", "excited")
@@ -56,18 +58,12 @@ DEFAULT_TRL = {"TRL 1.12, its defaults": "", "TRL 1.12, its defaults, --learning
 
 
 def say(message: str) -> None:
-    print(f"[ppo_learning] {message}", flush=True)
+    common.say(message, "ppo_learning")
 
 
 def run(cmd: list[str], log: str, env: dict | None = None) -> float:
-    """Run ``cmd`` (output to ``log``); returns its wall time; exits with the log's tail when it fails."""
-    started = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as handle:
-        code = subprocess.run(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
-    if code:
-        with open(log, encoding="utf-8") as handle:
-            sys.exit(f"failed ({code}): {shlex.join(cmd)}\n" + "".join(handle.readlines()[-30:]))
-    return time.perf_counter() - started
+    """Run ``cmd`` (output to ``log``); returns its wall time; stops with the log's end when it fails."""
+    return common.run(cmd, os.path.basename(log).removesuffix(".log"), log=log, env=env, tag="ppo_learning")
 
 
 def story_prompts(count: int, seed: int) -> list[str]:
@@ -190,18 +186,10 @@ def train_trl(name: str, flags: str, paths: dict, args, commands: dict, python: 
 
 
 def run_for_peak(cmd: list[str], log: str, env: dict | None = None) -> float:
-    """Run ``cmd`` under bench/ppo_vs_trl.py's measuring wrapper; returns the peak RSS (MiB) of its process tree,
+    """Run ``cmd`` under the measuring wrapper (bench/common.py); returns the peak RSS (MiB) of its process tree,
     this run's only."""
-    result = log + ".process.json"
-    wrapper = [sys.executable, os.path.join(REPO, "bench", "ppo_vs_trl.py"), "--measure-child", result, log, "--", *cmd]
-    subprocess.run(wrapper, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    if not os.path.isfile(result):
-        sys.exit(f"failed (the measuring wrapper wrote nothing): {shlex.join(cmd)}")
-    with open(result, encoding="utf-8") as handle:
-        figures = json.load(handle)
-    if figures["returncode"]:
-        with open(log, encoding="utf-8") as handle:
-            sys.exit(f"failed ({figures['returncode']}): {shlex.join(cmd)}\n" + "".join(handle.readlines()[-30:]))
+    figures = common.measured(cmd, os.path.basename(log).removesuffix(".log"), log, env, echo=False,
+                              tag="ppo_learning")
     return figures["max_rss_bytes"] / 2**20
 
 
@@ -226,20 +214,6 @@ def score(name: str, policy: str, figures: dict, paths: dict, args) -> dict:
             "reward_gain_per_100_episodes": 100 * reward_gain / episodes, "reward_gain_per_minute": reward_gain / minutes}
 
 
-def table(rows: dict) -> str:
-    head = ("| engine | configuration | critic | lr | gold before -> after | reward before -> after | KL | gold gain /100 ep "
-            "| gold gain /min | reward gain /100 ep | episodes/s | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for name, r in rows.items():
-        lines.append(f"| {r['engine']} | {name} | {r['value_model']} | {r['learning_rate']:g} | {r['gold_before']:.2f} -> "
-                     f"{r['gold_after']:.2f} | {r['reward_before']:.2f} -> {r['reward_after']:.2f} | "
-                     f"{r['kl_from_base'] if r['kl_from_base'] is None else round(r['kl_from_base'], 2)} | "
-                     f"{r['gold_gain_per_100_episodes']:+.3f} | {r['gold_gain_per_minute']:+.3f} | "
-                     f"{r['reward_gain_per_100_episodes']:+.3f} | {r['episodes_per_second']:.1f} | "
-                     f"{r['peak_rss_mib']:,.0f} MiB |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=512)
@@ -255,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: {STORIES} is absent: this benchmark runs on the project's shared fixtures")
     configs = dict(c.split("=", 1) for c in args.config) if args.config else DEFAULT_CONFIGS
     peers = {} if args.no_trl else dict(c.split("=", 1) for c in args.trl) if args.trl else DEFAULT_TRL
-    sys.path.insert(0, os.path.join(REPO, "bench"))
     import machine
     from ppo_vs_trl import DEFAULT_VENV, ensure_trl_venv
+    from report import learning_table
 
     python = ensure_trl_venv(args.venv or DEFAULT_VENV, "cpu") if peers else None
 
@@ -276,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  gold {r['gold_before']:.2f} -> {r['gold_after']:.2f}, reward {r['reward_before']:.2f} -> "
             f"{r['reward_after']:.2f}, {r['episodes_per_second']:.1f} episodes/s; "
             f"{(time.perf_counter() - started) / 60:.1f} min so far")
-    text = table(rows)
+    text = learning_table(rows)
     print("\n" + text, flush=True)
     out = {"machine": machine.describe("cpu"), "versions": machine.versions(), "episodes": args.episodes,
            "user_flags": shlex.join(USER_FLAGS), "trl_user_flags": shlex.join(TRL_USER_FLAGS), "results": rows, "commands": commands,

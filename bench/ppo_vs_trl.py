@@ -38,16 +38,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import resource
 import shlex
 import shutil
-import subprocess
 import sys
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402 (bench/ is not a package: its programs import each other from their folder)
+import machine  # noqa: E402
+from common import REPO  # noqa: E402
+
+
+def say(message: str) -> None:
+    common.say(message, "ppo_vs_trl")
+
+
+def run(cmd: list[str], what: str, env: dict | None = None) -> None:
+    common.run(cmd, what, env=env, tag="ppo_vs_trl")
+
 BENCH_DIR = os.path.join(REPO, ".bench")
 DEFAULT_VENV = os.path.join(BENCH_DIR, "trl-1.12")
 TORCH_VERSION = "2.13.0"
@@ -64,117 +72,6 @@ SETTINGS = {
 FIXED = {"temperature": 0.7, "kl_coef": 0.05, "kl_estimator": "k1", "lr_scheduler_type": "constant",
          "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "gamma": 1.0, "lam": 0.95, "cliprange": 0.2,
          "cliprange_value": 0.2, "vf_coef": 0.1, "seed": 42}
-
-
-# --------------------------------------------------------------------------------------------- child wrappers
-def measure_child(argv: list[str]) -> int:
-    """``--measure-child RESULT LOG -- CMD...``: run CMD, tee its output to LOG, then write its wall time and the
-    peak RSS of its process tree (this wrapper's RUSAGE_CHILDREN: only this run) to RESULT."""
-    result_path, log_path, sep, *cmd = argv
-    if sep != "--" or not cmd:
-        raise SystemExit("usage: --measure-child RESULT LOG -- CMD...")
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                errors="replace")
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            log.write(line)
-        code = proc.wait()
-    wall = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with open(result_path, "w", encoding="utf-8") as handle:
-        json.dump({"returncode": code, "wall_seconds": wall, "max_rss_bytes": usage.ru_maxrss * 1024,
-                   "user_seconds": usage.ru_utime, "system_seconds": usage.ru_stime,
-                   "load_average_before": load_before, "load_average_after": os.getloadavg(), "command": cmd},
-                  handle, indent=1)
-    return code
-
-
-def run_with_cuda_peak(argv: list[str]) -> int:
-    """``--cuda-peak RESULT -- SCRIPT ARGS...``: run a Python script in this process (for ``ppo.py``, which does
-    not report GPU memory itself) and write ``torch.cuda.max_memory_allocated`` to RESULT when it ends."""
-    import runpy
-
-    result_path, sep, script, *args = argv
-    if sep != "--":
-        raise SystemExit("usage: --cuda-peak RESULT -- SCRIPT ARGS...")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    sys.argv = [script, *args]
-    code = 0
-    try:
-        runpy.run_path(script, run_name="__main__")
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-    finally:
-        import torch
-
-        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-        with open(result_path, "w", encoding="utf-8") as handle:
-            json.dump({"cuda_max_memory_allocated": peak,
-                       "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}, handle)
-    return code
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-def say(message: str) -> None:
-    print(f"[bench] {message}", flush=True)
-
-
-def run(cmd: list[str], what: str, env: dict | None = None) -> None:
-    say(f"{what}: {shlex.join(cmd)}")
-    code = subprocess.run(cmd, cwd=REPO, env=env).returncode
-    if code != 0:
-        raise SystemExit(f"error: {what} failed (exit {code}): {shlex.join(cmd)}")
-
-
-def probe(python: str, cuda: bool, env: dict) -> dict:
-    """Versions, threads and GPU seen by an interpreter."""
-    code = (
-        "import json, torch\n"
-        "from importlib.metadata import version, PackageNotFoundError\n"
-        "out = {'torch_threads': torch.get_num_threads(), 'cuda_available': torch.cuda.is_available()}\n"
-        "for n in ('torch', 'transformers', 'accelerate', 'peft', 'datasets', 'trl'):\n"
-        "    try: out[n] = version(n)\n"
-        "    except PackageNotFoundError: out[n] = None\n"
-        f"if {cuda!r} and torch.cuda.is_available(): out['gpu'] = torch.cuda.get_device_name(0)\n"
-        "print(json.dumps(out))\n"
-    )
-    done = subprocess.run([python, "-c", code], cwd=REPO, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        return {"error": done.stderr.strip()[-500:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def machine(cuda: bool) -> dict:
-    cpu = None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    memory = None
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("MemTotal:"):
-                    memory = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    info = {"cpu_model": cpu or platform.processor() or None, "logical_cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "memory_bytes": memory, "platform": platform.platform(), "python": platform.python_version()}
-    if cuda:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True) if shutil.which("nvidia-smi") else None
-        info["gpus"] = done.stdout.strip().splitlines() if done is not None and done.returncode == 0 else None
-    return info
 
 
 # -------------------------------------------------------------------------------------------- the TRL venv
@@ -265,25 +162,6 @@ def child_env(threads: int) -> dict:
     if threads > 0:
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     return env
-
-
-def measured(cmd: list[str], out: str, name: str, what: str, env: dict) -> dict:
-    """Run ``cmd`` under the measuring wrapper; returns the wrapper's figures."""
-    result = os.path.join(out, f"{name}_process.json")
-    log = os.path.join(out, f"{name}.log")
-    wrapper = [sys.executable, os.path.abspath(__file__), "--measure-child", result, log, "--", *cmd]
-    say(f"{what}: {shlex.join(cmd)}")
-    code = subprocess.run(wrapper, cwd=REPO, env=env).returncode
-    if not os.path.isfile(result):
-        raise SystemExit(f"error: the measuring wrapper of {what} failed (exit {code}); command: {shlex.join(cmd)}")
-    with open(result, encoding="utf-8") as handle:
-        figures = json.load(handle)
-    if code != 0:
-        tail = open(log, encoding="utf-8", errors="replace").read().strip().splitlines()[-5:]
-        raise SystemExit(f"error: {what} failed (exit {code}); command: {shlex.join(cmd)}; log: {log}; last lines:\n"
-                         + "\n".join(tail))
-    figures["log"] = log
-    return figures
 
 
 def tail_gain(scores: list[float]) -> float | None:
@@ -455,10 +333,11 @@ def run_side(args, cmd: list[str], side: str, label: str, env) -> dict:
     ``--skip SIDE`` the figures of its last run."""
     if args.skip == side:
         say(f"{label}: skipped, reusing the last results")
-        with open(os.path.join(args.out, f"{side}_process.json"), encoding="utf-8") as handle:
-            return {**json.load(handle), "log": os.path.join(args.out, f"{side}.log")}
+        log = os.path.join(args.out, f"{side}.log")
+        with open(log + ".process.json", encoding="utf-8") as handle:
+            return {**json.load(handle), "log": log}
     shutil.rmtree(os.path.join(args.out, side), ignore_errors=True)
-    return measured(cmd, args.out, side, label, env)
+    return common.measured(cmd, label, os.path.join(args.out, f"{side}.log"), env, tag="ppo_vs_trl")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -503,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     commands["trl"] = shlex.join(cmd)
     process = run_side(args, cmd, "trl", "TRL 1.12.0 PPOTrainer", env)
     trl = trl_figures(trl_dir, process)
-    commands["wrapper"] = (f"{shlex.quote(sys.executable)} bench/ppo_vs_trl.py --measure-child RESULT LOG -- "
+    commands["wrapper"] = (f"{shlex.quote(sys.executable)} bench/common.py --measure-child RESULT LOG -- "
                            "<the ours / trl command>")
 
     text, ratios = table(ours, trl, cuda)
@@ -526,10 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         "ratios_ours_over_trl": ratios,
         "memory_measure": "torch.cuda.max_memory_allocated" if cuda else
         "peak RSS (ru_maxrss of RUSAGE_CHILDREN in a per-run wrapper: the largest process of the run's tree)",
-        "machine": machine(cuda),
+        "machine": machine.describe(args.device),
         "threads": args.threads or "torch default",
-        "environments": {"ours": probe(sys.executable, cuda, env),
-                         "trl": probe(python, cuda, env) if os.path.isfile(python) else None},
+        "environments": {"ours": machine.versions(sys.executable, env),
+                         "trl": machine.versions(python, env) if os.path.isfile(python) else None},
         "commands": commands,
         "table": title + "\n" + text,
     }
@@ -541,8 +420,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--measure-child":
-        sys.exit(measure_child(sys.argv[2:]))
-    if len(sys.argv) > 1 and sys.argv[1] == "--cuda-peak":
-        sys.exit(run_with_cuda_peak(sys.argv[2:]))
     sys.exit(main())

@@ -104,6 +104,21 @@ def _ppo(ppo: dict, memory: str) -> list[str]:
     return lines
 
 
+def learning_table(rows: dict) -> str:
+    """bench/ppo_learning.py's rows: what each PPO configuration learned, per episode and per minute."""
+    head = ("| engine | configuration | critic | lr | gold before -> after | reward before -> after | KL | gold gain /100 ep "
+            "| gold gain /min | reward gain /100 ep | episodes/s | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for name, r in rows.items():
+        lines.append(f"| {r['engine']} | {name} | {r['value_model']} | {r['learning_rate']:g} | {r['gold_before']:.2f} -> "
+                     f"{r['gold_after']:.2f} | {r['reward_before']:.2f} -> {r['reward_after']:.2f} | "
+                     f"{r['kl_from_base'] if r['kl_from_base'] is None else round(r['kl_from_base'], 2)} | "
+                     f"{r['gold_gain_per_100_episodes']:+.3f} | {r['gold_gain_per_minute']:+.3f} | "
+                     f"{r['reward_gain_per_100_episodes']:+.3f} | {r['episodes_per_second']:.1f} | "
+                     f"{r['peak_rss_mib']:,.0f} MiB |")
+    return "\n".join(lines)
+
+
 def markdown(results: dict) -> str:
     cuda = results["device"] == "cuda"
     memory = "peak GPU memory" if cuda else "peak RSS"
@@ -117,6 +132,10 @@ def markdown(results: dict) -> str:
                   "|---|---|---|---|---|", *pair_rows, ""]
     if "ppo" in stages:
         lines += _ppo(stages["ppo"], memory) + [""]
+    if "learning" in stages:
+        block = stages["learning"]
+        lines += [f"### PPO learning ({block['episodes']} episodes; user flags `{block['user_flags']}`)", "",
+                  learning_table(block["results"]), ""]
     if "generation" in stages:
         lines += ["### Generation (KV cache, sampling, 64 new tokens)", "", "| dtype, batch size | tokens/s | memory |",
                   "|---|---|---|"]

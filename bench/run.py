@@ -2,7 +2,7 @@
 """The benchmark suite (``make bench``): every stage of the toolkit on this machine, with side-by-side peers.
 
     python bench/run.py [--device auto|cpu|cuda] [--repeats 3] [--other_repeats 1] [--no_peers]
-                        [--stages sft,reward,dpo,ppo,generation] [--setup cpu|cuda|quick]
+                        [--stages sft,reward,dpo,ppo,generation,learning] [--setup cpu|cuda|quick]
                         [--out bench/results] [--work .bench/suite]
 
 Writes ``<out>/<device>-<date>.json`` (every run's figures, medians, ratios, the machine, the versions, the
@@ -27,6 +27,10 @@ Stages and what each reports:
   episodes/s, generated tokens/s, the share of a step in generation / forward passes / scoring / update, peak
   memory; the ``100m`` setting (memory) once. Without peers: ``ppo.py`` alone on the embedded default.
 * **generation** - ``bench/gen_bench.py``: tokens/s at batch sizes 1 and 16, float32 and bfloat16.
+* **learning** (CPU setup; about 15 minutes) - ``bench/ppo_learning.py``: what PPO *learns*, each engine with its
+  own defaults and the same user flags (stories260K, a reward model trained on a rule, the rule as held-out gold):
+  gold and reward gain per 100 episodes and per minute, KL, episodes/s, peak RSS, for ``ppo.py`` and TRL 1.12's
+  PPOTrainer (without ``--no_peers``).
 
 Peer runs are interleaved (ours, bare, theirs; then again, with seed 42 + i in run i), so drift on a shared
 machine hits every side; each ratio is taken run by run (ours_i / theirs_i) and reported as median, min and max
@@ -49,6 +53,7 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
+import common  # noqa: E402 (bench/ is not a package: its programs import each other from their folder)
 
 SETUPS = {
     # sft rows = batch_size x steps: one epoch
@@ -62,24 +67,18 @@ SETUPS = {
                   ppo=[], ppo_repeats={}, gen_batches=[1, 4], gen_batch_count=1,
                   ppo_alone=dict(steps=2, batch_size=4, response_length=8)),
 }
-STAGES = ("sft", "reward", "dpo", "ppo", "generation")
+STAGES = ("sft", "reward", "dpo", "ppo", "generation", "learning")
+DEFAULT_STAGES = {"cpu": STAGES, "cuda": STAGES[:-1], "quick": STAGES[:-1]}  # learning: CPU (its setting is tiny)
 TRL_SFT_SCRIPT = "trl/scripts/sft.py"
 
 
 def say(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    common.say(message)
 
 
 def run(cmd: list[str], log: str, what: str) -> None:
     """Run ``cmd`` in the repository, output to ``log``; a failure stops the suite with the log's end."""
-    say(f"{what}: {shlex.join(cmd)}")
-    with open(log, "w", encoding="utf-8") as handle:
-        code = subprocess.run(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
-                              env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}).returncode
-    if code != 0:
-        with open(log, encoding="utf-8", errors="replace") as handle:
-            tail = handle.read().strip().splitlines()[-8:]
-        raise SystemExit(f"error: {what} failed (exit {code}); log {log}:\n" + "\n".join(tail))
+    common.run(cmd, what, log=log, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
 
 
 def load(path: str) -> dict:
@@ -281,7 +280,7 @@ class Suite:
             out = self.path(f"ppo_alone_{repeat}")
             shutil.rmtree(out, ignore_errors=True)
             result = self.path(f"ppo_alone_{repeat}_memory.json")
-            cmd = [self.py, "bench/ppo_vs_trl.py", "--cuda-peak", result, "--", "ppo.py",
+            cmd = [self.py, "bench/common.py", "--cuda-peak", result, "--", "ppo.py",
                    "--model_name_or_path", inp["model"]["path"], "--output_dir", out,
                    "--steps", str(s["ppo_alone"]["steps"]), "--batch_size", str(s["ppo_alone"]["batch_size"]),
                    "--mini_batch_size", str(s["ppo_alone"]["batch_size"] // 2),
@@ -300,6 +299,17 @@ class Suite:
             self.commands["ppo_alone"] = shlex.join(cmd)
             shutil.rmtree(out, ignore_errors=True)
         return {"alone": {"settings": s["ppo_alone"], "runs": {"ours": runs}, "summary": self.summarise({"ours": runs})}}
+
+    # --------------------------------------------------------------------------------------- learning
+    def learning(self) -> dict:
+        """bench/ppo_learning.py with its default configurations: ppo.py's defaults (and at TRL's learning rate),
+        TRL 1.12's PPOTrainer with its defaults (and at 3e-5), the same user flags."""
+        folder = self.path("learning")
+        argv = ["--out", folder, *(["--no_trl"] if self.args.no_peers else [])]
+        run([self.py, "bench/ppo_learning.py", *argv], self.path("learning.log"), "ppo learning")
+        result = load(os.path.join(folder, "learning_results.json"))
+        self.commands["learning"] = "python bench/ppo_learning.py " + shlex.join(argv)
+        return {k: result[k] for k in ("episodes", "user_flags", "trl_user_flags", "results", "commands")}
 
     # ------------------------------------------------------------------------------------- generation
     def generation(self, inp: dict) -> dict:
@@ -376,6 +386,18 @@ def targets(stages: dict, device: str) -> list[dict]:
     if "100m" in ppo:
         value = (ppo["100m"]["ratios"]["ours/trl"]["peak_memory_bytes"] or {}).get("median")
         add("PPO peak memory, ours / TRL 1.12 (100M)", "<= 0.7x", value, value is not None and value <= 0.7)
+    learning = (stages.get("learning") or {}).get("results") or {}
+    ours, peers = learning.get("defaults"), [r for r in learning.values() if r["engine"].startswith("TRL")]
+    if ours and peers:
+        for judge in ("gold", "reward"):
+            best = max(peers, key=lambda r: r[f"{judge}_gain_per_100_episodes"])
+            per_episode = [ours[f"{judge}_gain_per_100_episodes"], best[f"{judge}_gain_per_100_episodes"]]
+            add(f"PPO {judge} gain per 100 episodes, ours vs TRL 1.12's best row (defaults)", ">= TRL's",
+                per_episode, per_episode[0] >= per_episode[1])
+            per_minute = ours[f"{judge}_gain_per_minute"] / best[f"{judge}_gain_per_minute"] \
+                if best[f"{judge}_gain_per_minute"] > 0 else None
+            add(f"PPO {judge} gain per minute, ours / TRL 1.12's best row (defaults)", ">= 1.5x", per_minute,
+                per_minute is not None and per_minute >= 1.5)
     return out
 
 
@@ -387,7 +409,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--repeats", type=int, default=3, help="runs per side (ratios: median, min, max)")
     parser.add_argument("--other_repeats", type=int, default=1, help="runs of the stages without a peer "
                         "(reward, dpo, generation, PPO alone)")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of: {', '.join(STAGES)}")
+    parser.add_argument("--stages", help=f"comma-separated, of: {', '.join(STAGES)} (default: all but learning "
+                        "on the cuda and quick setups)")
     parser.add_argument("--no_peers", action="store_true", help="PPO without TRL 1.12 (no venv to build)")
     parser.add_argument("--threads", type=int, default=0, help="OMP/MKL threads of every run (0: torch's default)")
     parser.add_argument("--out", default=os.path.join(BENCH, "results"), help="where the JSON and Markdown go")
@@ -398,7 +421,7 @@ def parse_args(argv: list[str] | None):
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.setup = args.setup or args.device
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    stages = [s.strip() for s in (args.stages or ",".join(DEFAULT_STAGES[args.setup])).split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
         parser.error(f"--stages: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(STAGES)}")
@@ -431,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             stages["dpo"] = suite.pairs(inp, "dpo.py", "dpo")
         elif stage == "ppo":
             stages["ppo"] = suite.ppo(inp)
+        elif stage == "learning":
+            stages["learning"] = suite.learning()
         else:
             stages["generation"] = suite.generation(inp)
     date = datetime.date.today().isoformat()

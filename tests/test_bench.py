@@ -59,6 +59,24 @@ def test_targets_judge_medians():
     assert [t["met"] for t in bench_run.targets(stages, "cpu") if "loss" in t["what"]] == [False]
 
 
+def test_learning_targets_take_trls_best_row():
+    """ours with its defaults against the better of TRL's rows, per 100 episodes and per minute."""
+    def row(engine, gold_ep, gold_min, reward_ep, reward_min):
+        return {"engine": engine, "gold_gain_per_100_episodes": gold_ep, "gold_gain_per_minute": gold_min,
+                "reward_gain_per_100_episodes": reward_ep, "reward_gain_per_minute": reward_min}
+
+    results = {"defaults": row("ppo.py", 0.13, 1.0, 0.9, 1.8),
+               "TRL, its defaults": row("TRL 1.12.0", 0.01, 0.1, 0.05, 0.1),
+               "TRL, 3e-5": row("TRL 1.12.0", 0.11, 0.8, 1.0, 0.9)}
+    got = {t["what"].split(",")[0]: (t["measured"], t["met"])
+           for t in bench_run.targets({"learning": {"results": results}}, "cpu")}
+    assert got == {"PPO gold gain per 100 episodes": ([0.13, 0.11], True),
+                   "PPO gold gain per minute": (pytest.approx(1.25), False),
+                   "PPO reward gain per 100 episodes": ([0.9, 1.0], False),
+                   "PPO reward gain per minute": (pytest.approx(2.0), True)}
+    assert bench_run.targets({"learning": {"results": {"defaults": results["defaults"]}}}, "cpu") == []
+
+
 def test_report_cells():
     assert report.cell({"median": 1234.5, "min": 1000.0, "max": 1500.0, "n": 3}) == "1,234 (1,000-1,500)"
     assert report.cell({"median": 0.5, "min": 0.5, "max": 0.5, "n": 3}, "x") == "0.50x"
