@@ -714,8 +714,19 @@ def _strip_bos(tokenizer, text: str) -> str:
     """Template text without a leading BOS that the tokenizer adds itself (TRL tokenizes text rows with special
     tokens: the BOS would otherwise come twice)."""
     bos = getattr(tokenizer, "bos_token", None)
-    if bos and text.startswith(bos) and getattr(tokenizer, "add_bos_token", True):
-        ids = tokenizer("x", add_special_tokens=True)["input_ids"]
-        if ids and ids[0] == tokenizer.bos_token_id:
-            return text[len(bos):]
+    if bos and text.startswith(bos) and _adds_bos(tokenizer):
+        return text[len(bos):]
     return text
+
+
+def _adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer`` puts its BOS in front of what it encodes (probed once per tokenizer)."""
+    known = getattr(tokenizer, "_rlhfkit_adds_bos", None)
+    if known is None:
+        ids = tokenizer("x", add_special_tokens=True)["input_ids"] if getattr(tokenizer, "add_bos_token", True) else []
+        known = bool(ids) and ids[0] == tokenizer.bos_token_id
+        try:
+            tokenizer._rlhfkit_adds_bos = known
+        except AttributeError:  # a tokenizer that takes no new attributes: probe again next time
+            pass
+    return known
