@@ -60,69 +60,37 @@ def read_adapter_config(path: str) -> dict:
         return json.load(handle)
 
 
-def prepare_output(output_name: str, overwrite: bool) -> None:
-    if os.path.exists(output_name) and os.listdir(output_name) if os.path.isdir(output_name) else os.path.exists(output_name):
-        if not overwrite:
-            raise UserError(f"--output_name {output_name} exists and is not empty: choose another, or pass --overwrite_output_dir")
-
-
-def load_models(args: MergeArguments, base: str, task_type: str):
-    """(base model, model with the adapter loaded, tokenizer)."""
-    from peft import PeftModel
-
+def load_with_adapter(args: MergeArguments, base: str, task_type: str):
+    """(the model with the adapter on it, unmerged, and the tokenizer), through rlhfkit.models' loaders."""
     from rlhfkit import models
 
     tokenizer_source = args.adapter_model_name if os.path.isfile(
         os.path.join(args.adapter_model_name, "tokenizer_config.json")) else base
     tokenizer = models.load_tokenizer(tokenizer_source, args.trust_remote_code)
-    models.check_model_source(base, "base model")
+    options = {"base": base, "trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
     if task_type == "SEQ_CLS":
-        from transformers import AutoModelForSequenceClassification
-
-        if tokenizer.pad_token_id is None:  # GPT-2 style: the score is read at the last non-pad token
-            tokenizer.pad_token = tokenizer.eos_token
-        loader = lambda: AutoModelForSequenceClassification.from_pretrained(  # noqa: E731
-            base, num_labels=1, trust_remote_code=args.trust_remote_code,
-            use_safetensors=None if args.allow_pickle else True)
+        models.ensure_pad_token(tokenizer)  # the score is read at the last non-pad token
+        model = models.load_sequence_classifier(args.adapter_model_name, pad_token_id=tokenizer.pad_token_id,
+                                                merge_adapter=False, **options)
     else:
-        from transformers import AutoModelForCausalLM
-
-        loader = lambda: AutoModelForCausalLM.from_pretrained(  # noqa: E731
-            base, trust_remote_code=args.trust_remote_code, use_safetensors=None if args.allow_pickle else True)
-    try:
-        model = loader()
-    except (OSError, ValueError) as err:
-        raise UserError(f"could not load base model {base}: {str(err).splitlines()[0][:200]}") from None
-    if task_type == "SEQ_CLS":
-        model.config.pad_token_id = tokenizer.pad_token_id
-    try:
-        peft_model = PeftModel.from_pretrained(model, args.adapter_model_name)
-    except RuntimeError as err:
-        if "size mismatch" not in str(err):
-            raise
-        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "")
-        raise UserError(
-            f"adapter {args.adapter_model_name} does not fit base {base} ({detail}): "
-            "merge it into the base model it was trained on"
-        ) from None
-    return peft_model, tokenizer
+        model = models.load_causal_lm(args.adapter_model_name, **options)
+    return model, tokenizer
 
 
-def score_head(model):
-    """The trained score head module of a sequence-classification model (PEFT wrapper or plain)."""
-    for name, module in model.named_modules():
-        if name.endswith("score") or name.endswith("classifier"):
-            if hasattr(module, "modules_to_save"):
-                return module.modules_to_save["default"]
-            if hasattr(module, "weight"):
-                return module
-    return None
+def trained_head_weight(model):
+    """A copy of the trained score-head weight of a sequence classifier with its adapter (PEFT keeps the trained
+    head as ``modules_to_save``)."""
+    from rlhfkit import models
+
+    head = models.score_head(models.unwrap_peft(model))
+    head = head.modules_to_save["default"] if hasattr(head, "modules_to_save") else head
+    return head.weight.detach().clone()
 
 
 def main(args: MergeArguments):
     import torch
 
-    from rlhfkit import io
+    from rlhfkit import faults, io, models
 
     adapter_config = read_adapter_config(args.adapter_model_name)
     recorded = adapter_config.get("base_model_name_or_path")
@@ -135,17 +103,14 @@ def main(args: MergeArguments):
             "meaningful if the two share the weights the adapter was trained against; merge into '%s' "
             "unless this is intended !!!", args.adapter_model_name, recorded, args.base_model_name, recorded,
         )
-    prepare_output(args.output_name, args.overwrite_output_dir)
+    faults.check_output_dir(args.output_name, args.overwrite_output_dir, None, flag="--output_name")
     task_type = adapter_config.get("task_type") or "CAUSAL_LM"
     logger.info("merging %s adapter %s into %s", task_type, args.adapter_model_name, base)
-    peft_model, tokenizer = load_models(args, base, task_type)
-    trained_head = score_head(peft_model) if task_type == "SEQ_CLS" else None
-    trained_weight = trained_head.weight.detach().clone() if trained_head is not None else None
+    peft_model, tokenizer = load_with_adapter(args, base, task_type)
+    trained_weight = trained_head_weight(peft_model) if task_type == "SEQ_CLS" else None
     merged = peft_model.merge_and_unload()
-    if trained_weight is not None:
-        merged_head = score_head(merged)
-        if merged_head is None or not torch.equal(merged_head.weight, trained_weight):
-            raise RuntimeError("the merged score head differs from the adapter's trained head")
+    if trained_weight is not None and not torch.equal(models.score_head(merged).weight, trained_weight):
+        raise RuntimeError("the merged score head differs from the adapter's trained head")
 
     output = os.path.abspath(args.output_name)
     with io.new_dir(output, replace=True) as staging:  # --overwrite_output_dir: the old folder is swapped out

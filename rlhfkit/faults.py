@@ -160,19 +160,21 @@ def _existing_ancestor(path: str) -> str:
     return path
 
 
-def check_output_dir(output_dir: str, overwrite: bool, resuming: bool) -> None:
-    """Refuse a non-empty folder (unless overwriting or resuming), a file in its place, or an unwritable place."""
+def check_output_dir(output_dir: str, overwrite: bool, resuming: bool | None, flag: str = "--output_dir") -> None:
+    """Refuse a non-empty folder (unless overwriting or resuming; ``resuming`` None: the script cannot resume), a file
+    in its place, or an unwritable place. ``flag`` names the folder's flag in the messages."""
     if os.path.isfile(output_dir):
-        raise UserError(f"--output_dir {output_dir} is a file: pass a folder")
+        raise UserError(f"{flag} {output_dir} is a file: pass a folder")
     if os.path.isdir(output_dir) and any(not name.startswith(".") for name in os.listdir(output_dir)):
         if not (overwrite or resuming):
-            raise UserError(f"--output_dir {output_dir} is not empty: pass --overwrite_output_dir to write into it, "
-                            "--resume_from_checkpoint last to continue a run there, or choose another folder")
+            resume = "" if resuming is None else ", --resume_from_checkpoint last to continue a run there"
+            raise UserError(f"{flag} {output_dir} exists and is not empty: pass --overwrite_output_dir to write into "
+                            f"it{resume}, or choose another folder")
     target = _existing_ancestor(output_dir)
     if not os.path.isdir(target):
-        raise UserError(f"cannot create --output_dir {output_dir}: {target} is a file")
+        raise UserError(f"cannot create {flag} {output_dir}: {target} is a file")
     if not os.access(target, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to --output_dir {output_dir} ({target} is not writable): choose another "
+        raise UserError(f"cannot write to {flag} {output_dir} ({target} is not writable): choose another "
                         "folder or fix its permissions")
 
 

@@ -108,14 +108,42 @@ def _check_weights_format(name: str, allow_pickle: bool) -> None:
         logger.warning("loading pickle weights from %s (--allow_pickle): only do this for sources you trust", name)
 
 
+def _base_of(name: str, base: str | None) -> str:
+    """The model to load under ``name``: ``base`` when given (an adapter merged into another base), else the
+    base an adapter folder records, else ``name`` itself; checked."""
+    given = base is not None
+    if not given:
+        base = adapter_base(name) if _looks_local(name) and is_adapter(name) else name
+    if base != name:
+        check_model_source(base, "base model" if given else "adapter's base model")
+    return base
+
+
+def _attach_adapter(model, name: str, base: str):
+    """``model`` (loaded from ``base``) with the adapter folder ``name`` on it, as a ``PeftModel``; an adapter
+    whose shapes do not fit is refused in one line."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, name)
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "")
+        raise UserError(f"adapter {name} does not fit base {base} ({detail}): merge it into the base model it was "
+                        "trained on") from None
+
+
 def load_causal_lm(
     name: str,
     dtype=None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     merge_adapter: bool = False,
+    base: str | None = None,
 ):
-    """A causal LM from a hub id or a folder; an adapter folder loads its base plus the adapter.
+    """A causal LM from a hub id or a folder; an adapter folder loads its base plus the adapter (``base``: another
+    base to put it on, as merge_peft_adapter.py's --base_model_name).
 
     With ``merge_adapter`` the adapter is folded into the weights (plain model back); otherwise an adapter
     comes back as a ``PeftModel``.
@@ -123,9 +151,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     check_model_source(name)
-    base = adapter_base(name) if _looks_local(name) and is_adapter(name) else name
-    if base != name:
-        check_model_source(base, "adapter's base model")
+    base = _base_of(name, base)
     _check_weights_format(base, allow_pickle)
     kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": None if allow_pickle else True}
     if dtype is not None:
@@ -135,10 +161,8 @@ def load_causal_lm(
     except (OSError, ValueError) as err:
         raise _hub_error(base, err, "model") from None
     if base != name:
-        from peft import PeftModel
-
-        logger.info("loading adapter %s onto its base %s", name, base)
-        model = PeftModel.from_pretrained(model, name)
+        logger.info("loading adapter %s onto the base %s", name, base)
+        model = _attach_adapter(model, name, base)
         if merge_adapter:
             model = model.merge_and_unload()
     return model
@@ -155,6 +179,8 @@ def load_sequence_classifier(
     allow_pickle: bool = False,
     pad_token_id: int | None = None,
     trained_head: bool = False,
+    base: str | None = None,
+    merge_adapter: bool = True,
 ):
     """A scalar-score model (``AutoModelForSequenceClassification``, ``num_labels=1``) for reward modeling.
 
@@ -162,13 +188,12 @@ def load_sequence_classifier(
     training); a reward-model adapter folder loads onto its base with its trained head. ``pad_token_id`` is
     written into the config: the score is read at the last non-pad token. ``trained_head=True`` (a reward
     model used for scoring) refuses a checkpoint that is not a sequence classifier, whose head would be random.
+    ``base`` and ``merge_adapter`` as in :func:`load_causal_lm` (here an adapter is merged by default).
     """
     from transformers import AutoModelForSequenceClassification
 
     check_model_source(name, "reward model")
-    base = adapter_base(name) if _looks_local(name) and is_adapter(name) else name
-    if base != name:
-        check_model_source(base, "adapter's base model")
+    base = _base_of(name, base)
     if trained_head:
         check_reward_model(name, trust_remote_code)
     _check_weights_format(base, allow_pickle)
@@ -186,9 +211,9 @@ def load_sequence_classifier(
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     if base != name:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, name).merge_and_unload()
+        model = _attach_adapter(model, name, base)
+        if merge_adapter:
+            model = model.merge_and_unload()
         logger.info("reward model %s: adapter and its trained score head loaded onto %s", name, base)
     return model
 
