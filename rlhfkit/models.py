@@ -151,6 +151,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     check_model_source(name)
+    whose = "its" if base is None else "the"
     base = _base_of(name, base)
     _check_weights_format(base, allow_pickle)
     kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": None if allow_pickle else True}
@@ -161,7 +162,7 @@ def load_causal_lm(
     except (OSError, ValueError) as err:
         raise _hub_error(base, err, "model") from None
     if base != name:
-        logger.info("loading adapter %s onto the base %s", name, base)
+        logger.info("loading adapter %s onto %s base %s", name, whose, base)
         model = _attach_adapter(model, name, base)
         if merge_adapter:
             model = model.merge_and_unload()
