@@ -256,10 +256,17 @@ def check_reward_model(name: str, trust_remote_code: bool = False) -> None:
                         "merge_peft_adapter.py")
 
 
+def embedding_rows(model) -> int:
+    """The rows of the model's input embedding table, also when DeepSpeed ZeRO-3 holds it partitioned (the local
+    tensor is then empty and ``ds_shape`` is the full shape)."""
+    weight = model.get_input_embeddings().weight
+    return int(getattr(weight, "ds_shape", weight.shape)[0])
+
+
 def check_vocabulary(model, tokenizer, model_name: str, tokenizer_name: str) -> None:
     """Refuse a tokenizer with more tokens than the model has embedding rows (its ids would index past the
     table: an IndexError mid-training), before any training."""
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = embedding_rows(model)
     if len(tokenizer) > rows:
         raise UserError(f"the tokenizer {tokenizer_name} has {len(tokenizer)} tokens but the model {model_name} has "
                         f"{rows} token embeddings: pass the tokenizer the model was trained with "

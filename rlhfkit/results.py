@@ -17,6 +17,26 @@ def tokens_per_second(log_history: list[dict], runtime: float | None) -> dict:
     return {"train_tokens": tokens, "train_tokens_per_second": tokens / runtime}
 
 
+def peak_memory_per_process() -> dict:
+    """This run's peak memory, one entry per process (rank order), in MiB: ``peak_rss_mib_per_process`` (the
+    process's resident set, what a CPU run holds) and, on CUDA, ``peak_memory_mib_per_process`` (torch's
+    ``max_memory_allocated``). A collective under several processes: every process must call it."""
+    import resource
+
+    import torch
+
+    local = {"peak_rss_mib_per_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        local["peak_memory_mib_per_process"] = torch.cuda.max_memory_allocated() / 2**20
+    import torch.distributed as dist
+
+    gathered = [local]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, local)
+    return {key: [round(entry[key], 1) for entry in gathered] for key in local}
+
+
 def write_results(output_dir: str, split: str, metrics: dict) -> str:
     """Write ``{split}_results.json`` in ``output_dir`` (merging into an existing ``all_results.json``); under
     several processes only the main one writes."""

@@ -196,8 +196,8 @@ def train_and_save(trainer, training_args, run_args) -> dict:
     model (see :mod:`rlhfkit.faults`). Returns the train metrics, with trained (non-padding) tokens/s added
     when the trainer counts tokens.
     """
-    from rlhfkit import faults, io
-    from rlhfkit.results import tokens_per_second, write_results
+    from rlhfkit import faults, io, sharding
+    from rlhfkit.results import peak_memory_per_process, tokens_per_second, write_results
 
     faults.check_disk_space(training_args.output_dir, faults.needed_bytes(trainer.model))
     stop, bad = faults.StopRequest(), faults.BadBatches(run_args.max_bad_batches)
@@ -215,6 +215,8 @@ def train_and_save(trainer, training_args, run_args) -> dict:
                                        newest_complete_checkpoint(training_args.output_dir))
     metrics = dict(train_result.metrics)
     metrics.update(tokens_per_second(trainer.state.log_history, metrics.get("train_runtime")))
+    metrics.update(peak_memory_per_process())
+    metrics["distributed"] = sharding.describe(trainer.accelerator)
     # every process takes part (FSDP / ZeRO-3 gather the weights); the main one writes and publishes
     with io.staging_dir(training_args.output_dir, publish_files=trainer.is_world_process_zero()) as staging:
         trainer.save_model(staging)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from rlhfkit.errors import UserError
-from rlhfkit.models import backbone, disable_dropout, score_head, unwrap_peft
+from rlhfkit.models import backbone, disable_dropout, embedding_rows, score_head, unwrap_peft
 from rlhfkit.sampling import Episodes, logprobs_from_logits, position_ids_from_mask
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def logits_to_keep_supported(model: nn.Module) -> bool:
 def _fit_vocabulary(model, tokenizer, set_pad: bool = True) -> None:
     """Grow the embeddings when the tokenizer gained tokens (a pad token added for PPO); set the pad id (not for a
     reward model, whose score rule keeps the pad id it was trained with)."""
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    if len(tokenizer) > embedding_rows(model):
         logger.info("resizing the embeddings to %d tokens (new pad token)", len(tokenizer))
         model.resize_token_embeddings(len(tokenizer))
     if not set_pad:
