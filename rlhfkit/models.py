@@ -170,7 +170,8 @@ def load_causal_lm(
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    """Parameters of ``model`` (``ds_numel``: the full size of one that DeepSpeed ZeRO-3 holds partitioned)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def load_sequence_classifier(
