@@ -93,11 +93,33 @@ class BatchShapes:
         return {"train_batch_shapes": sorted([list(s) for s in self.shapes])}
 
 
+def fsdp_on_cpu(info) -> None:
+    """Let an FSDP launch (``distributed_type: FSDP``, e.g. configs/accelerate/cpu_fsdp2.yaml) shard on CPU.
+
+    accelerate 1.15 applies FSDP only to a GPU-type process group (MULTI_GPU and the like); on CPU (use_cpu, gloo)
+    its state is MULTI_CPU, and the trainer would silently train with DDP instead (``distributed: ddp`` in the
+    results). torch's fully_shard itself runs on CPU over gloo (all-gather, reduce-scatter), so the process
+    group accelerate already set up is relabelled MULTI_GPU before the trainer builds its Accelerator, which
+    then takes the FSDP plugin from the launch environment. Nothing changes outside an FSDP launch on CPU."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    from rlhfkit.device import fsdp_launch
+
+    if info.type != "cpu" or not fsdp_launch():
+        return
+    state = PartialState()
+    if state.distributed_type == DistributedType.MULTI_CPU:
+        state.distributed_type = DistributedType.MULTI_GPU  # shared state: every later AcceleratorState reads it
+        logger.info("FSDP launch on CPU: sharding over gloo (accelerate would otherwise fall back to DDP)")
+
+
 def make_trainer(kind: str, info, training_args, script_args, **kwargs):
     """(trainer, :class:`BatchShapes` it fills): TRL's trainer for ``kind`` built with ``kwargs`` (model, datasets,
     processing_class, peft_config ...); on Gaudi, the one :func:`rlhfkit.hpu.gaudi_trainer` picks, with its hooks."""
     from rlhfkit import hpu
 
+    fsdp_on_cpu(info)
     if info.type == "hpu":
         trainer = hpu.gaudi_trainer(kind, info, training_args, script_args.use_hpu_graphs, **kwargs)
     else:
