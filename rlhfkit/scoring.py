@@ -59,20 +59,42 @@ def score_rows(model, rows: list[torch.Tensor], pad_id: int | None, batch_size: 
     trunk, head = backbone(inner), score_head(inner)
     device = next(model.parameters()).device
     scores = []
-    for first in range(0, len(rows), batch_size):
-        batch = rows[first: first + batch_size]
-        width = max(len(r) for r in batch)
-        if pad_multiple:
-            width = -(-width // pad_multiple) * pad_multiple
-        ids = torch.zeros((len(batch), width), dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, row in enumerate(batch):
-            ids[i, : len(row)], mask[i, : len(row)] = row, 1
-        ids, mask = ids.to(device), mask.to(device)
-        hidden = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        picked = hidden[torch.arange(len(batch), device=device), score_index(ids, mask, pad_id)]
-        scores.append(head(picked).float().squeeze(-1))
+    with root_unsharded(model):
+        for first in range(0, len(rows), batch_size):
+            scores.append(_score_batch(trunk, head, rows[first: first + batch_size], pad_id, pad_multiple, device))
     return torch.cat(scores) if scores else torch.zeros(0)
+
+
+@contextlib.contextmanager
+def root_unsharded(model):
+    """FSDP2 (``fully_shard``): the root module's own parameters (embeddings, final norm, score head) gathered
+    while the trunk and head are called directly, which skips the root's forward hooks that would gather them;
+    the layers gather their own. Every process must take part (a collective). Elsewhere, nothing."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
+def _score_batch(trunk, head, batch, pad_id, pad_multiple, device) -> torch.Tensor:
+    """One batch of :func:`score_rows`: right-padded, scored at :func:`score_index`."""
+    width = max(len(r) for r in batch)
+    if pad_multiple:
+        width = -(-width // pad_multiple) * pad_multiple
+    ids = torch.zeros((len(batch), width), dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, row in enumerate(batch):
+        ids[i, : len(row)], mask[i, : len(row)] = row, 1
+    ids, mask = ids.to(device), mask.to(device)
+    hidden = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    picked = hidden[torch.arange(len(batch), device=device), score_index(ids, mask, pad_id)]
+    return head(picked).float().squeeze(-1)
 
 
 # ------------------------------------------------------------------------------------------ texts
