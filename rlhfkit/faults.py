@@ -190,6 +190,9 @@ def check_disk_space(output_dir: str, needed_bytes: int) -> None:
 def needed_bytes(model, save_optimizer: bool = True) -> int:
     """A disk estimate: every parameter once (the saved model), plus the trainable ones with AdamW's two
     moments in float32 (a checkpoint)."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    def numel(p):  # a parameter DeepSpeed ZeRO-3 holds partitioned is empty here: its full size
+        return getattr(p, "ds_numel", p.numel())
+
+    total = sum(numel(p) * p.element_size() for p in model.parameters())
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
     return total + (trainable * 4 * 3 if save_optimizer else 0)
