@@ -1,9 +1,10 @@
 """What dpo.py and kto.py share: TRL's DPOTrainer or KTOTrainer on a policy and its reference, with held-out
 metrics before and after training.
 
-Under LoRA the reference is the policy with its adapter disabled (no second copy of the weights), except with
-several processes (see :func:`reference_model`). Full fine-tuning (``--use_peft False``) keeps a reference copy,
-or with ``--precompute_ref_log_probs`` computes the reference log-probs once before training and frees it.
+Under LoRA the reference is the policy with its adapter disabled (no second copy of the weights), also under
+FSDP2 and DeepSpeed ZeRO, except with several DDP processes (see :func:`reference_model`). Full fine-tuning
+(``--use_peft False``) keeps a reference copy, or with ``--precompute_ref_log_probs`` computes the reference
+log-probs once before training and frees it.
 """
 
 from __future__ import annotations
@@ -40,16 +41,42 @@ def held_out_metrics(trainer, prefix: str) -> dict:
             if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))}
 
 
+def evaluate_before_first_step(trainer, results: dict):
+    """A callback that puts the held-out metrics of the untrained model into ``results`` (``eval_before_*``) as
+    training begins, once the model is prepared."""
+    from transformers import TrainerCallback
+
+    class EvaluateBeforeFirstStep(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.global_step == 0:
+                results.update(held_out_metrics(trainer, "eval_before"))
+
+    return EvaluateBeforeFirstStep()
+
+
+def sharded_launch(training_args) -> bool:
+    """Whether the processes shard the model (FSDP, DeepSpeed ZeRO), as launched (``accelerate launch`` with such
+    a config, or the Trainer's ``--fsdp`` / ``--deepspeed``), before the trainer builds its Accelerator."""
+    import os
+
+    launched = any(os.environ.get(name, "false").lower() in ("1", "true", "yes")
+                   for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+    return launched or bool(training_args.deepspeed) or bool(training_args.fsdp)
+
+
 def reference_model(model_name: str, model_args, training_args, peft_config, use_hpu_graphs: bool):
     """The reference model to hand the trainer: None (LoRA: the adapter-disabled policy; full fine-tuning: TRL
-    makes its copy or precomputes the log-probs), or a frozen copy under LoRA with several processes."""
+    makes its copy or precomputes the log-probs), or a frozen copy under LoRA with several DDP processes."""
     from rlhfkit import models
 
     ref_model = None
-    if peft_config is not None and training_args.world_size > 1:
+    if peft_config is not None and training_args.world_size > 1 and not sharded_launch(training_args):
         # Under DDP, PEFT's adapter switch (toggling requires_grad inside the training forward) leaves the
         # adapter's gradients un-averaged: each process trained its own adapter (measured with 2 processes, DPO). A
         # frozen reference copy keeps the processes in step, at the cost of one copy of the base weights.
+        # FSDP2 and DeepSpeed ZeRO-2/3 reduce the gradients in their own hooks, which the switch does not
+        # disturb: there the adapter-disabled reference trains exactly as one process does (measured, DPO, 2
+        # processes against 1: tests/test_multiprocess.py), and no copy is made.
         ref_model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,
                                           allow_pickle=model_args.allow_pickle, merge_adapter=True)
         ref_model.requires_grad_(False).eval()
@@ -59,6 +86,19 @@ def reference_model(model_name: str, model_args, training_args, peft_config, use
         raise UserError("--use_hpu_graphs with LoRA: the reference pass disables the adapter, which a captured "
                         "HPU graph would not see; use --use_peft False (a separate reference) or drop the flag")
     return ref_model
+
+
+def check_reference(trainer, peft_config) -> None:
+    """After the trainer is built: an adapter-disabled reference only where the layout keeps the processes in
+    step (one process, FSDP, DeepSpeed); a launch that looked sharded but became plain DDP is refused."""
+    from rlhfkit import sharding
+
+    if (peft_config is not None and trainer.ref_model is None and trainer.accelerator.num_processes > 1
+            and not sharding.is_sharded(trainer.accelerator)):
+        raise UserError(f"LoRA with {trainer.accelerator.num_processes} processes under "
+                        f"{sharding.describe(trainer.accelerator)}: the adapter-disabled reference would leave the "
+                        "adapter's gradients un-averaged (see rlhfkit/preference_training.py); launch with DDP "
+                        "(a reference copy is made) or a sharded config (FSDP, DeepSpeed)")
 
 
 def run(kind: str, script_args, model_args, device_args, training_args) -> dict:
@@ -81,17 +121,29 @@ def run(kind: str, script_args, model_args, device_args, training_args) -> dict:
     trainer, shapes = make_trainer(kind, info, training_args, script_args, model=model, ref_model=ref_model,
                                        train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
                                        peft_config=peft_config)
+    check_reference(trainer, peft_config)
     held = models.count_parameters(trainer.model)
     reference = "adapter disabled (no copy)" if trainer.ref_model is None and peft_config else (
         "precomputed log-probs" if trainer.ref_model is None else
-        "separate copy" + (" (several processes: see rlhfkit/preference_training.py)" if ref_model is not None else ""))
+        "separate copy" + (" (several DDP processes: see rlhfkit/preference_training.py)" if ref_model is not None
+                           else ""))
     logger.info("policy %s: %d parameters held, %d trainable; reference: %s", model_name, held,
                 models.count_parameters(trainer.model, trainable_only=True), reference)
 
     results = {"device": device.describe(info), "model": model_name, "use_peft": bool(peft_config),
                "reference": reference}
-    results.update(held_out_metrics(trainer, "eval_before"))
-    if will_train(training_args):
+    training = will_train(training_args)
+    if training and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        # transformers 5.24 cannot evaluate a sharded model before train(): under FSDP2 evaluate() prepares the
+        # model alone, which accelerate refuses ("a model and optimizer must be passed together"); under ZeRO-2
+        # it builds a DeepSpeed inference engine ("ZeRO inference only makes sense with ZeRO Stage 3"); under
+        # ZeRO-3 train() then keeps that inference engine and has none to call backward on. The held-out
+        # metrics before training are taken instead once train() has prepared the model, before its first step
+        # (as --eval_on_start would).
+        trainer.add_callback(evaluate_before_first_step(trainer, results))
+    else:
+        results.update(held_out_metrics(trainer, "eval_before"))
+    if training:
         results.update(train_and_save(trainer, training_args, script_args))
         results.update(shapes.results())
     metrics = held_out_metrics(trainer, "eval")
