@@ -106,18 +106,22 @@ def validate(args: PPOArguments, model_args: ModelArguments) -> str | None:
 
 def save_policy(trainer, args: PPOArguments, model_args: ModelArguments, tokenizer) -> None:
     """The final policy into output_dir, atomically: merged full model (default) or the LoRA adapter."""
-    from rlhfkit import io
+    from rlhfkit import io, sharding
 
     acc = trainer.accelerator
     acc.wait_for_everyone()
+    with sharding.gathered(acc, trainer.model):  # FSDP2 / ZeRO-3: the whole weights, into one model
+        if acc.is_main_process:
+            policy = acc.unwrap_model(trainer.model).policy
+            if model_args.use_peft and args.save_merged:
+                policy = policy.merge_and_unload()
+            weights = sharding.whole_weights(acc, policy)
+            with io.staging_dir(args.output_dir) as staging:
+                policy.save_pretrained(staging, state_dict=weights, safe_serialization=True)
+                tokenizer.save_pretrained(staging)
+    acc.wait_for_everyone()
     if not acc.is_main_process:
         return
-    policy = acc.unwrap_model(trainer.model).policy
-    if model_args.use_peft and args.save_merged:
-        policy = policy.merge_and_unload()
-    with io.staging_dir(args.output_dir) as staging:
-        policy.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
     logger.info("saved the %s policy to %s", "LoRA adapter" if model_args.use_peft and not args.save_merged
                 else "full", args.output_dir)
 
@@ -207,15 +211,18 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     from accelerate import Accelerator
     from transformers import set_seed
 
-    from rlhfkit import faults, hpu, models
+    from rlhfkit import faults, hpu, models, sharding
     from rlhfkit.ppo import policy as policy_lib
     from rlhfkit.ppo.trainer import PPOTrainer
 
     info, dtype, _ = hpu.inference_setup(device_args, precision, args)  # args: PPO's --use_hpu_graphs
-    accelerator = Accelerator(cpu=info.type == "cpu")
+    # a DeepSpeed / FSDP launch on a machine without GPUs (configs/accelerate/cpu_*.yaml) needs its process group
+    # started first; cpu=True would turn both off
+    sharded_cpu = info.type == "cpu" and sharding.start_cpu_processes()
+    accelerator = Accelerator(cpu=info.type == "cpu" and not sharded_cpu)
     if not accelerator.is_main_process:  # one process speaks; the others only warn
         logging.getLogger().setLevel(logging.WARNING)
-    set_seed(args.seed + accelerator.process_index)  # sampling differs per process
+    set_seed(args.seed)  # the same initial weights everywhere (LoRA, value head): FSDP2 shards each process's own
 
     name = models.resolve_name(model_args.model_name_or_path)
     tokenizer = policy_tokenizer(model_args.tokenizer_name_or_path or name, args.trust_remote_code,
@@ -236,6 +243,8 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     scorer, shared = make_scorer(args, model_args, module, reward_tok, tokenizer, dtype, accelerator.device, info)
     ref_model, generator = place_for_inference(args, module, ref_model, accelerator.device, info)
 
+    if accelerator.process_index:  # sampling differs per process (rank 0 goes on as a single process would)
+        set_seed(args.seed + accelerator.process_index)
     faults.check_disk_space(args.output_dir, faults.needed_bytes(module))
     if accelerator.is_main_process:  # only now: a refused run leaves no folder behind
         os.makedirs(args.output_dir, exist_ok=True)

@@ -99,8 +99,15 @@ def gradients_finite(parameters) -> bool:
     """Whether every gradient is finite (one reduction: a NaN or inf anywhere makes the sum non-finite)."""
     import torch
 
-    sums = [p.grad.detach().float().sum() for p in parameters if p.grad is not None]
-    return bool(torch.isfinite(torch.stack(sums).sum()).item()) if sums else True
+    grads = [p.grad for p in parameters if p.grad is not None]
+    sharded = any(hasattr(g, "to_local") for g in grads)  # FSDP2: each process holds a shard (a DTensor)
+    sums = [(g.to_local() if hasattr(g, "to_local") else g).detach().float().sum() for g in grads]
+    total = torch.stack(sums).sum() if sums else torch.zeros(())
+    if sharded:  # every process must decide the same: the sum over all shards
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+    return bool(torch.isfinite(total).item())
 
 
 def drop_gradients(parameters) -> None:
@@ -121,6 +128,11 @@ class BadBatches:
         if gradients_finite(parameters):
             return False
         drop_gradients(parameters)
+        return self.count_skipped(step)
+
+    def count_skipped(self, step: int) -> bool:
+        """Count one bad batch already kept from the optimizer (DeepSpeed: its backward never ran); True when the
+        run must stop."""
         self.seen += 1
         if self.seen > self.limit:
             self.stopped_at = step

@@ -12,6 +12,7 @@ engine needs beyond ``accelerator.prepare`` to run sharded:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 logger = logging.getLogger(__name__)
@@ -35,3 +36,158 @@ def describe(accelerator) -> str:
 def is_sharded(accelerator) -> bool:
     """Whether parameters, gradients or optimizer states live in shards (FSDP, DeepSpeed ZeRO)."""
     return describe(accelerator).startswith(("fsdp", "deepspeed"))
+
+
+def zero_stage(accelerator) -> int | None:
+    """DeepSpeed's ZeRO stage, or None when DeepSpeed is not in use."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return None
+    return int(accelerator.state.deepspeed_plugin.zero_stage)
+
+
+def configure_deepspeed(accelerator, micro_batch_size: int, gradient_accumulation_steps: int,
+                        max_grad_norm: float) -> None:
+    """State what DeepSpeed's config leaves to a dataloader ("auto"), before ``accelerator.prepare``: the
+    micro-batch per process, the accumulation steps and the clipping norm (DeepSpeed clips inside its step, so
+    ``accelerator.clip_grad_norm_`` only reads the norm back). Nothing happens without DeepSpeed."""
+    if zero_stage(accelerator) is None:
+        return
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    world = accelerator.num_processes
+    config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    config["gradient_accumulation_steps"] = gradient_accumulation_steps
+    config["train_batch_size"] = micro_batch_size * gradient_accumulation_steps * world
+    config["gradient_clipping"] = float(max_grad_norm) if max_grad_norm > 0 else 0.0
+
+
+def prepare_frozen(accelerator, model):
+    """A frozen model (the reference, the reward model) placed for inference under this run's layout: sharded as
+    the policy is under ZeRO-3 (a DeepSpeed inference engine) and FSDP2 (one ``fully_shard`` unit), else on the
+    device whole (DDP, ZeRO-2: replicated, as DeepSpeed's own stage 0 would). TRL's ``prepare_deepspeed`` and
+    ``prepare_fsdp`` do the wrapping. Called on every process."""
+    kind = describe(accelerator)
+    if kind == "deepspeed-zero3":
+        from trl.models.utils import prepare_deepspeed
+
+        return prepare_deepspeed(model, accelerator)
+    if kind == "fsdp2":
+        from trl.models.utils import prepare_fsdp
+
+        model.to(accelerator.device)
+        prepare_fsdp(model, accelerator)
+        model.eval()
+        return model
+    return model.to(accelerator.device)
+
+
+def unwrap_frozen(model):
+    """The module behind :func:`prepare_frozen`'s result (a DeepSpeed engine's ``.module``), for attribute access."""
+    return getattr(model, "module", model)
+
+
+@contextlib.contextmanager
+def gathered(accelerator, *models):
+    """Every parameter of ``models`` whole on every process for the duration. The trained model (prepared by
+    accelerate): ZeRO-3 gathers its partitions once (``GatheredParameters``) and lifts its per-module fetch
+    hooks, as TRL's ``unwrap_model_for_generation`` does; FSDP2 unshards every unit and keeps it unsharded across
+    forwards. A frozen model from :func:`prepare_frozen`: FSDP2 unshards it; ZeRO-3 leaves it to its per-module
+    hooks (each layer fetched as it runs). Costs one full copy of each gathered model per process while it lasts;
+    without it, generation would all-gather every layer again for each new token. Elsewhere it does nothing."""
+    kind = describe(accelerator)
+    with contextlib.ExitStack() as stack:
+        for model in models:
+            if model is None:
+                continue
+            if kind == "deepspeed-zero3" and getattr(model, "optimizer", None) is not None:
+                stack.enter_context(_gathered_zero3(model))
+            elif kind == "fsdp2":
+                stack.enter_context(_gathered_fsdp2(model))
+        yield
+
+
+@contextlib.contextmanager
+def _gathered_zero3(engine):
+    import deepspeed
+    from trl.models.utils import add_hooks, remove_hooks
+
+    with deepspeed.zero.GatheredParameters(list(engine.parameters())):
+        remove_hooks(engine)
+        try:
+            yield
+        finally:
+            add_hooks(engine)
+
+
+@contextlib.contextmanager
+def _gathered_fsdp2(model):
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if units:  # FSDP2 sets its units up at the root's first forward; generation calls the layers without it
+        units[0]._get_fsdp_state()._lazy_init()
+    # each unit's own resharding choice (the root's is False, the layers' True), restored afterwards: FSDP2 has a
+    # setter for it but no getter
+    saved = [(state, state._auto_reshard_after_forward, [(g, g.post_forward_mesh_info) for g in
+                                                          state._fsdp_param_groups])
+             for state in (unit._get_fsdp_state() for unit in units)]
+    for unit in units:
+        unit.unshard()
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for state, auto, groups in saved:
+            state._auto_reshard_after_forward = auto
+            for group, info in groups:
+                group.post_forward_mesh_info = info
+        for unit in units:
+            unit.reshard()
+
+
+def sharded_launch() -> str | None:
+    """``deepspeed`` or ``fsdp`` when ``accelerate launch`` started this process for one (its environment), else
+    None."""
+    import os
+
+    for name, variable in (("deepspeed", "ACCELERATE_USE_DEEPSPEED"), ("fsdp", "ACCELERATE_USE_FSDP")):
+        if os.environ.get(variable, "false").lower() in ("1", "true", "yes"):
+            return name
+    return None
+
+
+def start_cpu_processes() -> bool:
+    """On a machine without GPUs, the process group of a DeepSpeed or FSDP launch, over gloo, before any
+    ``Accelerator`` is built; True when it did so (build the Accelerator with ``cpu=False`` then).
+
+    accelerate 1.15 gets both wrong on CPU: with ``cpu=True`` it drops DeepSpeed and FSDP and trains with DDP;
+    without, it finds no backend and counts 1 process while DeepSpeed runs 2 (each then reads the whole batch).
+    Naming gloo gives the right count and DeepSpeed; FSDP additionally needs the group labelled MULTI_GPU, the
+    only kind accelerate applies FSDP to (torch's fully_shard itself runs over gloo)."""
+    import os
+
+    import torch
+
+    launch = sharded_launch()
+    if launch is None or torch.cuda.is_available() or int(os.environ.get("LOCAL_RANK", -1)) == -1:
+        return False
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    state = PartialState(cpu=False, backend="gloo")
+    if launch == "fsdp":
+        state.distributed_type = DistributedType.MULTI_GPU  # shared state: every later AcceleratorState reads it
+    return True
+
+
+def whole_weights(accelerator, module) -> dict | None:
+    """Inside :func:`gathered`: ``module``'s weights as plain CPU tensors by name (its state-dict keys) under
+    FSDP2 and ZeRO-3, for ``save_pretrained(state_dict=...)``; None elsewhere (the module's own state dict is
+    whole). FSDP2's own ``state_dict()`` hands out the sharded parameters even while they are gathered."""
+    if describe(accelerator) not in ("fsdp2", "deepspeed-zero3"):
+        return None
+    weights = {name: p.detach().to("cpu", copy=True) for name, p in module.named_parameters(remove_duplicate=False)}
+    persistent = set(module.state_dict().keys())
+    weights.update({name: b.detach().to("cpu", copy=True) for name, b in module.named_buffers() if name in persistent})
+    return weights

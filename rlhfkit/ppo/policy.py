@@ -57,6 +57,9 @@ class PolicyAndValue(nn.Module):
         super().__init__()
         self.policy = policy
         self.critic = critic
+        # the layer classes FSDP's transformer auto-wrap shards one unit each (read from a PreTrainedModel)
+        self._no_split_modules = sorted({name for model in (policy, critic) if model is not None
+                                         for name in (getattr(unwrap_peft(model), "_no_split_modules", None) or [])})
         if critic is None:
             size = hidden_size(policy.config)
             self.value_head = nn.Linear(size, 1, dtype=torch.float32)

@@ -18,8 +18,12 @@ One PPO step (:meth:`PPOTrainer.step`), following TRL 1.12's experimental PPOTra
    has no early stopping).
 5. **KL controller** update (adaptive only), metrics (TRL's names), logs, checkpoint.
 
-Multi-process runs go through accelerate (DDP): each process rolls out its own prompts with its own
-sampling seed (seed + rank), gradients are averaged, and metrics are averaged over processes.
+Multi-process runs go through accelerate: each process rolls out its own prompts with its own sampling seed
+(seed + rank), gradients are averaged, and metrics are averaged over processes. Under DDP every process holds
+the whole model; under FSDP2 and DeepSpeed ZeRO-2/3 the policy (with its critic) trains sharded, the frozen
+reference sharded for inference (ZeRO-3, FSDP2), and the rollout runs with the parameters gathered once
+(:func:`rlhfkit.sharding.gathered`). DeepSpeed steps inside its backward: the accumulation boundary is set
+per micro-batch, and a non-finite loss is caught before its backward (the gradients never exist whole).
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ import time
 
 import torch
 
-from rlhfkit import checkpoints, faults, hpu, sampling
+from rlhfkit import checkpoints, faults, hpu, sampling, sharding
 from rlhfkit.errors import UserError
 from rlhfkit.ppo import core
 from rlhfkit.ppo.policy import PolicyAndValue, logprobs_and_values
+from rlhfkit.results import peak_memory_per_process
 
 logger = logging.getLogger("ppo")
 
@@ -48,6 +53,7 @@ STATE_FILE = "ppo_state.json"
 # the response, below STILL_KL nats
 STILL_APPROXKL, STILL_KL, STILL_STEPS = 1e-6, 1e-3, 5
 WEIGHTS_FILE = "trainable.safetensors"
+SHARDED_STATE = "sharded"  # FSDP / DeepSpeed: accelerate's save_state, each process writing its own shards
 
 
 def _format_duration(seconds: float) -> str:
@@ -75,10 +81,18 @@ class PPOTrainer:
         self.split_backward = module.critic is not None and accelerator.distributed_type == DistributedType.NO
         self.device = accelerator.device
 
+        self.layout, self.zero = sharding.describe(accelerator), sharding.zero_stage(accelerator)
+        sharding.configure_deepspeed(accelerator, args.mini_batch_size, args.gradient_accumulation_steps,
+                                     args.max_grad_norm)
         params = [p for p in module.parameters() if p.requires_grad]
         # eps 1e-5: CleanRL's and the N+ details' choice for PPO (torch's 1e-8 lets tiny second moments blow up)
         optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=1e-5, weight_decay=0.0)
         self.model, self.optimizer = accelerator.prepare(module, optimizer)
+        self.frozen = []  # frozen models sharded for inference (the reference, a separate reward model)
+        if sharding.is_sharded(accelerator):
+            self.ref_model = self._shard_frozen(ref_model)
+            if getattr(scorer, "model", None) is not None and not getattr(scorer, "adapter_disabled", False):
+                scorer.model = self._shard_frozen(scorer.model)
         from transformers import get_scheduler
 
         updates = total_steps * args.ppo_epochs * (args.batch_size // args.backward_batch_size)
@@ -103,6 +117,15 @@ class PPOTrainer:
         self._perms: dict[int, torch.Tensor] = {}
         self.describe: dict = {}  # what the run is (critic, learning rate, ...), for all_results.json
         self._still = 0  # consecutive steps in which the policy did not move
+
+    def _shard_frozen(self, model):
+        """``model`` sharded for inference as the policy is (:func:`rlhfkit.sharding.prepare_frozen`); returns the
+        module to call (a DeepSpeed engine's module: its hooks fetch each layer's partition as it runs)."""
+        if model is None:
+            return None
+        prepared = sharding.prepare_frozen(self.accelerator, model)
+        self.frozen.append(prepared)  # keeps a DeepSpeed inference engine alive
+        return sharding.unwrap_frozen(prepared)
 
     # ------------------------------------------------------------------------------------------ data
     def _batch_indices(self, step: int) -> list[int]:
@@ -137,16 +160,19 @@ class PPOTrainer:
         unwrapped.eval()
         queries, query_mask = self._collate(indices)
         started = self._clock()
-        episodes = sampling.sample(self.generator or unwrapped.policy, self.tokenizer, [self.prompts[i] for i in indices],
-                                  queries, query_mask, self.gen_config, self.stop_ids, args.batched_gen)
-        generated = self._clock()
-        self.rollout_shapes.add(tuple(episodes.input_ids.shape))
-        logprobs, values, _ = logprobs_and_values(unwrapped, episodes, args.temperature)
-        with unwrapped.reference(self.ref_model) as reference:
-            ref_logprobs = sampling.response_logprobs(reference, episodes, args.temperature)
-        forwarded = self._clock()
-        scores = self.scorer(episodes.prompts, queries, query_mask, episodes.responses, episodes.response_mask,
-                             episodes.stopped, episodes.response_texts)
+        # sharded: the policy's (and critic's) parameters gathered once for the whole rollout, not per layer per token
+        with sharding.gathered(self.accelerator, self.model, *self.frozen):
+            episodes = sampling.sample(self.generator or unwrapped.policy, self.tokenizer,
+                                       [self.prompts[i] for i in indices], queries, query_mask, self.gen_config,
+                                       self.stop_ids, args.batched_gen)
+            generated = self._clock()
+            self.rollout_shapes.add(tuple(episodes.input_ids.shape))
+            logprobs, values, _ = logprobs_and_values(unwrapped, episodes, args.temperature)
+            with unwrapped.reference(self.ref_model) as reference:
+                ref_logprobs = sampling.response_logprobs(reference, episodes, args.temperature)
+            forwarded = self._clock()
+            scores = self.scorer(episodes.prompts, queries, query_mask, episodes.responses, episodes.response_mask,
+                                 episodes.stopped, episodes.response_texts)
         scores = scores.to(self.device).float()
         if args.missing_eos_penalty is not None:
             scores = scores - args.missing_eos_penalty * (~episodes.stopped).float()
@@ -266,10 +292,14 @@ class PPOTrainer:
         args = self.args
         episodes, old_logprobs, old_values, advantages, returns = rollout
         step_stats: dict[str, torch.Tensor] = {}
+        self._skipped = False  # DeepSpeed: a non-finite loss skipped this backward batch
         for m, index in enumerate(micro_batches):
             part = episodes.select(index)
             mask = part.response_mask.float()
-            with self._maybe_no_sync(m == args.gradient_accumulation_steps - 1):
+            last = m == args.gradient_accumulation_steps - 1
+            if self.zero is not None:  # DeepSpeed steps inside the backward of the batch's last micro-batch
+                self.accelerator.sync_gradients = last
+            with self._maybe_no_sync(last):
                 pg_loss, pg_stats, vf_loss, vf_stats, logits = self._backward(
                     part, old_logprobs[index], old_values[index], advantages[index], returns[index], mask)
             loss = pg_loss + args.vf_coef * vf_loss
@@ -283,17 +313,30 @@ class PPOTrainer:
                      "val/ratio_var": pg_stats["ratio_var"], "val/error": vf_stats["error"]}
             for k, v in stats.items():
                 step_stats[k] = step_stats.get(k, 0) + v / args.gradient_accumulation_steps
+            if self._skipped:
+                break
+        self.accelerator.sync_gradients = True
         return step_stats
 
     def _optimizer_step(self, step_stats: dict) -> None:
         """Clip the gradients (their norm into ``step_stats``), drop a non-finite batch or stop past
         ``--max_bad_batches``, then step the optimizer and the scheduler."""
         args = self.args
+        if self.zero is not None:  # DeepSpeed has clipped and stepped already (or skipped a non-finite batch)
+            if self._skipped and self.bad.count_skipped(self.step_index + 1):
+                raise faults.diverged(self.bad, newest_checkpoint(args.output_dir))
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+            if args.max_grad_norm > 0 and norm is not None:
+                step_stats["policy/grad_norm"] = torch.as_tensor(norm).float()
+            step_stats["lr"] = torch.tensor(self.scheduler.get_last_lr()[0])
+            self.scheduler.step()
+            return
         if args.max_grad_norm > 0:
-            step_stats["policy/grad_norm"] = torch.as_tensor(
-                self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)).float()
-        # a NaN/inf loss: this batch's gradients are dropped (gradients are all-reduced, so every process
-        # decides the same); past --max_bad_batches the run stops before the optimizer sees them
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
+            step_stats["policy/grad_norm"] = torch.as_tensor(norm).float()
+        # a NaN/inf loss: this batch's gradients are dropped (gradients are all-reduced, or FSDP2's shards summed,
+        # so every process decides the same); past --max_bad_batches the run stops before the optimizer sees them
         if self.bad.check(self.model.parameters(), self.step_index + 1):
             raise faults.diverged(self.bad, newest_checkpoint(args.output_dir))
         step_stats["lr"] = torch.tensor(self.scheduler.get_last_lr()[0])  # the rate this step used
@@ -320,6 +363,8 @@ class PPOTrainer:
         """
         args, acc = self.args, self.accelerator
         scale = 1.0 / args.gradient_accumulation_steps
+        if self.zero is not None:
+            return self._backward_deepspeed(part, old_logprobs, old_values, advantages, returns, mask, scale)
         if self.split_backward:
             _, values, _ = logprobs_and_values(self.model, part, args.temperature, part="critic")
             vf_loss, vf_stats = core.value_loss(values, old_values, returns, mask, args.cliprange_value)
@@ -334,6 +379,23 @@ class PPOTrainer:
             vf_loss, vf_stats = core.value_loss(values, old_values, returns, mask, args.cliprange_value)
             acc.backward((pg_loss + args.vf_coef * vf_loss) * scale)
         hpu.flush_after_backward()  # Gaudi lazy mode: run the forward/backward graph now
+        return pg_loss, pg_stats, vf_loss, vf_stats, logits
+
+    def _backward_deepspeed(self, part, old_logprobs, old_values, advantages, returns, mask, scale):
+        """:meth:`_backward` under DeepSpeed: one pass over policy and critic; the loss is checked on every process
+        first (ZeRO holds the gradients in partitions, and steps inside the backward of the last micro-batch, so
+        they cannot be checked after), and a non-finite one is never back-propagated: the rest of its backward
+        batch is skipped. The loss is already divided by the accumulation steps (``scale_wrt_gas=False``)."""
+        args, acc = self.args, self.accelerator
+        logprobs, values, logits = logprobs_and_values(self.model, part, args.temperature)
+        pg_loss, pg_stats = core.policy_loss(logprobs, old_logprobs, advantages, mask, args.cliprange)
+        vf_loss, vf_stats = core.value_loss(values, old_values, returns, mask, args.cliprange_value)
+        loss = pg_loss + args.vf_coef * vf_loss
+        bad = acc.reduce((~torch.isfinite(loss.detach())).float(), "sum")
+        if bad.item() > 0:
+            self._skipped = True
+        else:
+            acc.backward(loss * scale, scale_wrt_gas=False)
         return pg_loss, pg_stats, vf_loss, vf_stats, logits
 
     def _maybe_no_sync(self, sync: bool):
@@ -435,7 +497,8 @@ class PPOTrainer:
         episodes = done * self.args.batch_size * self.world
         out = {"train_runtime": runtime, "train_steps": self.step_index, "train_episodes": self.episodes_done,
                "episodes_per_second": episodes / runtime if runtime > 0 else 0.0,
-               "rollout_shapes": sorted([list(shape) for shape in self.rollout_shapes]), **self.describe}
+               "rollout_shapes": sorted([list(shape) for shape in self.rollout_shapes]), "distributed": self.layout,
+               **peak_memory_per_process(), **self.describe}
         if history:
             gen = sum(h["time/generation"] for h in history[-done:]) if done else 0.0
             tokens = sum(h["tokens_per_second/generation"] * h["time/generation"] for h in history[-done:])
@@ -456,7 +519,9 @@ class PPOTrainer:
     # ----------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> str:
         """``checkpoint-<step>``: trainable weights, optimizer, scheduler, KL controller, score moments, RNG of
-        every process, step; written aside and renamed into place, so a half-written one never looks done."""
+        every process, step; written aside and renamed into place, so a half-written one never looks done. Under
+        FSDP / DeepSpeed the weights and optimizer states are accelerate's ``save_state`` shards
+        (:data:`SHARDED_STATE`), written by every process."""
         from safetensors.torch import save_file
 
         acc, out = self.accelerator, self.args.output_dir
@@ -470,12 +535,17 @@ class PPOTrainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                    os.path.join(staging, f"rng_state_{self.rank}.pt"))
         acc.wait_for_everyone()
+        sharded = sharding.is_sharded(acc)
+        if sharded:  # weights and optimizer states in shards, each process writing its own (a collective)
+            acc.save_state(os.path.join(staging, SHARDED_STATE))
         if acc.is_main_process:
-            unwrapped = acc.unwrap_model(self.model)
-            save_file(unwrapped.trainable_state(), os.path.join(staging, WEIGHTS_FILE))
-            torch.save(self.optimizer.state_dict(), os.path.join(staging, "optimizer.pt"))
+            if not sharded:
+                unwrapped = acc.unwrap_model(self.model)
+                save_file(unwrapped.trainable_state(), os.path.join(staging, WEIGHTS_FILE))
+                torch.save(self.optimizer.state_dict(), os.path.join(staging, "optimizer.pt"))
             torch.save(self.scheduler.state_dict(), os.path.join(staging, "scheduler.pt"))
             state = {"step": self.step_index, "episode": self.episodes_done, "world_size": self.world,
+                     "layout": self.layout,
                      "kl_controller": self.kl_ctl.state_dict(), "score_moments": self.moments.state_dict(),
                      "bad_batches": self.bad.seen,
                      "log_history": self.log_history}
@@ -498,8 +568,15 @@ class PPOTrainer:
         if state["world_size"] != self.world:
             raise UserError(f"{path} was written by {state['world_size']} process(es), this run has {self.world}: "
                             "resume with the same number of processes")
-        self.accelerator.unwrap_model(self.model).load_trainable_state(load_file(os.path.join(path, WEIGHTS_FILE)))
-        self.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True))
+        written = state.get("layout", "ddp" if self.world > 1 else "single")
+        if os.path.isdir(os.path.join(path, SHARDED_STATE)) != sharding.is_sharded(self.accelerator):
+            raise UserError(f"{path} was written under {written}, this run is {self.layout}: resume with the same "
+                            "accelerate config")
+        if sharding.is_sharded(self.accelerator):
+            self.accelerator.load_state(os.path.join(path, SHARDED_STATE))
+        else:
+            self.accelerator.unwrap_model(self.model).load_trainable_state(load_file(os.path.join(path, WEIGHTS_FILE)))
+            self.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True))
         self.scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.moments.load_state_dict(state["score_moments"])
