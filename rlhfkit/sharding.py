@@ -187,7 +187,7 @@ def whole_weights(accelerator, module) -> dict | None:
     whole). FSDP2's own ``state_dict()`` hands out the sharded parameters even while they are gathered."""
     if describe(accelerator) not in ("fsdp2", "deepspeed-zero3"):
         return None
-    weights = {name: p.detach().to("cpu", copy=True) for name, p in module.named_parameters(remove_duplicate=False)}
+    weights = {name: p.detach().to("cpu", copy=True) for name, p in module.named_parameters()}
     persistent = set(module.state_dict().keys())
     weights.update({name: b.detach().to("cpu", copy=True) for name, b in module.named_buffers() if name in persistent})
     return weights
