@@ -48,11 +48,14 @@ def zero_stage(accelerator) -> int | None:
 
 
 def configure_deepspeed(accelerator, micro_batch_size: int, gradient_accumulation_steps: int,
-                        max_grad_norm: float) -> None:
+                        max_grad_norm: float, hidden_size: int | None = None) -> None:
     """State what DeepSpeed's config leaves to a dataloader ("auto"), before ``accelerator.prepare``: the
     micro-batch per process, the accumulation steps and the clipping norm (DeepSpeed clips inside its step, so
-    ``accelerator.clip_grad_norm_`` only reads the norm back). Nothing happens without DeepSpeed."""
-    if zero_stage(accelerator) is None:
+    ``accelerator.clip_grad_norm_`` only reads the norm back). ZeRO-3's bucket sizes, unless the config names them,
+    follow the model's hidden size as transformers' Trainer sets them (DeepSpeed's own defaults, 5e8-element
+    buffers, are sized for billion-parameter models). Nothing happens without DeepSpeed."""
+    stage = zero_stage(accelerator)
+    if stage is None:
         return
     config = accelerator.state.deepspeed_plugin.deepspeed_config
     world = accelerator.num_processes
@@ -60,6 +63,15 @@ def configure_deepspeed(accelerator, micro_batch_size: int, gradient_accumulatio
     config["gradient_accumulation_steps"] = gradient_accumulation_steps
     config["train_batch_size"] = micro_batch_size * gradient_accumulation_steps * world
     config["gradient_clipping"] = float(max_grad_norm) if max_grad_norm > 0 else 0.0
+    zero = config.setdefault("zero_optimization", {})
+    if hidden_size:
+        sizes = {"reduce_bucket_size": hidden_size * hidden_size}
+        if stage == 3:
+            sizes.update(stage3_prefetch_bucket_size=int(0.9 * hidden_size * hidden_size),
+                         stage3_param_persistence_threshold=10 * hidden_size)
+        for key, value in sizes.items():
+            if zero.get(key, "auto") == "auto":
+                zero[key] = value
 
 
 def prepare_frozen(accelerator, model):

@@ -91,6 +91,12 @@ class PPOArguments(RunArguments, SamplingArguments, PadMaxArguments, HPUGraphArg
         default=True,
         metadata={"help": "Generate the whole batch at once (left-padded); False: one prompt at a time."},
     )
+    ds3_gather_for_generation: bool = field(
+        default=True,
+        metadata={"help": "DeepSpeed ZeRO-3 (TRL's flag): gather the policy's parameters once for the rollout (one "
+                  "full copy per process while it lasts; fast). False: each layer is fetched as it runs, for every "
+                  "new token (far slower generation, for a policy whose whole copy does not fit)."},
+    )
     temperature: float = sampling_default("temperature", 0.7, "Sampling temperature (also used for log-probs).")
     top_k: int = sampling_default("top_k", 0, "Accepted as 0 only (no truncation, as TRL's PPO samples): the ratio "
                                   "and the KL are computed on the full distribution.")

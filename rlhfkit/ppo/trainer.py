@@ -41,7 +41,7 @@ import torch
 from rlhfkit import checkpoints, faults, hpu, sampling, sharding
 from rlhfkit.errors import UserError
 from rlhfkit.ppo import core
-from rlhfkit.ppo.policy import PolicyAndValue, logprobs_and_values
+from rlhfkit.ppo.policy import PolicyAndValue, hidden_size, logprobs_and_values
 from rlhfkit.results import peak_memory_per_process
 
 logger = logging.getLogger("ppo")
@@ -83,7 +83,7 @@ class PPOTrainer:
 
         self.layout, self.zero = sharding.describe(accelerator), sharding.zero_stage(accelerator)
         sharding.configure_deepspeed(accelerator, args.mini_batch_size, args.gradient_accumulation_steps,
-                                     args.max_grad_norm)
+                                     args.max_grad_norm, hidden_size(module.policy.config))
         params = [p for p in module.parameters() if p.requires_grad]
         # eps 1e-5: CleanRL's and the N+ details' choice for PPO (torch's 1e-8 lets tiny second moments blow up)
         optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=1e-5, weight_decay=0.0)
@@ -161,7 +161,8 @@ class PPOTrainer:
         queries, query_mask = self._collate(indices)
         started = self._clock()
         # sharded: the policy's (and critic's) parameters gathered once for the whole rollout, not per layer per token
-        with sharding.gathered(self.accelerator, self.model, *self.frozen):
+        gather = self.zero != 3 or args.ds3_gather_for_generation
+        with sharding.gathered(self.accelerator, self.model if gather else None, *self.frozen):
             episodes = sampling.sample(self.generator or unwrapped.policy, self.tokenizer,
                                        [self.prompts[i] for i in indices], queries, query_mask, self.gen_config,
                                        self.stop_ids, args.batched_gen)
