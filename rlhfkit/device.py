@@ -261,11 +261,6 @@ def configure_training_args(training_args, device_args: DeviceArguments) -> Devi
     return info
 
 
-def fsdp_launch() -> bool:
-    """Whether ``accelerate launch`` started this process for FSDP (``distributed_type: FSDP``)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
-
-
 def describe(info: DeviceInfo) -> dict:
     """A small dict about the device, for ``all_results.json``."""
     out = dataclasses.asdict(info)

@@ -185,11 +185,22 @@ def start_cpu_processes() -> bool:
     if launch is None or torch.cuda.is_available() or int(os.environ.get("LOCAL_RANK", -1)) == -1:
         return False
     from accelerate import PartialState
+
+    fsdp_on_cpu(PartialState(cpu=False, backend="gloo"))  # labelled NO: accelerate finds no GPU backend
+    return True
+
+
+def fsdp_on_cpu(state) -> bool:
+    """Let an FSDP launch shard on CPU: relabel the CPU process group (``state``: accelerate's ``PartialState``)
+    MULTI_GPU, the only kind of group accelerate 1.15 applies FSDP to (torch's fully_shard itself runs over gloo);
+    else the run silently trains with DDP. True when it relabelled. The state is shared: every later
+    AcceleratorState reads it."""
     from accelerate.utils import DistributedType
 
-    state = PartialState(cpu=False, backend="gloo")
-    if launch == "fsdp":
-        state.distributed_type = DistributedType.MULTI_GPU  # shared state: every later AcceleratorState reads it
+    cpu_group = state.distributed_type in (DistributedType.MULTI_CPU, DistributedType.NO) and state.num_processes > 1
+    if sharded_launch() != "fsdp" or not cpu_group:
+        return False
+    state.distributed_type = DistributedType.MULTI_GPU
     return True
 
 

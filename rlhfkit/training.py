@@ -94,23 +94,15 @@ class BatchShapes:
 
 
 def fsdp_on_cpu(info) -> None:
-    """Let an FSDP launch (``distributed_type: FSDP``, e.g. configs/accelerate/cpu_fsdp2.yaml) shard on CPU.
-
-    accelerate 1.15 applies FSDP only to a GPU-type process group (MULTI_GPU and the like); on CPU (use_cpu, gloo)
-    its state is MULTI_CPU, and the trainer would silently train with DDP instead (``distributed: ddp`` in the
-    results). torch's fully_shard itself runs on CPU over gloo (all-gather, reduce-scatter), so the process
-    group accelerate already set up is relabelled MULTI_GPU before the trainer builds its Accelerator, which
-    then takes the FSDP plugin from the launch environment. Nothing changes outside an FSDP launch on CPU."""
+    """Let an FSDP launch (``distributed_type: FSDP``, e.g. configs/accelerate/cpu_fsdp2.yaml) shard on CPU: the
+    process group the Trainer's arguments set up (``use_cpu``: MULTI_CPU) relabelled before the trainer builds its
+    Accelerator (:func:`rlhfkit.sharding.fsdp_on_cpu`), which then takes the FSDP plugin from the launch
+    environment; otherwise accelerate 1.15 would silently train with DDP (``distributed: ddp`` in the results)."""
     from accelerate import PartialState
-    from accelerate.utils import DistributedType
 
-    from rlhfkit.device import fsdp_launch
+    from rlhfkit import sharding
 
-    if info.type != "cpu" or not fsdp_launch():
-        return
-    state = PartialState()
-    if state.distributed_type == DistributedType.MULTI_CPU:
-        state.distributed_type = DistributedType.MULTI_GPU  # shared state: every later AcceleratorState reads it
+    if info.type == "cpu" and sharding.sharded_launch() == "fsdp" and sharding.fsdp_on_cpu(PartialState()):
         logger.info("FSDP launch on CPU: sharding over gloo (accelerate would otherwise fall back to DDP)")
 
 
