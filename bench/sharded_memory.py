@@ -93,6 +93,11 @@ def markdown(results: dict) -> str:
     if zero3 is not None:
         lines += ["", f"Target: ZeRO-3's per-process peak at most {TARGET}x DDP's: {zero3:.2f}x, "
                   f"{'met' if zero3 <= TARGET else 'not met'}."]
+    lines += ["", "Peak RSS is each process's resident high-water mark (ppo.py's `peak_rss_mib_per_process`): "
+              "everything the process held, the interpreter and libraries included, not torch's tensor memory "
+              "alone (on CUDA, `peak_memory_mib_per_process` records `max_memory_allocated`)."]
+    if results.get("note"):
+        lines += ["", results["note"]]
     lines += ["", "Commands:", ""] + [f"    {c}" for c in results["commands"].values()]
     return "\n".join(lines) + "\n"
 
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--results", default=os.path.join(REPO, "bench", "results"))
+    parser.add_argument("--note", default="", help="a line for the report (what else ran on the machine, ...)")
     args = parser.parse_args(argv)
     layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
     unknown = [name for name in layouts if name not in LAYOUTS]
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                "machine": f"{machine['cpu_model']}, {machine['usable_cores']} usable cores, "
                           f"{(machine['memory_bytes'] or 0) / 2**30:.0f} GiB",
                "parameters": inputs["parameters"], "steps": args.steps, "runs": runs, "commands": commands,
-               "target": {"zero3_vs_ddp_at_most": TARGET}}
+               "target": {"zero3_vs_ddp_at_most": TARGET}, "note": args.note}
     os.makedirs(args.results, exist_ok=True)
     stem = os.path.join(args.results, f"{device}-{results['date']}-sharded-memory")
     with open(stem + ".json", "w", encoding="utf-8") as handle:
