@@ -38,7 +38,9 @@ def run_standin(script: str, *args: str, tmp_path: Path, optimum: list[str] | No
     if optimum is not None:
         paths += [str(OPTIMUM_STUB), str(optimum_distribution(tmp_path, optimum))]
     env = {k: v for k, v in os.environ.items() if k != "PT_HPU_LAZY_MODE"}
-    env.update(PYTHONPATH=os.pathsep.join(paths), HABANA_STANDIN_LOG=str(log), PYTHONUNBUFFERED="1")
+    # DS_ACCELERATOR: the registry's DeepSpeed (for the ZeRO configs) would take the stand-in for a Gaudi and pick its
+    # HPU accelerator, which needs Habana's runtime; a real Gaudi runs Habana's own DeepSpeed fork
+    env.update(PYTHONPATH=os.pathsep.join(paths), HABANA_STANDIN_LOG=str(log), PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu")
     result = subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=900)
     records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
