@@ -132,6 +132,14 @@ def _log_steps(out: Path) -> list[dict]:
     return [entry for entry in read_json(out / "trainer_state.json")["log_history"] if "loss" in entry]
 
 
+def _assert_both_processes_ran(single, double) -> None:
+    """Both runs succeeded, and both processes of the 2-process one ran the script."""
+    assert_ok(single)
+    assert_ok(double)
+    ranks = {line.split()[2] for line in _probe_lines(double.stderr) if line.endswith(" started")}
+    assert ranks == {"0", "1"}, _probe_lines(double.stderr)
+
+
 def _probe_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("[probe] ")]
 
@@ -197,10 +205,7 @@ def runs(request, launch):
 @pytest.mark.slow
 def test_both_runs_succeed_and_two_processes_ran(runs):
     (single, _), (double, _) = runs["one"], runs["two"]
-    assert_ok(single)
-    assert_ok(double)
-    ranks = {line.split()[2] for line in _probe_lines(double.stderr) if line.endswith(" started")}
-    assert ranks == {"0", "1"}, _probe_lines(double.stderr)  # both processes ran the script
+    _assert_both_processes_ran(single, double)
 
 
 def test_same_global_batches_give_the_same_training(runs):
@@ -291,10 +296,7 @@ def sharded(request, launch):
 @pytest.mark.slow
 def test_sharded_run_reports_its_layout(sharded):
     (single, one), (double, two) = sharded["one"], sharded["two"]
-    assert_ok(single)
-    assert_ok(double)
-    ranks = {line.split()[2] for line in _probe_lines(double.stderr) if line.endswith(" started")}
-    assert ranks == {"0", "1"}, _probe_lines(double.stderr)
+    _assert_both_processes_ran(single, double)
     results = read_json(two / "all_results.json")
     assert results["distributed"] == LAYOUTS[sharded["layout"]][1]
     assert read_json(one / "all_results.json")["distributed"] == "single"
