@@ -1,13 +1,13 @@
 """The embedded default: a tiny Llama-style causal LM, a tokenizer trained offline, and the toy task data.
 
 Every script falls back to it when no ``--model_name_or_path`` / ``--dataset_name`` is given, so the whole
-pipeline runs offline. It is built on first use (a few seconds) into a cache folder, atomically: files are
+pipeline runs offline. It is built on first use (a minute or two) into a cache folder, atomically: files are
 written to a temporary sibling folder that is renamed into place when complete, so an interrupted build
 never leaves a folder that looks finished. The model's weights are random (it is a *base* model that knows
 nothing until pretrained, see below); the tokenizer is a byte-level BPE trained on the toy corpus, so any text encodes.
 
 The model is a *base* model in the usual sense: briefly pretrained (:func:`pretrain`, a plain next-token loop
-of :data:`PRETRAIN_STEPS` steps, seconds on a CPU) on questions and answers of *uniform* quality, so it
+run until it answers on topic, one to three minutes on a CPU) on questions and answers of *uniform* quality, so it
 speaks the toy language but has no preference for good answers. SFT on the preferred answers, reward
 modeling and PPO then each have something real to add, as with a real pretrained model.
 
@@ -25,11 +25,18 @@ from rlhfkit import toy
 
 logger = logging.getLogger(__name__)
 
-VERSION = 6
-# copying the item from the question into the answer emerges after ~400-500 steps (a phase change)
-PRETRAIN_STEPS = 600
+VERSION = 7
+# Copying the item from the question into the answer emerges as a phase change, and when it does depends on
+# the CPU's float arithmetic: with a fixed 600 steps at lr 3e-3 one machine got 51/64 answers on topic and
+# another 2/64 (the same loss, 0.96). So pretraining runs until the base model answers on topic (checked by
+# greedy decoding of held-out questions every PRETRAIN_CHECK_EVERY steps), then anneals the learning rate.
+PRETRAIN_MIN_STEPS = 300
+PRETRAIN_MAX_STEPS = 1500
+PRETRAIN_CHECK_EVERY = 100
+PRETRAIN_COOLDOWN_STEPS = 100
+PRETRAIN_ON_TOPIC = 0.9  # share of held-out questions answered about their item, greedy
 PRETRAIN_BATCH = 32
-PRETRAIN_LR = 3e-3
+PRETRAIN_LR = 1e-3  # at 3e-3 the phase change came late or not at all on an AMD EPYC
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2: pad is distinct from EOS on purpose
 MODEL_CONFIG = dict(
@@ -106,10 +113,25 @@ def build_model(tokenizer, seed: int = 0):
     return model
 
 
-def pretrain(model, tokenizer, seed: int = 0, steps: int = PRETRAIN_STEPS) -> float:
-    """Next-token training on the toy corpus (answers of uniform quality); returns the last loss.
+def on_topic_rate(model, tokenizer, n: int = 64) -> float:
+    """Share of ``n`` held-out toy questions (not in any split) whose greedy answer names the asked item."""
+    import random
 
-    A plain loop rather than a Trainer: no output folder, no logging machinery, deterministic for a seed.
+    from rlhfkit import sampling
+
+    questions = [toy.make_question(random.Random(f"pretrain-check/{i}")) for i in range(n)]
+    greedy = sampling.generate_text(model, tokenizer, questions, max_new_tokens=40, batch_size=n)
+    hits = [toy.gold_score(q, c[0]) > -1 for q, c in zip(questions, greedy.completions, strict=True)]
+    return sum(hits) / n
+
+
+def pretrain(model, tokenizer, seed: int = 0, max_steps: int = PRETRAIN_MAX_STEPS) -> dict:
+    """Next-token training on the toy corpus (answers of uniform quality); returns what it did.
+
+    A short warm-up, then a constant learning rate until the model answers on topic (the check runs every
+    :data:`PRETRAIN_CHECK_EVERY` steps from :data:`PRETRAIN_MIN_STEPS` on), then a linear cool-down over
+    :data:`PRETRAIN_COOLDOWN_STEPS`; never more than ``max_steps`` in all. A plain loop rather than a
+    Trainer: no output folder, no logging machinery, deterministic for a seed on one machine.
     """
     import torch
 
@@ -117,10 +139,14 @@ def pretrain(model, tokenizer, seed: int = 0, steps: int = PRETRAIN_STEPS) -> fl
     encoded = [tokenizer(text + tokenizer.eos_token)["input_ids"] for text in texts]
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / 10) * (1 - i / steps))
-    model.train()
-    loss = float("nan")
-    for step in range(steps):
+    loss, on_topic, cooldown_from = float("nan"), None, None
+    step = 0
+    while step < max_steps:
+        warm = min(1.0, (step + 1) / 10)
+        cool = 1.0 if cooldown_from is None else max(0.0, 1 - (step - cooldown_from) / PRETRAIN_COOLDOWN_STEPS)
+        for group in optimizer.param_groups:
+            group["lr"] = PRETRAIN_LR * warm * cool
+        model.train()
         rows = [encoded[i] for i in torch.randint(len(encoded), (PRETRAIN_BATCH,), generator=generator).tolist()]
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), tokenizer.pad_token_id)
@@ -131,20 +157,32 @@ def pretrain(model, tokenizer, seed: int = 0, steps: int = PRETRAIN_STEPS) -> fl
         out = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
         out.loss.backward()
         optimizer.step()
-        schedule.step()
         optimizer.zero_grad(set_to_none=True)
         loss = out.loss.item()
-        if step % 50 == 0 or step == steps - 1:
-            logger.info("pretraining the embedded base model: step %d/%d, loss %.3f", step + 1, steps, loss)
+        step += 1
+        if step % 50 == 0 or step == 1:
+            logger.info("pretraining the embedded base model: step %d (at most %d), loss %.3f", step, max_steps, loss)
+        if cooldown_from is not None and step - cooldown_from >= PRETRAIN_COOLDOWN_STEPS:
+            break
+        if cooldown_from is None and step >= PRETRAIN_MIN_STEPS and step % PRETRAIN_CHECK_EVERY == 0:
+            model.eval()
+            on_topic = on_topic_rate(model, tokenizer)
+            logger.info("pretraining the embedded base model: step %d, %.0f%% of answers on topic", step, 100 * on_topic)
+            if on_topic >= PRETRAIN_ON_TOPIC:
+                cooldown_from = step
     model.eval()
-    return loss
+    on_topic = on_topic_rate(model, tokenizer)
+    if on_topic < PRETRAIN_ON_TOPIC and max_steps >= PRETRAIN_MAX_STEPS:
+        logger.warning("the embedded base model answers only %.0f%% of questions on topic after %d steps; SFT, reward "
+                       "modeling and PPO will have less to build on", 100 * on_topic, step)
+    return {"steps": step, "batch": PRETRAIN_BATCH, "lr": PRETRAIN_LR, "loss": loss, "on_topic": on_topic}
 
 
-def build(output_dir: str, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS) -> str:
+def build(output_dir: str, seed: int = 0, pretrain_steps: int = PRETRAIN_MAX_STEPS) -> str:
     """Build model, tokenizer and data into ``output_dir`` atomically; returns ``output_dir``.
 
-    ``pretrain_steps`` below the default gives a base model that has not learned the task's language (for
-    tests of the build itself).
+    ``pretrain_steps`` caps pretraining; a cap below :data:`PRETRAIN_MIN_STEPS` gives a base model that has
+    not learned the task's language (for tests of the build itself).
     """
     from rlhfkit import io
 
@@ -152,7 +190,7 @@ def build(output_dir: str, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS) 
         with io.new_dir(output_dir) as staging:
             tokenizer = build_tokenizer(seed)
             model = build_model(tokenizer, seed)
-            pretrain_loss = pretrain(model, tokenizer, seed, pretrain_steps)
+            pretrained = pretrain(model, tokenizer, seed, pretrain_steps)
             model.save_pretrained(model_dir(staging), safe_serialization=True)
             tokenizer.save_pretrained(model_dir(staging))
             toy.write_dataset(staging, seed)
@@ -161,8 +199,7 @@ def build(output_dir: str, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS) 
                 "seed": seed,
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "vocab_size": len(tokenizer),
-                "pretrain": {"steps": pretrain_steps, "batch": PRETRAIN_BATCH, "lr": PRETRAIN_LR,
-                             "loss": pretrain_loss},
+                "pretrain": pretrained,
                 "model": MODEL_CONFIG,
                 "splits": toy.SPLITS,
             }

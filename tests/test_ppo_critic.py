@@ -137,7 +137,8 @@ def test_split_backward_gives_the_summed_loss_gradients(reward_model):
     grads, losses = {}, {}
     for split in (False, True):
         module.zero_grad(set_to_none=True)
-        fake = SimpleNamespace(args=args, accelerator=Accelerator(cpu=True), split_backward=split, model=module)
+        fake = SimpleNamespace(args=args, accelerator=Accelerator(cpu=True), split_backward=split, model=module,
+                               zero=None)
         pg_loss, _, vf_loss, _, logits = PPOTrainer._backward(fake, episodes, *old, mask)
         assert logits.shape[:2] == (2, 6)
         losses[split] = (pg_loss.item(), vf_loss.item())
