@@ -71,8 +71,8 @@ ENV PIP_CONSTRAINT=/opt/rlhfkit/torch-constraints.txt
 COPY . /workspace/trl
 
 # The build fails if a script does not import or answer --help on the installed stack (no card needed for that).
-RUN for script in sft.py reward_modeling.py dpo.py kto.py ppo.py merge_peft_adapter.py run_generation.py \
-        compare_base_vs_ppo.py; do python3 "$script" --help > /dev/null || exit 1; done
+RUN for script in sft.py reward_modeling.py dpo.py kto.py ppo.py grpo.py rloo.py merge_peft_adapter.py \
+        run_generation.py compare_base_vs_ppo.py; do python3 "$script" --help > /dev/null || exit 1; done
 
 # The container starts in /workspace: the README's `cd trl` then finds the project.
 WORKDIR /workspace

@@ -4,20 +4,23 @@
 #   on the toy profile) -> 4. merge (LoRA) -> 5. PPO against it (ppo.py) -> 6. generation (run_generation.py)
 #   -> 7. base vs SFT vs PPO on held-out prompts (compare_base_vs_ppo.py: reward, gold judge, KL, win rates)
 #   optional (--with-dpo): DPO from the SFT model on the reward pairs (dpo.py) -> merge -> its comparison;
-#   (--with-kto): the same with KTO (kto.py), each pair split into a desirable and an undesirable answer.
+#   (--with-kto): the same with KTO (kto.py), each pair split into a desirable and an undesirable answer;
+#   (--with-grpo): GRPO from the SFT model against PPO's reward model (grpo.py) -> merge -> its comparison.
 #
 # Profiles: "toy" (default when no MODEL/DATASET is given) runs offline on the embedded default (tiny Llama,
 # toy review task with a gold judge), with step counts tuned for 2 CPU cores (about 4 minutes), and fails
-# unless PPO beats the base on the reward model and the gold judge. "optimum-habana" (default when MODEL or
+# unless PPO (and GRPO, with --with-grpo) beats the base on the reward model and the gold judge. "optimum-habana" (default when MODEL or
 # DATASET is given) runs optimum-habana's `examples/trl` commands as written (gemma-3-270m,
 # stack-exchange-paired, bf16) on any device. "quick": your MODEL and DATASET at sizes that take minutes on
 # a CPU (steps, subsets, lengths; every other setting is the script's default), to check a setup end to end.
 #
-# Usage: ./ppo_pipeline_sanity.sh [--force] [--with-dpo] [--with-kto] [--profile toy|optimum-habana|quick]
-#        [--model M] [--tokenizer T] [--dataset D] [--device auto|cpu|cuda|hpu] [--workdir DIR] [--sft-steps N]
-#        [--rm-epochs N] [--rm-pairs N] [--max-length N] [--ppo-steps N] [--num-samples N]
-# or the same as environment variables: FORCE=1 WITH_DPO=1 WITH_KTO=1 PIPELINE_PROFILE MODEL TOKENIZER DATASET
-# DEVICE WORKDIR SFT_STEPS RM_EPOCHS RM_PAIRS MAX_LENGTH PPO_STEPS NUM_SAMPLES, and PPO_SAVE_STEPS, PYTHON, LOG.
+# Usage: ./ppo_pipeline_sanity.sh [--force] [--with-dpo] [--with-kto] [--with-grpo]
+#        [--profile toy|optimum-habana|quick] [--model M] [--tokenizer T] [--dataset D] [--device auto|cpu|cuda|hpu]
+#        [--workdir DIR] [--sft-steps N] [--rm-epochs N] [--rm-pairs N] [--max-length N] [--ppo-steps N]
+#        [--grpo-steps N] [--num-samples N]
+# or the same as environment variables: FORCE=1 WITH_DPO=1 WITH_KTO=1 WITH_GRPO=1 PIPELINE_PROFILE MODEL TOKENIZER
+# DATASET DEVICE WORKDIR SFT_STEPS RM_EPOCHS RM_PAIRS MAX_LENGTH PPO_STEPS GRPO_STEPS NUM_SAMPLES, and PPO_SAVE_STEPS,
+# PYTHON, LOG. GRPO_STEPS: GRPO's optimizer steps (default: as many episodes as PPO generates).
 # RM_PAIRS: the training pairs of the reward model (and of DPO / KTO); MAX_LENGTH: their tokens. On Gaudi (DEVICE=hpu, or
 # auto with habana_frameworks installed): lazy mode, length buckets in training, fixed-shape PPO rollouts and
 # HPU graphs for generation and scoring.
@@ -28,7 +31,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 need() {
   if [ "$#" -lt 2 ] || [ -z "$2" ]; then echo "error: $1 needs a value (see --help)" >&2; exit 2; fi
 }
@@ -36,11 +39,13 @@ need() {
 FORCE=${FORCE:-0}
 WITH_DPO=${WITH_DPO:-0}
 WITH_KTO=${WITH_KTO:-0}
+WITH_GRPO=${WITH_GRPO:-0}
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --force) FORCE=1 ;;
     --with-dpo) WITH_DPO=1 ;;
     --with-kto) WITH_KTO=1 ;;
+    --with-grpo) WITH_GRPO=1 ;;
     --profile) need "$@"; PIPELINE_PROFILE=$2; shift ;;
     --model) need "$@"; MODEL=$2; shift ;;
     --tokenizer) need "$@"; TOKENIZER=$2; shift ;;
@@ -52,6 +57,7 @@ while [ "$#" -gt 0 ]; do
     --rm-pairs) need "$@"; RM_PAIRS=$2; shift ;;
     --max-length) need "$@"; MAX_LENGTH=$2; shift ;;
     --ppo-steps) need "$@"; PPO_STEPS=$2; shift ;;
+    --grpo-steps) need "$@"; GRPO_STEPS=$2; shift ;;
     --num-samples) need "$@"; NUM_SAMPLES=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -95,7 +101,7 @@ if [ "$DEVICE" = hpu ]; then
 else
   DEVICE_ARGS=(--device "$DEVICE")
 fi
-for knob in SFT_STEPS RM_EPOCHS RM_PAIRS MAX_LENGTH PPO_STEPS PPO_SAVE_STEPS NUM_SAMPLES; do
+for knob in SFT_STEPS RM_EPOCHS RM_PAIRS MAX_LENGTH PPO_STEPS GRPO_STEPS PPO_SAVE_STEPS NUM_SAMPLES; do
   value=${!knob:-1}
   [[ "$value" =~ ^[1-9][0-9]*$ ]] || { echo "error: $knob=$value is not a positive whole number" >&2; exit 2; }
 done
@@ -156,6 +162,8 @@ if [ "$PROFILE" = toy ]; then
   DPO_ARGS=(--max_steps 150 --per_device_train_batch_size 16 --learning_rate 2e-3 --beta 0.1 --eval_subset 200
             ${RM_PAIRS:+--train_subset "$RM_PAIRS"} ${MAX_LENGTH:+--max_length "$MAX_LENGTH"})
   KTO_ARGS=("${DPO_ARGS[@]}")
+  # grpo.py's defaults (TRL's batch: one prompt x 8 completions per step; LoRA at 3e-4) on PPO's episodes
+  GRPO_ARGS=(--max_steps "${GRPO_STEPS:-$((PPO_STEPS * 4))}" --max_completion_length 48 --logging_steps 10)
   GEN_ARGS=(--max_new_tokens 48 --batch_size 4 --prompt "Describe the red bicycle."
             --prompt "What do you think of the pizza?" --prompt "What is the currency of the USA?")
   CMP_ARGS=(--num_samples "$NUM_SAMPLES" --generations_per_prompt 2 --max_new_tokens 48)
@@ -175,6 +183,9 @@ elif [ "$PROFILE" = quick ]; then
   DPO_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --max_steps 50 --per_device_train_batch_size 8
             --train_subset "$RM_PAIRS" --eval_subset 64 --max_length "$MAX_LENGTH")
   KTO_ARGS=("${DPO_ARGS[@]}")
+  GRPO_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --max_steps "${GRPO_STEPS:-$((PPO_STEPS * 2))}"
+             --num_generations 4 --max_completion_length 32 --max_prompt_length "$MAX_LENGTH"
+             --max_train_samples $((PPO_STEPS * 16)))
   GEN_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --max_new_tokens 32 --batch_size 2 --prompt "Hello, who are you?")
   CMP_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --num_samples "$NUM_SAMPLES" --max_new_tokens 32)
   PRECISION=()
@@ -192,6 +203,9 @@ else
             --gradient_accumulation_steps 2 --learning_rate 5e-5 --train_subset "${RM_PAIRS:-500}" --eval_subset 100
             ${MAX_LENGTH:+--max_length "$MAX_LENGTH"})
   KTO_ARGS=("${DPO_ARGS[@]}")
+  GRPO_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --max_steps "${GRPO_STEPS:-$PPO_STEPS}" --num_generations 4
+             --per_device_train_batch_size 4 --max_completion_length 64 --max_prompt_length 256
+             --max_train_samples 256)
   GEN_ARGS=(--max_new_tokens 64 --batch_size 1 --prompt "What is the currency of the USA?")
   CMP_ARGS=(--tokenizer_name_or_path "$TOKENIZER" --num_samples "$NUM_SAMPLES" --max_new_tokens 64)
   PRECISION=(--bf16)
@@ -241,8 +255,8 @@ run_stage comparison "$WORKDIR/comparison" "$PYTHON" compare_base_vs_ppo.py \
   --reward_model "$REWARD_MODEL" --dataset_name "$DATASET" --output_dir "$WORKDIR/comparison" \
   "${DEVICE_ARGS[@]}" "${CMP_ARGS[@]}" "${GAUDI_INFER[@]}"
 
-# A preference-optimization alternative to PPO (dpo or kto): train from the SFT model, merge, compare.
-preference_stage() {
+# An alternative to PPO (dpo, kto, grpo): train from the SFT model, merge, compare.
+alternative_stage() {
   local name=$1; shift
   run_stage "$name" "$WORKDIR/$name" "$PYTHON" "$name.py" \
     --model_name_or_path "$WORKDIR/sft_merged" --dataset_name "$DATASET" --output_dir "$WORKDIR/$name" \
@@ -254,30 +268,39 @@ preference_stage() {
     --reward_model "$REWARD_MODEL" --dataset_name "$DATASET" --output_dir "$WORKDIR/comparison_$name" \
     "${DEVICE_ARGS[@]}" "${CMP_ARGS[@]}" "${GAUDI_INFER[@]}"
 }
-if [ "$WITH_DPO" = 1 ]; then preference_stage dpo "${DPO_ARGS[@]}"; fi
-if [ "$WITH_KTO" = 1 ]; then preference_stage kto "${KTO_ARGS[@]}"; fi
+if [ "$WITH_DPO" = 1 ]; then alternative_stage dpo "${DPO_ARGS[@]}"; fi
+if [ "$WITH_KTO" = 1 ]; then alternative_stage kto "${KTO_ARGS[@]}"; fi
+if [ "$WITH_GRPO" = 1 ]; then alternative_stage grpo --reward_model_name "$REWARD_MODEL" "${GRPO_ARGS[@]}"; fi
 
-# The verdict, from comparison.json: on the toy profile PPO must beat the base on both judges.
-"$PYTHON" - "$WORKDIR/comparison/comparison.json" "$PROFILE" <<'EOF' 2>&1 | tee -a "$LOG"
+# The verdict, from comparison.json (and comparison_grpo/ with --with-grpo): on the toy profile PPO (and GRPO) must
+# beat the base on both judges.
+VERDICTS=("$WORKDIR/comparison/comparison.json:PPO")
+if [ "$WITH_GRPO" = 1 ]; then VERDICTS+=("$WORKDIR/comparison_grpo/comparison.json:GRPO"); fi
+"$PYTHON" - "$PROFILE" "${VERDICTS[@]}" <<'EOF' 2>&1 | tee -a "$LOG"
 import json, sys
-summary = json.load(open(sys.argv[1]))
-models, win = summary["models"], summary["win_rates"]["finetuned_vs_base"]
-lines = []
-for judge in ("reward", "gold"):
-    if models["finetuned"].get(judge) and judge in win:
-        base, ppo = models["base"][judge]["mean"], models["finetuned"][judge]["mean"]
-        w = win[judge]
-        lines.append((judge, ppo > base, f"{judge}: base {base:+.3f} -> PPO {ppo:+.3f} (win rate {w['win_rate']:.2f}, "
-                      f"95% CI {w['ci_low']:.2f}-{w['ci_high']:.2f})"))
-kl = models["finetuned"].get("kl_from_base")
-if "sft" in models:  # what PPO adds to the SFT model it started from
-    gains = [f"{judge} {models['finetuned'][judge]['mean'] - models['sft'][judge]['mean']:+.3f}"
-             for judge in ("reward", "gold") if models["finetuned"].get(judge) and models["sft"].get(judge)]
-    lines.append(("sft", True, "PPO over SFT: " + ", ".join(gains)))
-print("RLHF result: " + "; ".join(text for _, _, text in lines) + (f"; KL(PPO || base) {kl['mean']:.2f}" if kl else ""))
-if sys.argv[2] == "toy" and not all(ok for _, ok, _ in lines):
-    print("sanity check FAILED: PPO is not above the base on " + " and ".join(j for j, ok, _ in lines if not ok))
+failed = []
+for spec in sys.argv[2:]:
+    path, name = spec.rsplit(":", 1)
+    summary = json.load(open(path))
+    models, win = summary["models"], summary["win_rates"]["finetuned_vs_base"]
+    lines = []
+    for judge in ("reward", "gold"):
+        if models["finetuned"].get(judge) and judge in win:
+            base, tuned = models["base"][judge]["mean"], models["finetuned"][judge]["mean"]
+            w = win[judge]
+            lines.append((judge, tuned > base, f"{judge}: base {base:+.3f} -> {name} {tuned:+.3f} (win rate "
+                          f"{w['win_rate']:.2f}, 95% CI {w['ci_low']:.2f}-{w['ci_high']:.2f})"))
+    kl = models["finetuned"].get("kl_from_base")
+    if "sft" in models:  # what the RL stage adds to the SFT model it started from
+        gains = [f"{judge} {models['finetuned'][judge]['mean'] - models['sft'][judge]['mean']:+.3f}"
+                 for judge in ("reward", "gold") if models["finetuned"].get(judge) and models["sft"].get(judge)]
+        lines.append(("sft", True, f"{name} over SFT: " + ", ".join(gains)))
+    label = "RLHF result" if name == "PPO" else f"{name} result"
+    print(f"{label}: " + "; ".join(text for _, _, text in lines) + (f"; KL({name} || base) {kl['mean']:.2f}" if kl else ""))
+    failed += [f"{name} is not above the base on {judge}" for judge, ok, _ in lines if not ok]
+if sys.argv[1] == "toy" and failed:
+    print("sanity check FAILED: " + "; ".join(failed))
     sys.exit(1)
-print("sanity check passed" if sys.argv[2] == "toy" else f"(no pass/fail check on the {sys.argv[2]} profile)")
+print("sanity check passed" if sys.argv[1] == "toy" else f"(no pass/fail check on the {sys.argv[1]} profile)")
 EOF
 log "pipeline finished in $((SECONDS - PIPELINE_START))s: outputs in $WORKDIR, figure $WORKDIR/comparison/comparison.png, log $LOG"

@@ -93,7 +93,15 @@ def bucket_multiple(max_length: int | None, pad_max: bool, num_buckets: int) -> 
 def apply_static_shapes(training_args, shapes: StaticShapeArguments) -> int | None:
     """Set a TRL config (SFTConfig, RewardConfig, DPOConfig) up for static shapes: its collator pads every batch
     to a multiple of :func:`bucket_multiple`, and the last partial batch is dropped so the batch size is fixed
-    too. Returns the multiple (None: shapes follow the data)."""
+    too. The critic-free trainers' configs (GRPOConfig, RLOOConfig: no ``max_length``) pad prompt ids and
+    completion ids to multiples of ``--max_completion_length`` (``--pad_max``: one completion width) or of a
+    fraction of it. Returns the multiple (None: shapes follow the data)."""
+    if not hasattr(training_args, "max_length") and hasattr(training_args, "max_completion_length"):
+        multiple = bucket_multiple(training_args.max_completion_length, shapes.pad_max, shapes.num_buckets)
+        if multiple is not None:
+            training_args.pad_to_multiple_of = multiple
+            logger.info("static shapes: prompt and completion ids padded to multiples of %d tokens", multiple)
+        return multiple
     multiple = bucket_multiple(training_args.max_length, shapes.pad_max, shapes.num_buckets)
     if multiple is None:
         return None

@@ -692,10 +692,10 @@ def render_row(row: dict, kind: str, conversational: bool, tokenizer=None) -> di
     tools = row.get("tools") or ""
     if conversational and tokenizer is not None:
         prompt = chat_template_text(tokenizer, row["prompt"], tools, add_generation_prompt=True)
-        out = {"prompt": _strip_bos(tokenizer, prompt)}
+        out = {"prompt": strip_bos(tokenizer, prompt)}
         for key in answers:
             full = chat_template_text(tokenizer, [*row["prompt"], {"role": "assistant", "content": row[key]}], tools)
-            full = _strip_bos(tokenizer, full)
+            full = strip_bos(tokenizer, full)
             if not full.startswith(out["prompt"]):
                 raise UserError("the chat template renders a prompt alone differently from the prompt inside the "
                                 "conversation, so the answer cannot be cut out: use a template that renders both alike")
@@ -710,7 +710,7 @@ def render_row(row: dict, kind: str, conversational: bool, tokenizer=None) -> di
     return {"prompt": prompt, **{key: gap + row[key] for key in answers}, **rest}
 
 
-def _strip_bos(tokenizer, text: str) -> str:
+def strip_bos(tokenizer, text: str) -> str:
     """Template text without a leading BOS that the tokenizer adds itself (TRL tokenizes text rows with special
     tokens: the BOS would otherwise come twice)."""
     bos = getattr(tokenizer, "bos_token", None)

@@ -151,23 +151,35 @@ class RewardModelScorer:
             logger.info("the reward model has its own tokenizer: episodes are decoded and re-tokenised for it")
 
     def rows(self, queries, query_mask, responses, response_mask, stopped) -> list[torch.Tensor]:
-        """The token ids the reward model reads for each episode: prompt + truncated response (+ EOS if it
-        stopped), in the reward model's vocabulary."""
-        rows = [torch.cat([q[m.bool()], r[rm.bool()]]) for q, m, r, rm in
-                zip(queries, query_mask, responses, response_mask, strict=True)]
+        """The token ids the reward model reads for each episode of padded tensors: prompt + truncated response
+        (+ EOS if it stopped), in the reward model's vocabulary."""
+        prompts = [q[m.bool()] for q, m in zip(queries, query_mask, strict=True)]
+        answers = [r[m.bool()] for r, m in zip(responses, response_mask, strict=True)]
+        return self.episode_rows(prompts, answers, stopped.tolist())
+
+    def episode_rows(self, prompts, responses, stopped) -> list[torch.Tensor]:
+        """:meth:`rows` for unpadded token-id rows (tensors or lists): the policy's ids reused when the vocabulary
+        is shared (a response that stopped ends in its EOS already), else decoded and re-tokenised with the reward
+        model's tokenizer, its EOS appended when the policy stopped."""
+        rows = [torch.cat([torch.as_tensor(p, dtype=torch.long), torch.as_tensor(r, dtype=torch.long)])
+                for p, r in zip(prompts, responses, strict=True)]
         if self.reuse_ids:
             return rows
         texts = self.policy_tokenizer.batch_decode(rows, skip_special_tokens=True)
         eos = self.tokenizer.eos_token or ""
-        texts = [t + eos if stop else t for t, stop in zip(texts, stopped.tolist(), strict=True)]
+        texts = [t + eos if stop else t for t, stop in zip(texts, stopped, strict=True)]
         encoded = self.tokenizer(texts, add_special_tokens=True, truncation=self.max_length is not None,
                                  max_length=self.max_length)["input_ids"]
         return [torch.tensor(ids, dtype=torch.long) for ids in encoded]
 
-    def __call__(self, prompts, queries, query_mask, responses, response_mask, stopped, response_texts):
-        rows = self.rows(queries.cpu(), query_mask.cpu(), responses.cpu(), response_mask.cpu(), stopped.cpu())
+    def score(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        """(N,) scores of the rows :meth:`rows` / :meth:`episode_rows` give."""
         with self.model.disable_adapter() if self.adapter_disabled else contextlib.nullcontext():
             return score_rows(self.model, rows, self.pad_id, self.batch_size, self.pad_multiple)
+
+    def __call__(self, prompts, queries, query_mask, responses, response_mask, stopped, response_texts):
+        return self.score(self.rows(queries.cpu(), query_mask.cpu(), responses.cpu(), response_mask.cpu(),
+                                    stopped.cpu()))
 
 
 def load_reward_model(name: str, tokenizer_name: str | None, fallback_tokenizer, dtype, device,
@@ -212,27 +224,35 @@ class RuleScorer:
         return torch.tensor(values, dtype=torch.float32)
 
 
-def load_rule(spec: str) -> RuleScorer:
-    """``toy`` (the toy task's gold judge), ``MODULE:FUNCTION`` or ``FILE.py:FUNCTION``."""
-    if spec == "toy":
-        from rlhfkit import toy
-
-        return RuleScorer(toy.gold_score, "toy")
+def import_function(spec: str, flag: str = "--reward_function"):
+    """The function ``MODULE:FUNCTION`` or ``FILE.py:FUNCTION`` names (``flag``: the option it came from, for
+    the error)."""
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
-        raise UserError(f"--reward_function {spec}: use MODULE:FUNCTION, FILE.py:FUNCTION or toy")
+        raise UserError(f"{flag} {spec}: use MODULE:FUNCTION, FILE.py:FUNCTION or toy")
     try:
         if target.endswith(".py"):
             if not os.path.isfile(target):
-                raise UserError(f"--reward_function {spec}: {target} does not exist")
+                raise UserError(f"{flag} {spec}: {target} does not exist")
             module_spec = importlib.util.spec_from_file_location("rlhfkit_user_reward", target)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(target)
     except ImportError as err:
-        raise UserError(f"--reward_function {spec}: cannot import {target} ({err})") from None
+        raise UserError(f"{flag} {spec}: cannot import {target} ({err})") from None
+    except Exception as err:  # noqa: BLE001 - the user's module failed while loading: say where, in one line
+        raise UserError(f"{flag} {spec}: importing {target} failed: {type(err).__name__}: {err}") from None
     function = getattr(module, attr, None)
     if not callable(function):
-        raise UserError(f"--reward_function {spec}: {target} has no function {attr}")
-    return RuleScorer(function, spec)
+        raise UserError(f"{flag} {spec}: {target} has no function {attr}")
+    return function
+
+
+def load_rule(spec: str) -> RuleScorer:
+    """``toy`` (the toy task's gold judge), ``MODULE:FUNCTION`` or ``FILE.py:FUNCTION``."""
+    if spec == "toy":
+        from rlhfkit import toy
+
+        return RuleScorer(toy.gold_score, "toy")
+    return RuleScorer(import_function(spec), spec)

@@ -1,4 +1,4 @@
-"""What the Trainer-based scripts (sft, reward_modeling, dpo, kto) share: defaults, the opening of ``main``, the
+"""What the Trainer-based scripts (sft, reward_modeling, dpo, kto, grpo, rloo) share: defaults, the opening of ``main``, the
 trainer (TRL's on every device; on Gaudi, :func:`rlhfkit.hpu.gaudi_trainer`), resuming, train-and-save."""
 
 from __future__ import annotations
@@ -21,20 +21,25 @@ TRAINER_DEFAULTS = {"bf16": None, "gradient_checkpointing": False, "report_to": 
 # content with its length and halved what SFT gained on the gold judge (docs/benchmarks.md): opt-in only.
 
 
-def trainer_parser(script_cls, config_cls, doc: str):
+def trainer_parser(script_cls, config_cls, doc: str, prepare=None, defaults: dict | None = None):
     """The flag parser of a Trainer script: its own arguments (``script_cls``), the model's, the device switch and
-    TRL's config class (``config_cls``), with :data:`TRAINER_DEFAULTS`; the device flags set the config's too."""
+    TRL's config class (``config_cls``), with :data:`TRAINER_DEFAULTS` (and the script's ``defaults``); the device
+    flags set the config's too (``prepare(namespace)`` replaces that step: it must call
+    :func:`rlhfkit.device.configure_training_args` itself)."""
     from rlhfkit.cli import make_parser
     from rlhfkit.device import DeviceArguments, configure_training_args
     from rlhfkit.modelargs import ModelArguments
 
     return make_parser((script_cls, ModelArguments, DeviceArguments, config_cls), description=doc,
-                       prepare=lambda ns: configure_training_args(ns, ns), defaults=TRAINER_DEFAULTS)
+                       prepare=prepare or (lambda ns: configure_training_args(ns, ns)),
+                       defaults={**TRAINER_DEFAULTS, **(defaults or {})})
 
 
 # each Trainer script's TRL trainer and config (optimum-habana's Gaudi classes prefix them with "Gaudi")
-TRL_TRAINERS = {"sft": "SFTTrainer", "reward": "RewardTrainer", "dpo": "DPOTrainer", "kto": "KTOTrainer"}
-TRL_CONFIGS = {"sft": "SFTConfig", "reward": "RewardConfig", "dpo": "DPOConfig", "kto": "KTOConfig"}
+TRL_TRAINERS = {"sft": "SFTTrainer", "reward": "RewardTrainer", "dpo": "DPOTrainer", "kto": "KTOTrainer",
+                "grpo": "GRPOTrainer", "rloo": "RLOOTrainer"}
+TRL_CONFIGS = {"sft": "SFTConfig", "reward": "RewardConfig", "dpo": "DPOConfig", "kto": "KTOConfig",
+               "grpo": "GRPOConfig", "rloo": "RLOOConfig"}
 
 TRAINER_CHECKPOINT_MARKER = "trainer_state.json"  # the Trainer writes it last into a checkpoint
 
@@ -120,6 +125,18 @@ def make_trainer(kind: str, info, training_args, script_args, **kwargs):
         hpu.warn_graphs_off_gaudi(info, script_args.use_hpu_graphs)
         trainer = getattr(trl, TRL_TRAINERS[kind])(args=training_args, **kwargs)
     shapes = BatchShapes()
+    if hasattr(trainer, "_generate_and_score_completions"):  # GRPO / RLOO: the batch exists once generated
+        prepare_inputs = trainer._prepare_inputs
+
+        def recording_prepare(generation_batch):
+            inputs = prepare_inputs(generation_batch)
+            if "completion_ids" in inputs:
+                prompt, completion = inputs["prompt_ids"].shape, inputs["completion_ids"].shape
+                shapes.shapes.add((prompt[0], prompt[1] + completion[1]))
+            return inputs
+
+        trainer._prepare_inputs = recording_prepare
+        return trainer, shapes
     training_step = trainer.training_step
 
     def recording_step(model, inputs, *args, **kwargs):

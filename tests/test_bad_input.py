@@ -18,7 +18,8 @@ from conftest import REPO
 
 pytestmark = pytest.mark.slow  # every test here trains a model or runs a script
 
-TRAINERS = ("sft.py", "reward_modeling.py", "dpo.py", "kto.py", "ppo.py")
+CRITIC_FREE = ("grpo.py", "rloo.py")
+TRAINERS = ("sft.py", "reward_modeling.py", "dpo.py", "kto.py", "ppo.py", *CRITIC_FREE)
 DATA_SCRIPTS = (*TRAINERS, "compare_base_vs_ppo.py")
 ALL = (*DATA_SCRIPTS, "merge_peft_adapter.py", "run_generation.py")
 _modules: dict[str, object] = {}
@@ -71,6 +72,8 @@ def _required(script: str, w: dict) -> list[str]:
     """The flags a script needs besides the case's own (a working default for everything else)."""
     return {
         "ppo.py": ["--reward_function", "toy"],
+        "grpo.py": ["--reward_function", "toy"],
+        "rloo.py": ["--reward_function", "toy"],
         "compare_base_vs_ppo.py": ["--finetuned_model", w["model"], "--reward_model", w["rm"]],
         "merge_peft_adapter.py": ["--adapter_model_name", w["adapter"]],
         "run_generation.py": ["--prompt", "How was the pizza?"],
@@ -106,9 +109,9 @@ CASES = {
                     ["notamodel is not a model folder"]),
     "adapter_for_another_base": (("merge_peft_adapter.py",), lambda s, w: ["--base_model_name", w["model"]],
                                  ["does not fit base", "merge it into the base model it was trained on"]),
-    "reward_model_not_a_classifier": (("ppo.py", "compare_base_vs_ppo.py"),
-                                      lambda s, w: (["--reward_function", None, "--reward_model_name", w["model"]]
-                                                    if s == "ppo.py" else ["--reward_model", w["model"]]),
+    "reward_model_not_a_classifier": (("ppo.py", "compare_base_vs_ppo.py", *CRITIC_FREE),
+                                      lambda s, w: (["--reward_model", w["model"]] if s == "compare_base_vs_ppo.py"
+                                                    else ["--reward_function", None, "--reward_model_name", w["model"]]),
                                       ["is a LlamaForCausalLM, not a reward model", "reward_modeling.py"]),
     "max_length_too_small": (("sft.py", "reward_modeling.py", "dpo.py", "kto.py"), lambda s, w: ["--max_length", "3"],
                              ["--max_length 3 is shorter than every example"]),
@@ -116,6 +119,10 @@ CASES = {
                         ["longer than --input_max_length 2"]),
     "batch_not_divisible": (("ppo.py",), lambda s, w: ["--batch_size", "6", "--mini_batch_size", "4"],
                             ["--batch_size 6 is not a multiple of"]),
+    "max_prompt_length_too_small": (CRITIC_FREE, lambda s, w: ["--max_prompt_length", "2"],
+                                    ["longer than --max_prompt_length 2"]),
+    "groups_not_dividing": (CRITIC_FREE, lambda s, w: ["--num_generations", "3"],
+                            ["--num_generations 3 does not divide the generation batch of 8"]),
     "cuda_absent": ((*DATA_SCRIPTS, "run_generation.py"), lambda s, w: ["--device", "cuda"],
                     ["--device cuda requested but this machine has"]),
     "hpu_absent": ((*DATA_SCRIPTS, "run_generation.py"), lambda s, w: ["--device", "hpu"],

@@ -218,8 +218,8 @@ def test_cli_entry_keyboard_interrupt(capsys):
     assert capsys.readouterr().err.splitlines() == ["error: interrupted by the user"]
 
 
-SCRIPTS = ("sft.py", "reward_modeling.py", "dpo.py", "kto.py", "ppo.py", "merge_peft_adapter.py", "run_generation.py",
-           "compare_base_vs_ppo.py")
+SCRIPTS = ("sft.py", "reward_modeling.py", "dpo.py", "kto.py", "ppo.py", "grpo.py", "rloo.py", "merge_peft_adapter.py",
+           "run_generation.py", "compare_base_vs_ppo.py")
 
 
 @pytest.mark.slow

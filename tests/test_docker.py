@@ -329,7 +329,7 @@ def test_hadolint_clean():
 def test_image_build_checks_every_script():
     """The image's build runs every script's --help after copying the project (the list kept complete)."""
     scripts = {p.name for p in REPO.glob("*.py")}
-    assert scripts == {"sft.py", "reward_modeling.py", "dpo.py", "kto.py", "ppo.py", "merge_peft_adapter.py",
-                       "run_generation.py", "compare_base_vs_ppo.py"}, scripts
+    assert scripts == {"sft.py", "reward_modeling.py", "dpo.py", "kto.py", "ppo.py", "grpo.py", "rloo.py",
+                       "merge_peft_adapter.py", "run_generation.py", "compare_base_vs_ppo.py"}, scripts
     loop = next(args for keyword, args in instructions() if keyword == "RUN" and "--help" in args)
     assert set(re.findall(r"\b\w+\.py\b", loop)) == scripts, loop

@@ -1,6 +1,6 @@
 """Faults in real runs of the training scripts: SIGTERM mid-training, a loss that turns NaN, and what is kept.
 
-* SIGTERM (sft, reward_modeling, dpo, ppo): the step finishes, a complete checkpoint is saved, the run exits
+* SIGTERM (sft, reward_modeling, dpo, grpo, ppo): the step finishes, a complete checkpoint is saved, the run exits
   with 143 and one line saying how to resume, no final model is written; the rerun with
   ``--resume_from_checkpoint last`` finishes at the planned step count.
 * NaN injection: the SFT model's activations turn NaN on one training step (a forward hook): the run stops naming
@@ -30,11 +30,14 @@ TRAINER_RUNS = {
                            "--train_subset", "400", "--eval_subset", "16"],
     "dpo.py": ["--max_steps", "40", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--train_subset",
                "400", "--eval_subset", "16"],
+    "grpo.py": ["--max_steps", "40", "--per_device_train_batch_size", "4", "--num_generations", "4",
+                "--max_completion_length", "12", "--logging_steps", "1", "--reward_function", "toy"],
 }
 PPO_RUN = ["--reward_function", "toy", "--steps", "40", "--batch_size", "4", "--mini_batch_size", "2",
            "--output_max_length", "12", "--logging_steps", "1", "--report_to", "none"]
 TOKEN = "hf_rlhfkitTestSecret0123456789"  # a fake HF_TOKEN: must never reach a log or an output file
-STARTED = {"sft.py": "'loss'", "reward_modeling.py": "'loss'", "dpo.py": "'loss'", "ppo.py": "episodes/s | ETA"}
+STARTED = {"sft.py": "'loss'", "reward_modeling.py": "'loss'", "dpo.py": "'loss'", "grpo.py": "'loss'",
+           "ppo.py": "episodes/s | ETA"}
 
 
 def _start(script: str, args: list[str]) -> subprocess.Popen:
@@ -53,7 +56,7 @@ def _wait_for(process: subprocess.Popen, marker: str, timeout: float = 300) -> l
     return lines
 
 
-@pytest.mark.parametrize("script", ["sft.py", "reward_modeling.py", "dpo.py", "ppo.py"])
+@pytest.mark.parametrize("script", ["sft.py", "reward_modeling.py", "dpo.py", "grpo.py", "ppo.py"])
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_end(script, embedded_root, tmp_path):
     out = tmp_path / "out"
     args = ["--output_dir", str(out), *(PPO_RUN if script == "ppo.py" else [*TRAINER_RUNS[script], *QUIET])]

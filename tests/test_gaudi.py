@@ -155,6 +155,23 @@ def test_dpo_on_gaudi(embedded_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_grpo_on_gaudi_pads_prompts_and_completions_to_fixed_widths(embedded_root, tmp_path):
+    """grpo.py (TRL's GRPOTrainer) with Gaudi's hooks: flushes after backward and the optimizer step, fused AdamW, and
+    --pad_max padding every completion batch to --max_completion_length (prompts to a multiple of it)."""
+    out = tmp_path / "grpo"
+    result, records = run_standin(
+        "grpo.py", *GAUDI, *FP32, "--output_dir", str(out), "--reward_function", "toy", "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "16", "--pad_max",
+        "--report_to", "none", tmp_path=tmp_path)
+    ok(result)
+    assert records[0]["lazy_mode"] == "1"
+    assert flushes(records) == ["flush_after_backward", "flush_after_optimizer_step"] * 2
+    assert results_of(out)["train_batch_shapes"] == [[4, 32]]  # prompts (< 16 tokens) padded to 16, completions to 16
+    assert len(events(records, "fused_adamw_step")) == 2
+    assert "static shapes: prompt and completion ids padded to multiples of 16 tokens" in result.stderr
+
+
+@pytest.mark.slow
 def test_dpo_lora_refuses_training_graphs(embedded_root, tmp_path):
     """LoRA DPO's reference is the policy with its adapter switched off: a captured graph would replay the
     adapter-on computation and make the reference equal the policy. Refused, not silently wrong."""
@@ -441,22 +458,23 @@ def test_pipeline_on_gaudi_passes_the_gaudi_settings(device, embedded_root, tmp_
     fake, record = recording_python(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "PT_HPU_LAZY_MODE"}
     env.update(PYTHON=str(fake), PYTHONPATH=str(STUBS), WORKDIR=str(tmp_path / "work"), LOG=str(tmp_path / "log"),
-               PIPELINE_PROFILE="toy", DEVICE=device, WITH_DPO="1", WITH_KTO="1")
+               PIPELINE_PROFILE="toy", DEVICE=device, WITH_DPO="1", WITH_KTO="1", WITH_GRPO="1")
     result = subprocess.run(["bash", str(REPO / "ppo_pipeline_sanity.sh")], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     commands = {line.split()[0]: line.split() for line in record.read_text().splitlines()}
     assert set(commands) == {"sft.py", "merge_peft_adapter.py", "reward_modeling.py", "ppo.py", "run_generation.py",
-                             "compare_base_vs_ppo.py", "dpo.py", "kto.py"}
+                             "compare_base_vs_ppo.py", "dpo.py", "kto.py", "grpo.py"}
     for script, args in commands.items():
         if script != "merge_peft_adapter.py":
             assert args[args.index("--device") + 1] == "hpu" and "--use_lazy_mode" in args, script
-    for script in ("sft.py", "reward_modeling.py", "dpo.py", "kto.py"):
+    for script in ("sft.py", "reward_modeling.py", "dpo.py", "kto.py", "grpo.py"):
         assert commands[script][commands[script].index("--num_buckets") + 1] == "16"
     assert {"--pad_max", "--use_hpu_graphs"} <= set(commands["ppo.py"])
     # the toy profile's reward model is trained in full and used as it is (no merge of it)
-    ppo = commands["ppo.py"]
-    assert ppo[ppo.index("--reward_model_name") + 1] == str(tmp_path / "work" / "rm")
+    for script in ("ppo.py", "grpo.py"):  # GRPO trains against PPO's reward model
+        args = commands[script]
+        assert args[args.index("--reward_model_name") + 1] == str(tmp_path / "work" / "rm"), script
     assert "--use_peft" in commands["reward_modeling.py"]
     assert "--use_hpu_graphs" in commands["run_generation.py"] and "--use_hpu_graphs" in commands["compare_base_vs_ppo.py"]
 

@@ -15,15 +15,10 @@ from rlhfkit import aliases
 from rlhfkit.errors import UserError
 from rlhfkit.faults import RunArguments
 from rlhfkit.hpu import HPUGraphArguments, PadMaxArguments
+from rlhfkit.modelargs import FULL_LEARNING_RATE, LORA_LEARNING_RATE
 from rlhfkit.ppo.core import KL_ESTIMATORS
 from rlhfkit.sampling_args import SamplingArguments
 from rlhfkit.sampling_args import default as sampling_default
-
-# Default learning rates, measured on stories260K with a reward model trained on a rule (docs/scripts.md, ppo.py):
-# LoRA adapters need a larger step than the full model to move the policy as far per episode.
-LORA_LEARNING_RATE = 3e-4
-FULL_LEARNING_RATE = 3e-5
-
 
 
 @dataclass
