@@ -159,9 +159,11 @@ if [ "$PROFILE" = toy ]; then
   # ppo.py's defaults (LoRA at 3e-4, the critic from the reward model) with the toy task's batch and KL settings
   PPO_ARGS=(--steps "$PPO_STEPS" --batch_size 32 --mini_batch_size 8 --kl_coef 0.2 --output_max_length 48
             --sample_every 10 --logging_steps 5 --save_steps "${PPO_SAVE_STEPS:-10}")
-  DPO_ARGS=(--max_steps 150 --per_device_train_batch_size 16 --learning_rate 2e-3 --beta 0.1 --eval_subset 200
+  # DPO with TRL's "sft" term on the chosen answers (RPO): plain DPO learns the pairs here but lowers the SFT
+  # model's sampled gold score (tests/test_dpo.py); KTO as it is
+  KTO_ARGS=(--max_steps 150 --per_device_train_batch_size 16 --learning_rate 2e-3 --beta 0.1 --eval_subset 200
             ${RM_PAIRS:+--train_subset "$RM_PAIRS"} ${MAX_LENGTH:+--max_length "$MAX_LENGTH"})
-  KTO_ARGS=("${DPO_ARGS[@]}")
+  DPO_ARGS=("${KTO_ARGS[@]}" --loss_type sigmoid sft --loss_weights 1.0 1.0)
   # grpo.py's defaults (TRL's batch: one prompt x 8 completions per step; LoRA at 3e-4) on PPO's episodes
   GRPO_ARGS=(--max_steps "${GRPO_STEPS:-$((PPO_STEPS * 4))}" --max_completion_length 48 --logging_steps 10)
   GEN_ARGS=(--max_new_tokens 48 --batch_size 4 --prompt "Describe the red bicycle."

@@ -125,6 +125,21 @@ def load_prompts(script_args: ScriptArguments, tokenizer):
     return datasets.Dataset.from_dict(columns)
 
 
+def check_vllm(training_args, info) -> None:
+    """``--use_vllm`` (TRL's vLLM generation) needs CUDA and the optional vllm package: refused in one line
+    otherwise, before any weights load."""
+    import importlib.util
+
+    if not training_args.use_vllm:
+        return
+    if info.type != "cuda":
+        raise UserError(f"--use_vllm generates with vLLM, which runs on CUDA only (this run is on {info.type}): drop "
+                        "--use_vllm or run on an NVIDIA GPU")
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError("--use_vllm: vLLM is not installed: pip install -r requirements-vllm.txt (TRL's vllm extra)")
+    logger.info("generation with vLLM (--vllm_mode %s)", training_args.vllm_mode)
+
+
 def episodes(trainer) -> int:
     """Completions generated in the run so far: each optimizer step trains on ``per_device_train_batch_size x
     processes x gradient_accumulation_steps`` of them, each generated once and used ``--num_iterations`` times."""
@@ -147,6 +162,7 @@ def run(kind: str, script_args: ScriptArguments, model_args, device_args, traini
     rules = [rewards.load_rule(spec) for spec in script_args.reward_function or []]  # a bad import fails first
     info, model_name, tokenizer_name, tokenizer = open_run(training_args, device_args, script_args, model_args,
                                                            "the trained policy")
+    check_vllm(training_args, info)
     prompts = load_prompts(script_args, tokenizer)
     rewards.probe(rules, prompts[0]["prompt"], prompts[0][PROMPT_TEXT_COLUMN])
     model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,

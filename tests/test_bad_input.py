@@ -123,6 +123,8 @@ CASES = {
                                     ["longer than --max_prompt_length 2"]),
     "groups_not_dividing": (CRITIC_FREE, lambda s, w: ["--num_generations", "3"],
                             ["--num_generations 3 does not divide the generation batch of 8"]),
+    "vllm_off_cuda": (CRITIC_FREE, lambda s, w: ["--use_vllm", "--device", "cpu"],
+                      ["--use_vllm generates with vLLM, which runs on CUDA only (this run is on cpu)"]),
     "cuda_absent": ((*DATA_SCRIPTS, "run_generation.py"), lambda s, w: ["--device", "cuda"],
                     ["--device cuda requested but this machine has"]),
     "hpu_absent": ((*DATA_SCRIPTS, "run_generation.py"), lambda s, w: ["--device", "hpu"],

@@ -53,7 +53,7 @@ def test_kl_is_zero_against_itself_and_positive_against_another_model(embedded_r
     torch.manual_seed(0)
     with torch.no_grad():
         head = other.model.get_output_embeddings().weight
-        head.add_(0.5 * head.std() * torch.randn_like(head))
+        head.add_(head.std() * torch.randn_like(head))
     prompts = ["How was the pizza?", "Describe the red bicycle.", "Tell me about the museum."] * 8
     settings = compare.SamplingSettings(max_new_tokens=24, temperature=1.0, batch_size=12)
     _, ids = compare.prompt_ids([base, other], prompts, "auto", 256)
@@ -66,7 +66,8 @@ def test_kl_is_zero_against_itself_and_positive_against_another_model(embedded_r
     assert same.kl is not None and torch.tensor(same.kl).abs().max() < 1e-4
     assert same.kl_note is None
     moved = compare.sample_model(other, prompts, ids["finetuned"], settings, constant_scorer, None, reference=base)
-    assert moved.kl.mean() > 0.5, moved.kl
+    kl = moved.kl.ravel()
+    assert kl.mean() > 3 * kl.std(ddof=1) / len(kl) ** 0.5, kl  # positive, well beyond the estimate's noise
     greedy = compare.SamplingSettings(max_new_tokens=8, do_sample=False)
     assert compare.kl_unavailable(other, base, greedy).startswith("greedy decoding")
     assert compare.kl_unavailable(base, base, settings) == "this is the base"

@@ -27,9 +27,14 @@ MERGE = str(REPO / "merge_peft_adapter.py")
 QUIET = ["--save_strategy", "no", "--disable_tqdm", "True"]
 SFT_ARGS = ["--do_train", "--max_steps", "300", "--per_device_train_batch_size", "16", "--learning_rate", "2e-3",
             "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "--bf16", "False", *QUIET]
-DPO_STEPS = 300
+DPO_STEPS = 150
+# DPO's sigmoid loss plus TRL's "sft" term on the chosen answers (RPO): on the toy task plain DPO learns the pairs
+# (held-out reward accuracy 0.81-0.85) but lowers the SFT model's sampled gold score (0.16 -> -0.44 to -0.66 at
+# 1e-3 to 2e-3; 0.13 at 5e-4): it pushes the rejected answers down and the chosen ones with them. With the SFT term
+# the sampled gold rose to 0.30 (150 or 300 steps), at held-out accuracy 0.82-0.86.
 DPO_ARGS = ["--max_steps", str(DPO_STEPS), "--per_device_train_batch_size", "16", "--learning_rate", "2e-3",
-            "--beta", "0.1", "--eval_subset", "200", "--bf16", "False", *QUIET]
+            "--beta", "0.1", "--loss_type", "sigmoid", "sft", "--loss_weights", "1.0", "1.0", "--eval_subset", "200",
+            "--bf16", "False", *QUIET]
 SMALL = ["--train_subset", "64", "--eval_subset", "16", "--per_device_train_batch_size", "8",
          "--per_device_eval_batch_size", "8"]
 # fp32: the margin before training must be exactly 0 (policy and reference are the same weights); bf16 autocast,
@@ -44,12 +49,19 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def _mean_gold(model, tokenizer, questions: list[str]) -> float:
+    """The gold judge's mean over 4 answers per question sampled at temperature 0.7 (seed 0), as PPO's test samples:
+    greedy answers are one template per model ("The X is excellent."), which hides what a model learned."""
+    import torch
+
     from rlhfkit import toy
     from rlhfkit.sampling import generate_text
 
-    result = generate_text(model, tokenizer, questions, max_new_tokens=48, batch_size=50)
+    torch.manual_seed(0)
+    result = generate_text(model, tokenizer, questions, max_new_tokens=48, batch_size=50, do_sample=True,
+                           temperature=0.7, num_return_sequences=4)
     assert len(result.completions) == len(questions)
-    return sum(toy.gold_score(q, c[0]) for q, c in zip(questions, result.completions, strict=True)) / len(questions)
+    scores = [toy.gold_score(q, c) for q, cs in zip(questions, result.completions, strict=True) for c in cs]
+    return sum(scores) / len(scores)
 
 
 def _assert_eval_keys(results: dict) -> None:
@@ -124,7 +136,6 @@ def test_lora_dpo_moves_held_out_rewards(runs):
     _assert_eval_keys(metrics)
     # before training the policy is its reference (LoRA starts at zero): no implicit reward at all
     assert results["eval_before_rewards/margins"] == pytest.approx(0.0, abs=1e-6)
-    assert results["eval_before_loss"] == pytest.approx(0.6931, abs=1e-3)  # log 2
     assert metrics["eval_rewards/margins"] == results["eval_rewards/margins"]
     assert results["eval_rewards/margins"] > results["eval_before_rewards/margins"] + 0.3, results
     assert results["eval_rewards/accuracies"] > 0.6, results

@@ -80,7 +80,15 @@ SCRIPTS = {
 # a weight by more than it moves a loss. Full fine-tuning under ZeRO-3 (sft, lr 2e-4): weights within 6.8e-6 of
 # the 1-process run's, while training moved them by up to 4.0e-4: "full_weights" sits between. The saved models'
 # logits on one row (|logit| <= 12) agree to 9.8e-6 at worst (dpo, ZeRO-3): "outputs" is 10x that.
-TOLERANCES = {"step": 1e-4, "weights": 1e-3, "full_weights": 5e-5, "outputs": 1e-4}
+# kto is not float noise alone: TRL's KTOTrainer pairs each prompt with another row's completion of the same
+# micro-batch for its KL reference point, and a process's micro-batch of 4 holds other pairs than one process's 8.
+# Measured with the embedded base of version 7 (pretrained until it answers on topic): 1.3e-4 in grad_norm at step 3
+# under DDP and ZeRO-3 alike (2.6e-5 with version 6's base); its tolerance sits ~8x above that.
+TOLERANCES = {"step": 1e-4, "step_kto": 1e-3, "weights": 1e-3, "full_weights": 5e-5, "outputs": 1e-4}
+
+
+def step_tolerance(script: str) -> float:
+    return TOLERANCES["step_kto" if script == "kto" else "step"]
 # the command the tests run; sft, reward_modeling and kto spell the flags out, dpo goes through cpu_2proc.yaml
 LAUNCH_FLAGS = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no", "--main_process_port", "0"]
@@ -212,7 +220,7 @@ def test_same_global_batches_give_the_same_training(runs):
     (single, one), (double, two) = runs["one"], runs["two"]
     assert_ok(single)
     assert_ok(double)
-    _assert_same_training(one, two, TOLERANCES["step"])
+    _assert_same_training(one, two, step_tolerance(runs["name"]))
 
 
 def _assert_same_training(one: Path, two: Path, tolerance: float) -> None:
@@ -309,7 +317,7 @@ def test_sharded_same_training(sharded):
     (single, one), (double, two) = sharded["one"], sharded["two"]
     assert_ok(single)
     assert_ok(double)
-    _assert_same_training(one, two, TOLERANCES["step"])
+    _assert_same_training(one, two, step_tolerance(sharded["name"]))
     _assert_same_weights(one, two, "adapter_model.safetensors", TOLERANCES["weights"])
 
 

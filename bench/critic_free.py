@@ -1,0 +1,201 @@
+#!/usr/bin/env python
+"""Benchmark (not a test): our PPO against GRPO and RLOO on the toy task, with the same number of generated episodes.
+
+    python bench/critic_free.py [--episodes 960] [--seed 42] [--engines ppo,grpo,rloo] [--out DIR]
+                                [--results bench/results] [--note TEXT]
+
+The toy pipeline's setting (ppo_pipeline_sanity.sh's toy profile): the embedded base model, SFT with LoRA (300
+steps) merged, a reward model trained in full on the toy pairs. From the merged SFT model each engine trains
+against that reward model with its own defaults and the toy task's lengths (48-token answers):
+
+* ``ppo.py``: the pipeline's PPO (batches of 32 episodes, mini-batches of 8, ``--kl_coef 0.2``; LoRA at 3e-4, the
+  critic from the reward model);
+* ``grpo.py``: its defaults (TRL's batch: one prompt x 8 completions per step, loss ``dapo``, ``--beta 0``; LoRA
+  at 3e-4);
+* ``rloo.py``: its defaults (TRL's RLOO: 4 prompts x 2 completions per step, ``--beta 0.05``; LoRA at 3e-4).
+
+Each trained policy is merged and judged by compare_base_vs_ppo.py on 200 held-out prompts x 2 answers (the
+pipeline's comparison): the reward model's score, the gold judge no model saw, the KL from the base. Printed side by
+side (gain over the SFT model per 100 episodes and per minute of training, episodes/s, wall time, peak RSS) and
+written to ``<out>/critic_free_results.json``; with ``--results DIR`` also ``DIR/<device>-<date>-critic-free.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402 (bench/ is not a package: its programs import each other from their folder)
+from common import REPO  # noqa: E402
+
+PY = sys.executable
+QUIET = ["--save_strategy", "no", "--disable_tqdm", "True", "--report_to", "none", "--bf16", "False"]
+SFT_ARGS = ["--max_steps", "300", "--per_device_train_batch_size", "16", "--learning_rate", "2e-3",
+            "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", *QUIET]
+RM_ARGS = ["--use_peft", "False", "--per_device_train_batch_size", "32", "--num_train_epochs", "2",
+           "--learning_rate", "1e-3", "--max_length", "128", *QUIET]
+COMPARE_ARGS = ["--num_samples", "200", "--generations_per_prompt", "2", "--max_new_tokens", "48"]
+ENGINES = ("ppo", "grpo", "rloo")
+EPISODES_PER_STEP = {"ppo": 32, "grpo": 8, "rloo": 8}  # each engine's batch with the flags below
+
+
+def say(message: str) -> None:
+    common.say(message, "critic_free")
+
+
+def run(cmd: list[str], log: str) -> float:
+    return common.run(cmd, os.path.basename(log).removesuffix(".log"), log=log, tag="critic_free")
+
+
+def engine_command(engine: str, sft: str, rm: str, out: str, episodes: int, seed: int) -> list[str]:
+    steps = str(episodes // EPISODES_PER_STEP[engine])
+    if engine == "ppo":
+        return [PY, "ppo.py", "--model_name_or_path", sft, "--reward_model_name", rm, "--output_dir", out,
+                "--steps", steps, "--batch_size", "32", "--mini_batch_size", "8", "--kl_coef", "0.2",
+                "--output_max_length", "48", "--sample_every", "0", "--report_to", "none", "--seed", str(seed)]
+    return [PY, f"{engine}.py", "--model_name_or_path", sft, "--reward_model_name", rm, "--output_dir", out,
+            "--max_steps", steps, "--max_completion_length", "48", "--logging_steps", "10", "--seed", str(seed),
+            *QUIET]
+
+
+def build_inputs(work: str, seed: int, commands: dict) -> dict:
+    """The embedded default, the merged SFT model and the reward model (built once per work folder)."""
+    paths = {"sft": os.path.join(work, "sft"), "sft_merged": os.path.join(work, "sft_merged"),
+             "rm": os.path.join(work, "rm")}
+    embedded = json.loads(subprocess.run([PY, "-m", "rlhfkit.embedded"], cwd=REPO, capture_output=True, text=True,
+                                         check=True).stdout)
+    paths.update(base=embedded["model"], data=embedded["dataset"])
+    steps = {
+        "sft": [PY, "sft.py", "--output_dir", paths["sft"], "--seed", str(seed), *SFT_ARGS],
+        "merge_sft": [PY, "merge_peft_adapter.py", "--adapter_model_name", paths["sft"], "--output_name",
+                      paths["sft_merged"]],
+        "reward_model": [PY, "reward_modeling.py", "--model_name_or_path", paths["sft_merged"], "--output_dir",
+                         paths["rm"], "--seed", str(seed), *RM_ARGS],
+    }
+    for name, cmd in steps.items():
+        commands[name] = shlex.join(cmd)
+        done = os.path.join(work, f".{name}.done")
+        if not os.path.exists(done):
+            run(cmd, os.path.join(work, f"{name}.log"))
+            open(done, "w").close()
+    return paths
+
+
+def train_and_judge(engine: str, paths: dict, args, commands: dict) -> dict:
+    folder = os.path.join(args.out, engine)
+    policy, merged = os.path.join(folder, "policy"), os.path.join(folder, "merged")
+    os.makedirs(folder, exist_ok=True)
+    cmd = engine_command(engine, paths["sft_merged"], paths["rm"], policy, args.episodes, args.seed)
+    commands[engine] = shlex.join(cmd)
+    figures = common.measured([*cmd, "--overwrite_output_dir", "True"], engine, os.path.join(folder, "train.log"),
+                              echo=False, tag="critic_free")
+    with open(os.path.join(policy, "all_results.json"), encoding="utf-8") as handle:
+        results = json.load(handle)
+    judged = policy
+    if engine != "ppo":  # ppo.py saves the merged policy itself; the Trainer scripts save the LoRA adapter
+        merge = [PY, "merge_peft_adapter.py", "--base_model_name", paths["sft_merged"], "--adapter_model_name", policy,
+                 "--output_name", merged, "--overwrite_output_dir", "True"]
+        run(merge, os.path.join(folder, "merge.log"))
+        judged = merged
+    compare = [PY, "compare_base_vs_ppo.py", "--base_model", paths["base"], "--sft_model", paths["sft_merged"],
+               "--finetuned_model", judged, "--reward_model", paths["rm"], "--dataset_name", paths["data"],
+               "--output_dir", os.path.join(folder, "comparison"), *COMPARE_ARGS]
+    shutil.rmtree(os.path.join(folder, "comparison"), ignore_errors=True)  # a rerun judges afresh
+    commands[f"{engine} comparison"] = shlex.join(compare)
+    run(compare, os.path.join(folder, "compare.log"))
+    with open(os.path.join(folder, "comparison", "comparison.json"), encoding="utf-8") as handle:
+        models = json.load(handle)["models"]
+    sft, tuned = models["sft"], models["finetuned"]
+    runtime = results["train_runtime"]
+    episodes = results["train_episodes"]
+    gold_gain = tuned["gold"]["mean"] - sft["gold"]["mean"]
+    reward_gain = tuned["reward"]["mean"] - sft["reward"]["mean"]
+    return {"episodes": episodes, "train_runtime": runtime, "episodes_per_second": episodes / runtime,
+            "wall_seconds": figures["wall_seconds"], "peak_rss_mib": figures["max_rss_bytes"] / 2**20,
+            "base_gold": models["base"]["gold"]["mean"], "sft_gold": sft["gold"]["mean"], "gold": tuned["gold"]["mean"],
+            "sft_reward": sft["reward"]["mean"], "reward": tuned["reward"]["mean"],
+            "kl_from_base": (tuned.get("kl_from_base") or {}).get("mean"),
+            "gold_gain": gold_gain, "reward_gain": reward_gain,
+            "gold_gain_per_100_episodes": 100 * gold_gain / episodes, "gold_gain_per_minute": 60 * gold_gain / runtime,
+            "reward_gain_per_100_episodes": 100 * reward_gain / episodes,
+            "reward_gain_per_minute": 60 * reward_gain / runtime}
+
+
+def table(rows: dict) -> str:
+    lines = ["| engine | episodes | train time | episodes/s | gold SFT -> after | reward SFT -> after | KL from base "
+             "| gold gain /100 ep | gold gain /min | reward gain /100 ep | reward gain /min | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        kl = "n/a" if r["kl_from_base"] is None else f"{r['kl_from_base']:.2f}"
+        lines.append(f"| {name} | {r['episodes']} | {r['train_runtime']:.0f} s | {r['episodes_per_second']:.1f} | "
+                     f"{r['sft_gold']:+.3f} -> {r['gold']:+.3f} | {r['sft_reward']:+.2f} -> {r['reward']:+.2f} | {kl} | "
+                     f"{r['gold_gain_per_100_episodes']:+.3f} | {r['gold_gain_per_minute']:+.3f} | "
+                     f"{r['reward_gain_per_100_episodes']:+.3f} | {r['reward_gain_per_minute']:+.3f} | "
+                     f"{r['peak_rss_mib']:,.0f} MiB |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=960, help="generated episodes per engine (a multiple of 32)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
+    parser.add_argument("--out", default=os.path.join(REPO, ".bench", "critic-free"))
+    parser.add_argument("--results", help="also write <device>-<date>-critic-free.{json,md} into this folder")
+    parser.add_argument("--note", default="", help="a line for the report (e.g. what else ran on the machine)")
+    args = parser.parse_args(argv)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not engines or any(e not in ENGINES for e in engines):
+        parser.error(f"--engines: choose from {', '.join(ENGINES)}")
+    if args.episodes % 32:
+        parser.error("--episodes must be a multiple of 32 (PPO's batch)")
+    import machine
+
+    commands = {"benchmark": shlex.join(["python", "bench/critic_free.py", *(argv if argv is not None else sys.argv[1:])])}
+    started = time.perf_counter()
+    os.makedirs(args.out, exist_ok=True)
+    paths = build_inputs(os.path.join(args.out, "inputs"), args.seed, commands)
+    rows = {}
+    for i, engine in enumerate(engines):
+        say(f"[{i + 1}/{len(engines)}] {engine}: {args.episodes} episodes")
+        rows[engine] = r = train_and_judge(engine, paths, args, commands)
+        say(f"  gold {r['sft_gold']:+.3f} -> {r['gold']:+.3f}, reward {r['sft_reward']:+.2f} -> {r['reward']:+.2f}, "
+            f"{r['episodes_per_second']:.1f} episodes/s; {(time.perf_counter() - started) / 60:.1f} min so far")
+    text = table(rows)
+    print("\n" + text, flush=True)
+    out = {"machine": machine.describe("cpu"), "versions": machine.versions(), "episodes": args.episodes,
+           "seed": args.seed, "note": args.note, "results": rows, "commands": commands,
+           "total_seconds": time.perf_counter() - started}
+    path = os.path.join(args.out, "critic_free_results.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(out, handle, indent=1)
+    os.replace(path + ".tmp", path)
+    if args.results:
+        stem = os.path.join(args.results, f"cpu-{datetime.date.today().isoformat()}-critic-free")
+        with open(stem + ".json", "w", encoding="utf-8") as handle:
+            json.dump(out, handle, indent=1)
+        described = out["machine"]
+        lines = [f"# PPO, GRPO and RLOO on the toy task, {args.episodes} episodes each (cpu, "
+                 f"{datetime.date.today().isoformat()})", "",
+                 f"Machine: {described.get('cpu', described)}; torch {out['versions'].get('torch')}, TRL "
+                 f"{out['versions'].get('trl')}. {args.note}".rstrip(), "",
+                 "Gains are over the merged SFT model every engine starts from, on 200 held-out prompts x 2 answers "
+                 "(compare_base_vs_ppo.py); the gold judge is the toy task's rule, which no model saw.", "", text, "",
+                 "Commands:", ""] + [f"    {cmd}" for cmd in commands.values()]
+        with open(stem + ".md", "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        say(f"wrote {stem}.json and .md")
+    say(f"wrote {path} in {out['total_seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
