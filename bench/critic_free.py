@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark (not a test): our PPO against GRPO and RLOO on the toy task, with the same number of generated episodes.
 
-    python bench/critic_free.py [--episodes 960] [--seed 42] [--engines ppo,grpo,rloo] [--out DIR]
+    python bench/critic_free.py [--episodes 960] [--seeds 42 1 2] [--engines ppo,grpo,rloo] [--out DIR]
                                 [--results bench/results] [--note TEXT]
 
 The toy pipeline's setting (ppo_pipeline_sanity.sh's toy profile): the embedded base model, SFT with LoRA (300
@@ -14,10 +14,12 @@ against that reward model with its own defaults and the toy task's lengths (48-t
   at 3e-4);
 * ``rloo.py``: its defaults (TRL's RLOO: 4 prompts x 2 completions per step, ``--beta 0.05``; LoRA at 3e-4).
 
-Each trained policy is merged and judged by compare_base_vs_ppo.py on 200 held-out prompts x 2 answers (the
+Each engine trains once per seed in ``--seeds`` (the SFT model and the reward model are built once, with the
+first). Each trained policy is merged and judged by compare_base_vs_ppo.py on 200 held-out prompts x 2 answers (the
 pipeline's comparison): the reward model's score, the gold judge no model saw, the KL from the base. Printed side by
-side (gain over the SFT model per 100 episodes and per minute of training, episodes/s, wall time, peak RSS) and
-written to ``<out>/critic_free_results.json``; with ``--results DIR`` also ``DIR/<device>-<date>-critic-free.{json,md}``.
+side, the mean over seeds with the range (gain over the SFT model per 100 episodes and per minute of training,
+episodes/s, peak RSS), and written to ``<out>/critic_free_results.json``; with ``--results DIR`` also
+``DIR/<device>-<date>-critic-free.{json,md}``.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def engine_command(engine: str, sft: str, rm: str, out: str, episodes: int, seed
 
 def build_inputs(work: str, seed: int, commands: dict) -> dict:
     """The embedded default, the merged SFT model and the reward model (built once per work folder)."""
+    os.makedirs(work, exist_ok=True)
     paths = {"sft": os.path.join(work, "sft"), "sft_merged": os.path.join(work, "sft_merged"),
              "rm": os.path.join(work, "rm")}
     embedded = json.loads(subprocess.run([PY, "-m", "rlhfkit.embedded"], cwd=REPO, capture_output=True, text=True,
@@ -89,12 +92,12 @@ def build_inputs(work: str, seed: int, commands: dict) -> dict:
     return paths
 
 
-def train_and_judge(engine: str, paths: dict, args, commands: dict) -> dict:
-    folder = os.path.join(args.out, engine)
+def train_and_judge(engine: str, seed: int, paths: dict, args, commands: dict) -> dict:
+    folder = os.path.join(args.out, f"{engine}-seed{seed}")
     policy, merged = os.path.join(folder, "policy"), os.path.join(folder, "merged")
     os.makedirs(folder, exist_ok=True)
-    cmd = engine_command(engine, paths["sft_merged"], paths["rm"], policy, args.episodes, args.seed)
-    commands[engine] = shlex.join(cmd)
+    cmd = engine_command(engine, paths["sft_merged"], paths["rm"], policy, args.episodes, seed)
+    commands[f"{engine} seed {seed}"] = shlex.join(cmd)
     figures = common.measured([*cmd, "--overwrite_output_dir", "True"], engine, os.path.join(folder, "train.log"),
                               echo=False, tag="critic_free")
     with open(os.path.join(policy, "all_results.json"), encoding="utf-8") as handle:
@@ -109,7 +112,7 @@ def train_and_judge(engine: str, paths: dict, args, commands: dict) -> dict:
                "--finetuned_model", judged, "--reward_model", paths["rm"], "--dataset_name", paths["data"],
                "--output_dir", os.path.join(folder, "comparison"), *COMPARE_ARGS]
     shutil.rmtree(os.path.join(folder, "comparison"), ignore_errors=True)  # a rerun judges afresh
-    commands[f"{engine} comparison"] = shlex.join(compare)
+    commands[f"{engine} seed {seed} comparison"] = shlex.join(compare)
     run(compare, os.path.join(folder, "compare.log"))
     with open(os.path.join(folder, "comparison", "comparison.json"), encoding="utf-8") as handle:
         models = json.load(handle)["models"]
@@ -129,24 +132,39 @@ def train_and_judge(engine: str, paths: dict, args, commands: dict) -> dict:
             "reward_gain_per_minute": 60 * reward_gain / runtime}
 
 
+def summary(runs: list[dict]) -> dict:
+    """Each figure's mean over the seeds' runs, and its range."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and v is not None]
+    out = {}
+    for key in keys:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+    return out
+
+
 def table(rows: dict) -> str:
-    lines = ["| engine | episodes | train time | episodes/s | gold SFT -> after | reward SFT -> after | KL from base "
-             "| gold gain /100 ep | gold gain /min | reward gain /100 ep | reward gain /min | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        kl = "n/a" if r["kl_from_base"] is None else f"{r['kl_from_base']:.2f}"
-        lines.append(f"| {name} | {r['episodes']} | {r['train_runtime']:.0f} s | {r['episodes_per_second']:.1f} | "
-                     f"{r['sft_gold']:+.3f} -> {r['gold']:+.3f} | {r['sft_reward']:+.2f} -> {r['reward']:+.2f} | {kl} | "
-                     f"{r['gold_gain_per_100_episodes']:+.3f} | {r['gold_gain_per_minute']:+.3f} | "
-                     f"{r['reward_gain_per_100_episodes']:+.3f} | {r['reward_gain_per_minute']:+.3f} | "
-                     f"{r['peak_rss_mib']:,.0f} MiB |")
+    """One line per engine: means over the seeds, the range of the gains in brackets."""
+    lines = ["| engine | seeds | episodes | train time | episodes/s | gold SFT -> after | gold gain | reward SFT -> after "
+             "| KL from base | gold gain /100 ep | gold gain /min | reward gain /100 ep | reward gain /min | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, block in rows.items():
+        m = {k: v["mean"] for k, v in block["summary"].items()}
+        rng = block["summary"]
+        kl = "n/a" if "kl_from_base" not in m else f"{m['kl_from_base']:.2f}"
+        lines.append(f"| {name} | {len(block['runs'])} | {m['episodes']:.0f} | {m['train_runtime']:.0f} s | "
+                     f"{m['episodes_per_second']:.1f} | {m['sft_gold']:+.3f} -> {m['gold']:+.3f} | "
+                     f"{m['gold_gain']:+.3f} ({rng['gold_gain']['min']:+.3f} to {rng['gold_gain']['max']:+.3f}) | "
+                     f"{m['sft_reward']:+.2f} -> {m['reward']:+.2f} | {kl} | {m['gold_gain_per_100_episodes']:+.3f} | "
+                     f"{m['gold_gain_per_minute']:+.3f} | {m['reward_gain_per_100_episodes']:+.3f} | "
+                     f"{m['reward_gain_per_minute']:+.3f} | {m['peak_rss_mib']:,.0f} MiB |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=960, help="generated episodes per engine (a multiple of 32)")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2],
+                        help="training seeds (each engine trains once per seed; the inputs use the first)")
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
     parser.add_argument("--out", default=os.path.join(REPO, ".bench", "critic-free"))
     parser.add_argument("--results", help="also write <device>-<date>-critic-free.{json,md} into this folder")
@@ -162,17 +180,21 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"benchmark": shlex.join(["python", "bench/critic_free.py", *(argv if argv is not None else sys.argv[1:])])}
     started = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
-    paths = build_inputs(os.path.join(args.out, "inputs"), args.seed, commands)
-    rows = {}
-    for i, engine in enumerate(engines):
-        say(f"[{i + 1}/{len(engines)}] {engine}: {args.episodes} episodes")
-        rows[engine] = r = train_and_judge(engine, paths, args, commands)
+    paths = build_inputs(os.path.join(args.out, "inputs"), args.seeds[0], commands)
+    rows = {engine: {"runs": []} for engine in engines}
+    todo = [(seed, engine) for seed in args.seeds for engine in engines]  # seed by seed: drift hits every engine
+    for i, (seed, engine) in enumerate(todo):
+        say(f"[{i + 1}/{len(todo)}] {engine}, seed {seed}: {args.episodes} episodes")
+        r = train_and_judge(engine, seed, paths, args, commands)
+        rows[engine]["runs"].append({"seed": seed, **r})
         say(f"  gold {r['sft_gold']:+.3f} -> {r['gold']:+.3f}, reward {r['sft_reward']:+.2f} -> {r['reward']:+.2f}, "
             f"{r['episodes_per_second']:.1f} episodes/s; {(time.perf_counter() - started) / 60:.1f} min so far")
+    for block in rows.values():
+        block["summary"] = summary(block["runs"])
     text = table(rows)
     print("\n" + text, flush=True)
     out = {"machine": machine.describe("cpu"), "versions": machine.versions(), "episodes": args.episodes,
-           "seed": args.seed, "note": args.note, "results": rows, "commands": commands,
+           "seeds": args.seeds, "note": args.note, "results": rows, "commands": commands,
            "total_seconds": time.perf_counter() - started}
     path = os.path.join(args.out, "critic_free_results.json")
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
@@ -185,10 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         described = out["machine"]
         lines = [f"# PPO, GRPO and RLOO on the toy task, {args.episodes} episodes each (cpu, "
                  f"{datetime.date.today().isoformat()})", "",
-                 f"Machine: {described.get('cpu', described)}; torch {out['versions'].get('torch')}, TRL "
+                 f"Machine: {described.get('cpu_model')}, {described.get('usable_cores')} usable cores, "
+                 f"{(described.get('memory_bytes') or 0) / 2**30:.0f} GiB; torch {out['versions'].get('torch')}, TRL "
                  f"{out['versions'].get('trl')}. {args.note}".rstrip(), "",
                  "Gains are over the merged SFT model every engine starts from, on 200 held-out prompts x 2 answers "
-                 "(compare_base_vs_ppo.py); the gold judge is the toy task's rule, which no model saw.", "", text, "",
+                 "(compare_base_vs_ppo.py); the gold judge is the toy task's rule, which no model saw. Means over "
+                 f"training seeds {', '.join(map(str, args.seeds))}; the gold gain's range in brackets.", "", text, "",
                  "Commands:", ""] + [f"    {cmd}" for cmd in commands.values()]
         with open(stem + ".md", "w", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")

@@ -136,6 +136,12 @@ def markdown(results: dict) -> str:
         block = stages["learning"]
         lines += [f"### PPO learning ({block['episodes']} episodes; user flags `{block['user_flags']}`)", "",
                   learning_table(block["results"]), ""]
+    if "critic_free" in stages:
+        from critic_free import table
+
+        block = stages["critic_free"]
+        lines += [f"### PPO, GRPO and RLOO on the toy task ({block['episodes']} episodes each, seeds "
+                  f"{', '.join(map(str, block['seeds']))})", "", table(block["results"]), ""]
     if "generation" in stages:
         lines += ["### Generation (KV cache, sampling, 64 new tokens)", "", "| dtype, batch size | tokens/s | memory |",
                   "|---|---|---|"]

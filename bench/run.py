@@ -2,7 +2,7 @@
 """The benchmark suite (``make bench``): every stage of the toolkit on this machine, with side-by-side peers.
 
     python bench/run.py [--device auto|cpu|cuda] [--repeats 3] [--other_repeats 1] [--no_peers]
-                        [--stages sft,reward,dpo,ppo,generation,learning] [--setup cpu|cuda|quick]
+                        [--stages sft,reward,dpo,ppo,generation,learning,critic_free] [--setup cpu|cuda|quick]
                         [--out bench/results] [--work .bench/suite]
 
 Writes ``<out>/<device>-<date>.json`` (every run's figures, medians, ratios, the machine, the versions, the
@@ -31,6 +31,9 @@ Stages and what each reports:
   own defaults and the same user flags (stories260K, a reward model trained on a rule, the rule as held-out gold):
   gold and reward gain per 100 episodes and per minute, KL, episodes/s, peak RSS, for ``ppo.py`` and TRL 1.12's
   PPOTrainer (without ``--no_peers``).
+* **critic_free** (CPU setup; about 8 minutes) - ``bench/critic_free.py``: ``ppo.py``, ``grpo.py`` and ``rloo.py``
+  on the toy task with the same episodes, each with its defaults, three seeds: gold and reward gain over the SFT
+  model per 100 episodes and per minute, KL from the base, episodes/s, peak RSS.
 
 Peer runs are interleaved (ours, bare, theirs; then again, with seed 42 + i in run i), so drift on a shared
 machine hits every side; each ratio is taken run by run (ours_i / theirs_i) and reported as median, min and max
@@ -67,8 +70,9 @@ SETUPS = {
                   ppo=[], ppo_repeats={}, gen_batches=[1, 4], gen_batch_count=1,
                   ppo_alone=dict(steps=2, batch_size=4, response_length=8)),
 }
-STAGES = ("sft", "reward", "dpo", "ppo", "generation", "learning")
-DEFAULT_STAGES = {"cpu": STAGES, "cuda": STAGES[:-1], "quick": STAGES[:-1]}  # learning: CPU (its setting is tiny)
+STAGES = ("sft", "reward", "dpo", "ppo", "generation", "learning", "critic_free")
+# learning and critic_free: CPU (their settings are tiny)
+DEFAULT_STAGES = {"cpu": STAGES, "cuda": STAGES[:-2], "quick": STAGES[:-2]}
 TRL_SFT_SCRIPT = "trl/scripts/sft.py"
 
 
@@ -311,6 +315,14 @@ class Suite:
         self.commands["learning"] = "python bench/ppo_learning.py " + shlex.join(argv)
         return {k: result[k] for k in ("episodes", "user_flags", "trl_user_flags", "results", "commands")}
 
+    def critic_free(self) -> dict:
+        """bench/critic_free.py: ppo.py, grpo.py and rloo.py on the toy task, the same episodes, three seeds."""
+        folder = self.path("critic_free")
+        run([self.py, "bench/critic_free.py", "--out", folder], self.path("critic_free.log"), "critic-free")
+        result = load(os.path.join(folder, "critic_free_results.json"))
+        self.commands["critic_free"] = "python bench/critic_free.py --out " + folder
+        return {k: result[k] for k in ("episodes", "seeds", "results", "commands")}
+
     # ------------------------------------------------------------------------------------- generation
     def generation(self, inp: dict) -> dict:
         s = self.setup
@@ -410,7 +422,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--other_repeats", type=int, default=1, help="runs of the stages without a peer "
                         "(reward, dpo, generation, PPO alone)")
     parser.add_argument("--stages", help=f"comma-separated, of: {', '.join(STAGES)} (default: all but learning "
-                        "on the cuda and quick setups)")
+                        "and critic_free on the cuda and quick setups)")
     parser.add_argument("--no_peers", action="store_true", help="PPO without TRL 1.12 (no venv to build)")
     parser.add_argument("--threads", type=int, default=0, help="OMP/MKL threads of every run (0: torch's default)")
     parser.add_argument("--out", default=os.path.join(BENCH, "results"), help="where the JSON and Markdown go")
@@ -456,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
             stages["ppo"] = suite.ppo(inp)
         elif stage == "learning":
             stages["learning"] = suite.learning()
+        elif stage == "critic_free":
+            stages["critic_free"] = suite.critic_free()
         else:
             stages["generation"] = suite.generation(inp)
     date = datetime.date.today().isoformat()
