@@ -186,3 +186,31 @@ def test_refused_input_is_one_line_and_writes_nothing(case, rules, embedded_root
     result = run_script(GRPO, "--output_dir", str(out), "--max_steps", "1", *flags, *QUIET, env=ONE_THREAD)
     assert_user_error(result, *fragments)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------- 2 processes
+@pytest.mark.parametrize(("layout", "launch", "label"), [
+    ("ddp", ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+             "--dynamo_backend", "no", "--main_process_port", "0"], "ddp"),
+    ("zero3", ["--config_file", str(REPO / "configs" / "accelerate" / "cpu_zero3.yaml")], "deepspeed-zero3"),
+    ("fsdp2", ["--config_file", str(REPO / "configs" / "accelerate" / "cpu_fsdp2.yaml")], "fsdp2"),
+])
+def test_two_processes_train_and_save_the_adapter(layout, launch, label, embedded_root, tmp_path):
+    """grpo.py under `accelerate launch` with 2 CPU processes (DDP, DeepSpeed ZeRO-3, FSDP2): every group of
+    completions within one process's batch, both processes' episodes counted, one adapter saved, which loads."""
+    import subprocess
+    import sys
+
+    out = tmp_path / layout
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launch, GRPO, "--reward_function",
+                             "toy", "--output_dir", str(out), "--max_steps", "4", "--per_device_train_batch_size",
+                             "4", "--num_generations", "4", "--max_completion_length", "16", "--device", "cpu",
+                             *QUIET], cwd=REPO, env={**__import__("os").environ, **ONE_THREAD}, capture_output=True,
+                            text=True, timeout=900)
+    assert_ok(result)
+    results = read_json(out / "all_results.json")
+    assert results["distributed"] == label and len(results["peak_rss_mib_per_process"]) == 2
+    assert results["train_episodes"] == 4 * 4 * 2
+    from rlhfkit import models
+
+    assert models.load_causal_lm(str(out), merge_adapter=True) is not None
