@@ -27,8 +27,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ["sft.py", "reward_modeling.py", "dpo.py", "ppo.py", "merge_peft_adapter.py", "run_generation.py",
-           "compare_base_vs_ppo.py"]
+SCRIPTS = sorted(p.name for p in REPO.glob("*.py"))  # every script at the top, as the Dockerfile's build checks them
 IMAGE_PYTHON = "3.12"  # Ubuntu 24.04's Python, in Habana's ubuntu24.04 images
 
 
