@@ -52,38 +52,13 @@ def policy_tokenizer(name: str, trust_remote_code: bool, stop_ids_of):
     return tokenizer
 
 
-def describe_format(prompt_format: str, tokenizer) -> str:
-    from rlhfkit import schemas
-
-    if prompt_format != "auto":
-        return prompt_format
-    if schemas.has_chat_template(tokenizer):
-        return "auto (the tokenizer's chat template)"
-    return "auto -> qa (the tokenizer has no chat template: 'Question: ...\\n\\nAnswer:')"
-
-
 def load_prompts(data_args: DatasetArguments, args: PPOArguments, tokenizer):
     """(prompt texts, token ids of the formatted prompts), prompts over --input_max_length dropped."""
-    from rlhfkit import data, defaults, schemas
-    from rlhfkit.sampling import encode_prompts
+    from rlhfkit.sampling import load_rl_prompts
 
-    name, subset = defaults.dataset_for("rl", data_args.dataset_name, data_args.subset)
-    rows = data.load_canonical(name, "prompt", subset, data_args.split, strict=data_args.error_on_invalid_rows,
-                               limit=args.max_train_samples)
-    prompts = [row["prompt"] for row in rows]
-    tools = rows["tools"] if "tools" in rows.column_names else None
-    texts, ids = encode_prompts(tokenizer, prompts, args.prompt_format, tools)
-    logger.info("prompt format %s: the policy sees prompts as %r; %s", describe_format(args.prompt_format, tokenizer),
-                texts[0][-200:], "change with --prompt_format raw (as given), qa or chat")
-    keep = [i for i, row in enumerate(ids) if len(row) <= args.input_max_length]
-    if not keep:
-        shortest = min(len(r) for r in ids)
-        raise UserError(f"every prompt is longer than --input_max_length {args.input_max_length} tokens (the shortest "
-                        f"has {shortest}): raise --input_max_length")
-    if len(keep) < len(ids):
-        logger.warning("dropped %d of %d prompts longer than --input_max_length %d tokens", len(ids) - len(keep),
-                       len(ids), args.input_max_length)
-    return [schemas.prompt_text(prompts[i]) for i in keep], [ids[i] for i in keep]
+    loaded = load_rl_prompts(data_args, tokenizer, args.prompt_format, args.input_max_length, "--input_max_length",
+                             args.max_train_samples)
+    return loaded.plain, loaded.ids
 
 
 def validate(args: PPOArguments, model_args: ModelArguments) -> str | None:

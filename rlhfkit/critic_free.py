@@ -100,28 +100,16 @@ def load_prompts(script_args: ScriptArguments, tokenizer):
     them. Prompts over ``--max_prompt_length`` tokens are dropped, with a count."""
     import datasets
 
-    from rlhfkit import data, defaults, schemas
-    from rlhfkit.sampling import encode_prompts
+    from rlhfkit import schemas
+    from rlhfkit.sampling import load_rl_prompts
 
-    name, subset = defaults.dataset_for("rl", script_args.dataset_name, script_args.subset)
-    rows = data.load_canonical(name, "prompt", subset, script_args.split, strict=script_args.error_on_invalid_rows,
-                               limit=script_args.max_train_samples)
-    prompts = [row["prompt"] for row in rows]
-    tools = rows["tools"] if "tools" in rows.column_names else None
-    texts, ids = encode_prompts(tokenizer, prompts, script_args.prompt_format, tools)
-    keep = [i for i, row in enumerate(ids) if len(row) <= script_args.max_prompt_length]
-    if not keep:
-        raise UserError(f"every prompt is longer than --max_prompt_length {script_args.max_prompt_length} tokens (the "
-                        f"shortest has {min(len(r) for r in ids)}): raise --max_prompt_length")
-    if len(keep) < len(ids):
-        logger.warning("dropped %d of %d prompts longer than --max_prompt_length %d tokens", len(ids) - len(keep),
-                       len(ids), script_args.max_prompt_length)
-    columns = {"prompt": [schemas.strip_bos(tokenizer, texts[i]) for i in keep],
-               PROMPT_TEXT_COLUMN: [schemas.prompt_text(prompts[i]) for i in keep]}
-    if tools is not None:
-        columns["tools"] = [tools[i] for i in keep]
-    logger.info("prompt format %s: the policy sees prompts as %r (%d prompts)", script_args.prompt_format,
-                columns["prompt"][0][-200:], len(keep))
+    loaded = load_rl_prompts(script_args, tokenizer, script_args.prompt_format, script_args.max_prompt_length,
+                             "--max_prompt_length", script_args.max_train_samples)
+    columns = {"prompt": [schemas.strip_bos(tokenizer, text) for text in loaded.texts],
+               PROMPT_TEXT_COLUMN: loaded.plain}
+    if loaded.tools is not None:
+        columns["tools"] = loaded.tools
+    logger.info("%d prompts", len(loaded.texts))
     return datasets.Dataset.from_dict(columns)
 
 

@@ -22,6 +22,7 @@ ppo.py (its rollouts), compare_base_vs_ppo.py and run_generation.py all sample t
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ import torch
 
 from rlhfkit import schemas
 from rlhfkit.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 PROMPT_FORMATS = ("auto", "chat", "qa", "raw")
 
@@ -72,6 +75,54 @@ def encode_prompts(tokenizer, prompts: list, prompt_format: str = "auto",
     formatted = [format_prompt(tokenizer, p, prompt_format, t) for p, t in zip(prompts, tools, strict=True)]
     chat = _uses_chat_template(tokenizer, prompt_format)
     return formatted, tokenizer(formatted, add_special_tokens=not chat)["input_ids"]
+
+
+@dataclass
+class RLPrompts:
+    """The RL scripts' prompts (ppo.py, grpo.py, rloo.py), those that fit kept in order: the canonical prompts, their
+    plain text (for rule rewards and judges), their tool schemas (or None), the formatted text the policy sees, and
+    its token ids."""
+
+    prompts: list
+    plain: list[str]
+    tools: list[str] | None
+    texts: list[str]
+    ids: list[list[int]]
+
+
+def load_rl_prompts(data_args, tokenizer, prompt_format: str, max_length: int, flag: str,
+                    limit: int | None = None) -> RLPrompts:
+    """Prompts for RL from any prompt schema (``data_args``: dataset, subset, split; the toy task's ``data/rl`` by
+    default), formatted by :func:`encode_prompts`; those over ``max_length`` tokens (the script's ``flag``) are
+    dropped with a count, and none left is an error. The first prompt, as the policy sees it, is logged."""
+    from rlhfkit import data, defaults
+
+    name, subset = defaults.dataset_for("rl", data_args.dataset_name, data_args.subset)
+    rows = data.load_canonical(name, "prompt", subset, data_args.split, strict=data_args.error_on_invalid_rows,
+                               limit=limit)
+    prompts = [row["prompt"] for row in rows]
+    tools = rows["tools"] if "tools" in rows.column_names else None
+    texts, ids = encode_prompts(tokenizer, prompts, prompt_format, tools)
+    keep = [i for i, row in enumerate(ids) if len(row) <= max_length]
+    if not keep:
+        raise UserError(f"every prompt is longer than {flag} {max_length} tokens (the shortest has "
+                        f"{min(len(r) for r in ids)}): raise {flag}")
+    if len(keep) < len(ids):
+        logger.warning("dropped %d of %d prompts longer than %s %d tokens", len(ids) - len(keep), len(ids), flag,
+                    max_length)
+    logger.info("prompt format %s: the policy sees prompts as %r; %s", describe_format(prompt_format, tokenizer),
+             texts[keep[0]][-200:], "change with --prompt_format raw (as given), qa or chat")
+    return RLPrompts([prompts[i] for i in keep], [schemas.prompt_text(prompts[i]) for i in keep],
+                     None if tools is None else [tools[i] for i in keep], [texts[i] for i in keep],
+                     [ids[i] for i in keep])
+
+
+def describe_format(prompt_format: str, tokenizer) -> str:
+    if prompt_format != "auto":
+        return prompt_format
+    if schemas.has_chat_template(tokenizer):
+        return "auto (the tokenizer's chat template)"
+    return "auto -> qa (the tokenizer has no chat template: 'Question: ...\\n\\nAnswer:')"
 
 
 def left_pad(rows: list[list[int]], pad_token_id: int, device=None, width: int | None = None):
