@@ -50,7 +50,13 @@ class ScriptArguments(DatasetArguments, RunArguments, StaticShapeArguments, HPUG
 def make_parser_for_sft():
     from trl import SFTConfig
 
-    return trainer_parser(ScriptArguments, SFTConfig, __doc__)
+    parser = trainer_parser(ScriptArguments, SFTConfig, __doc__, defaults={"padding_free": None})
+    for action in parser._actions:
+        if action.dest == "padding_free":
+            action.help = ("Pack each batch's rows into one row, no padding, attention per row (rlhfkit/attention.py; "
+                           "flash-attention reads the rows itself). Default: on, except with static shapes "
+                           "(--pad_max, --num_buckets, --pad_to_multiple_of), on Gaudi or with --packing.")
+    return parser
 
 
 def held_out_size(spec: str, total: int) -> int:
@@ -112,11 +118,13 @@ def check_room_for_completions(train, tokenizer, max_length: int | None) -> None
 
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):
-    from rlhfkit import device, models
+    from rlhfkit import attention, device, models
     from rlhfkit.results import write_results
 
     info, model_name, tokenizer_name, tokenizer = open_run(training_args, device_args, script_args, model_args,
                                                            "the trained model")
+    padding_free = attention.choose_padding_free(training_args, info)
+    training_args.padding_free = False  # TRL 1.16 refuses it with --max_length: attention.enable sets it after
     do_train = will_train(training_args)
     train_dataset, eval_dataset = load_data(script_args, training_args, tokenizer)
     model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,
@@ -126,11 +134,12 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     trainer, shapes = make_trainer("sft", info, training_args, script_args, model=model,
                                        train_dataset=train_dataset, eval_dataset=eval_dataset,
                                        processing_class=tokenizer, peft_config=peft_config)
+    batches = attention.enable(trainer, model, padding_free) or "padded"
     trainable = models.count_parameters(trainer.model, trainable_only=True)
     logger.info("model %s: %d parameters, %d trainable (%s)", model_name, models.count_parameters(trainer.model),
                 trainable, "LoRA" if peft_config else "full fine-tuning")
 
-    results = {"device": device.describe(info), "model": model_name, "use_peft": bool(peft_config)}
+    results = {"device": device.describe(info), "model": model_name, "use_peft": bool(peft_config), "batches": batches}
     if do_train:
         results.update(train_and_save(trainer, training_args, script_args))
         results.update(shapes.results())

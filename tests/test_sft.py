@@ -125,6 +125,9 @@ def test_lora_run_writes_adapter_tokenizer_and_results(lora_run, embedded_root):
         assert isinstance(results[key], float) and results[key] > 0, (key, results.get(key))
     assert results["use_peft"] is True
     assert math.isfinite(results["train_loss"])
+    # the default: each batch's rows packed into one row (rlhfkit/attention.py), so every batch shape has one row
+    assert results["batches"] == "padding-free (sdpa_varlen)"
+    assert {rows for rows, _ in results["train_batch_shapes"]} == {1}
     assert list(out.glob("checkpoint-*")) == []  # --save_strategy no
 
 
