@@ -62,9 +62,10 @@ def choose_padding_free(training_args, info) -> bool:
     (``--packing``: its ``bfd`` packing is padding-free already)."""
     if training_args.padding_free is not None:
         return bool(training_args.padding_free)
+    if training_args.packing:
+        return False  # TRL's bfd packing makes its collator padding-free itself; enable() sees it there
     reason = ("static shapes (padding to a multiple)" if training_args.pad_to_multiple_of else
-              "Gaudi (a packed row's length varies every step)" if info.type == "hpu" else
-              "--packing (TRL's packing is padding-free itself)" if training_args.packing else None)
+              "Gaudi (a packed row's length varies every step)" if info.type == "hpu" else None)
     if reason:
         logger.info("padding-free batches off: %s", reason)
         return False
