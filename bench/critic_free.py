@@ -57,15 +57,24 @@ def run(cmd: list[str], log: str) -> float:
     return common.run(cmd, os.path.basename(log).removesuffix(".log"), log=log, tag="critic_free")
 
 
-def engine_command(engine: str, sft: str, rm: str, out: str, episodes: int, seed: int) -> list[str]:
-    steps = str(episodes // EPISODES_PER_STEP[engine])
+def variant_flags(name: str, args) -> tuple[str, list[str]]:
+    """The script an engine row runs and its extra flags: ``grpo+`` is grpo.py with ``--grpo_args``."""
+    return ("grpo", shlex.split(args.grpo_args)) if name == "grpo+" else (name, [])
+
+
+def engine_command(engine: str, sft: str, rm: str, out: str, episodes: int, seed: int,
+                   extra: list[str] = ()) -> list[str]:
+    # --num_iterations N (TRL's GRPO and RLOO) trains N optimizer steps on each generated batch: N times the steps
+    # for the same episodes
+    passes = int(extra[extra.index("--num_iterations") + 1]) if "--num_iterations" in extra else 1
+    steps = str(episodes // EPISODES_PER_STEP[engine] * passes)
     if engine == "ppo":
         return [PY, "ppo.py", "--model_name_or_path", sft, "--reward_model_name", rm, "--output_dir", out,
                 "--steps", steps, "--batch_size", "32", "--mini_batch_size", "8", "--kl_coef", "0.2",
                 "--output_max_length", "48", "--sample_every", "0", "--report_to", "none", "--seed", str(seed)]
     return [PY, f"{engine}.py", "--model_name_or_path", sft, "--reward_model_name", rm, "--output_dir", out,
             "--max_steps", steps, "--max_completion_length", "48", "--logging_steps", "10", "--seed", str(seed),
-            *QUIET]
+            *QUIET, *extra]
 
 
 def build_inputs(work: str, seed: int, commands: dict) -> dict:
@@ -92,12 +101,13 @@ def build_inputs(work: str, seed: int, commands: dict) -> dict:
     return paths
 
 
-def train_and_judge(engine: str, seed: int, paths: dict, args, commands: dict) -> dict:
-    folder = os.path.join(args.out, f"{engine}-seed{seed}")
+def train_and_judge(name: str, seed: int, paths: dict, args, commands: dict) -> dict:
+    engine, extra = variant_flags(name, args)
+    folder = os.path.join(args.out, f"{name.replace('+', '-args')}-seed{seed}")
     policy, merged = os.path.join(folder, "policy"), os.path.join(folder, "merged")
     os.makedirs(folder, exist_ok=True)
-    cmd = engine_command(engine, paths["sft_merged"], paths["rm"], policy, args.episodes, seed)
-    commands[f"{engine} seed {seed}"] = shlex.join(cmd)
+    cmd = engine_command(engine, paths["sft_merged"], paths["rm"], policy, args.episodes, seed, extra)
+    commands[f"{name} seed {seed}"] = shlex.join(cmd)
     figures = common.measured([*cmd, "--overwrite_output_dir", "True"], engine, os.path.join(folder, "train.log"),
                               echo=False, tag="critic_free")
     with open(os.path.join(policy, "all_results.json"), encoding="utf-8") as handle:
@@ -112,7 +122,7 @@ def train_and_judge(engine: str, seed: int, paths: dict, args, commands: dict) -
                "--finetuned_model", judged, "--reward_model", paths["rm"], "--dataset_name", paths["data"],
                "--output_dir", os.path.join(folder, "comparison"), *COMPARE_ARGS]
     shutil.rmtree(os.path.join(folder, "comparison"), ignore_errors=True)  # a rerun judges afresh
-    commands[f"{engine} seed {seed} comparison"] = shlex.join(compare)
+    commands[f"{name} seed {seed} comparison"] = shlex.join(compare)
     run(compare, os.path.join(folder, "compare.log"))
     with open(os.path.join(folder, "comparison", "comparison.json"), encoding="utf-8") as handle:
         models = json.load(handle)["models"]
@@ -160,6 +170,28 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def write_report(out: dict, folder: str, text: str) -> None:
+    """``<folder>/cpu-<date>-critic-free[-grpo-args].{json,md}``, each written aside and renamed."""
+    os.makedirs(folder, exist_ok=True)
+    today = datetime.date.today().isoformat()
+    stem = os.path.join(folder, f"cpu-{today}-critic-free" + ("-grpo-args" if out.get("grpo_args") else ""))
+    described = out["machine"]
+    engines = ", ".join(f"`{name}`" for name in out["results"])
+    lines = [f"# {engines} on the toy task, {out['episodes']} episodes each (cpu, {today})", "",
+             f"Machine: {described.get('cpu_model')}, {described.get('usable_cores')} usable cores, "
+             f"{(described.get('memory_bytes') or 0) / 2**30:.0f} GiB; torch {out['versions'].get('torch')}, TRL "
+             f"{out['versions'].get('trl')}. {out['note']}".rstrip(), "",
+             "Gains are over the merged SFT model every engine starts from, on 200 held-out prompts x 2 answers "
+             "(compare_base_vs_ppo.py); the gold judge is the toy task's rule, which no model saw. Means over "
+             f"training seeds {', '.join(map(str, out['seeds']))}; the gold gain's range in brackets.", "", text, "",
+             "Commands:", ""] + [f"    {cmd}" for cmd in out["commands"].values()]
+    for suffix, body in ((".json", json.dumps(out, indent=1)), (".md", "\n".join(lines) + "\n")):
+        with open(stem + suffix + ".tmp", "w", encoding="utf-8") as handle:
+            handle.write(body)
+        os.replace(stem + suffix + ".tmp", stem + suffix)
+    say(f"wrote {stem}.json and .md")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=960, help="generated episodes per engine (a multiple of 32)")
@@ -168,11 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
     parser.add_argument("--out", default=os.path.join(REPO, ".bench", "critic-free"))
     parser.add_argument("--results", help="also write <device>-<date>-critic-free.{json,md} into this folder")
+    parser.add_argument("--grpo_args", help="one more row: grpo.py with these flags too (e.g. '--num_iterations 2'; "
+                        "the steps grow with --num_iterations so the episodes stay the same)")
     parser.add_argument("--note", default="", help="a line for the report (e.g. what else ran on the machine)")
     args = parser.parse_args(argv)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     if not engines or any(e not in ENGINES for e in engines):
         parser.error(f"--engines: choose from {', '.join(ENGINES)}")
+    if args.grpo_args:
+        engines.append("grpo+")
     if args.episodes % 32:
         parser.error("--episodes must be a multiple of 32 (PPO's batch)")
     import machine
@@ -189,34 +225,20 @@ def main(argv: list[str] | None = None) -> int:
         rows[engine]["runs"].append({"seed": seed, **r})
         say(f"  gold {r['sft_gold']:+.3f} -> {r['gold']:+.3f}, reward {r['sft_reward']:+.2f} -> {r['reward']:+.2f}, "
             f"{r['episodes_per_second']:.1f} episodes/s; {(time.perf_counter() - started) / 60:.1f} min so far")
+    rows = {(f"grpo {args.grpo_args}" if name == "grpo+" else name): block for name, block in rows.items()}
     for block in rows.values():
         block["summary"] = summary(block["runs"])
     text = table(rows)
     print("\n" + text, flush=True)
     out = {"machine": machine.describe("cpu"), "versions": machine.versions(), "episodes": args.episodes,
-           "seeds": args.seeds, "note": args.note, "results": rows, "commands": commands,
+           "seeds": args.seeds, "note": args.note, "grpo_args": args.grpo_args, "results": rows, "commands": commands,
            "total_seconds": time.perf_counter() - started}
     path = os.path.join(args.out, "critic_free_results.json")
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
         json.dump(out, handle, indent=1)
     os.replace(path + ".tmp", path)
     if args.results:
-        stem = os.path.join(args.results, f"cpu-{datetime.date.today().isoformat()}-critic-free")
-        with open(stem + ".json", "w", encoding="utf-8") as handle:
-            json.dump(out, handle, indent=1)
-        described = out["machine"]
-        lines = [f"# PPO, GRPO and RLOO on the toy task, {args.episodes} episodes each (cpu, "
-                 f"{datetime.date.today().isoformat()})", "",
-                 f"Machine: {described.get('cpu_model')}, {described.get('usable_cores')} usable cores, "
-                 f"{(described.get('memory_bytes') or 0) / 2**30:.0f} GiB; torch {out['versions'].get('torch')}, TRL "
-                 f"{out['versions'].get('trl')}. {args.note}".rstrip(), "",
-                 "Gains are over the merged SFT model every engine starts from, on 200 held-out prompts x 2 answers "
-                 "(compare_base_vs_ppo.py); the gold judge is the toy task's rule, which no model saw. Means over "
-                 f"training seeds {', '.join(map(str, args.seeds))}; the gold gain's range in brackets.", "", text, "",
-                 "Commands:", ""] + [f"    {cmd}" for cmd in commands.values()]
-        with open(stem + ".md", "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-        say(f"wrote {stem}.json and .md")
+        write_report(out, args.results, text)
     say(f"wrote {path} in {out['total_seconds'] / 60:.1f} min")
     return 0
 

@@ -55,12 +55,18 @@ def _machine(results: dict) -> list[str]:
 def _sft(sft: dict, memory: str) -> list[str]:
     s = sft["summary"]
     model = sft["model"]
-    lines = [f"### SFT ({model['parameters'] / 1e6:.1f}M-parameter Llama from a config, {sft['rows']} rows, batch "
-             f"{sft['batch_size']}, {sft['steps']} steps, first {sft['warmup_steps_excluded']} not timed)", "",
+    lora = sft.get("lora", False)
+    lines = [f"### SFT{' with LoRA' if lora else ''} ({model['parameters'] / 1e6:.1f}M-parameter Llama from a config, "
+             f"{sft['rows']} rows, batch {sft['batch_size']}, {sft['steps']} steps, first "
+             f"{sft['warmup_steps_excluded']} not timed)", "",
              f"| side | precision | non-padding tokens/s | step time (s) | MFU | {memory} | held-out loss |",
              "|---|---|---|---|---|---|---|"]
-    names = {"ours": "ours (`sft.py` defaults, full fine-tuning)", "trl": "`trl sft` (its defaults)",
-             "bare": "bare PyTorch loop (ceiling)"}
+    if lora:
+        names = {"ours": "ours (`sft.py` defaults: LoRA r16 on every linear layer)",
+                 "trl": "`trl sft --use_peft True` (its defaults: LoRA r16 on peft's default modules)"}
+    else:
+        names = {"ours": "ours (`sft.py` defaults, full fine-tuning)", "trl": "`trl sft` (its defaults)",
+                 "bare": "bare PyTorch loop (ceiling)"}
     for side, label in names.items():
         runs = sft["runs"][side]
         precision = runs[0]["precision"] + (" + grad. checkpointing" if runs[0].get("gradient_checkpointing") else "")
@@ -68,9 +74,9 @@ def _sft(sft: dict, memory: str) -> list[str]:
         lines.append(f"| {label} | {precision} | {cell(x.get('tokens_per_second'))} | {cell(x.get('step_seconds'))} | "
                      f"{cell(x.get('mfu'))} | {cell(x.get('peak_memory_bytes'), 'MiB')} | {cell(x.get('eval_loss'))} |")
     r = sft["ratios"]
+    bare = f"ours / bare loop {cell(r['ours/bare']['tokens_per_second'], 'x')}; " if "ours/bare" in r else ""
     lines += ["", f"Ratios, run by run: ours / trl sft tokens/s {cell(r['ours/trl']['tokens_per_second'], 'x')}; "
-                  f"ours / bare loop {cell(r['ours/bare']['tokens_per_second'], 'x')}; peak memory ours / trl sft "
-                  f"{cell(sft['memory_ratio']['ours/trl']['peak_memory_bytes'], 'x')}."]
+                  f"{bare}peak memory ours / trl sft {cell(sft['memory_ratio']['ours/trl']['peak_memory_bytes'], 'x')}."]
     return lines
 
 
@@ -124,8 +130,9 @@ def markdown(results: dict) -> str:
     memory = "peak GPU memory" if cuda else "peak RSS"
     stages = results["stages"]
     lines = [f"## Benchmark: {results['device']}, {results['date']}", "", *_machine(results), ""]
-    if "sft" in stages:
-        lines += _sft(stages["sft"], memory) + [""]
+    for key in ("sft", "sft_lora"):
+        if key in stages:
+            lines += _sft(stages[key], memory) + [""]
     pair_rows = [_pairs(n, stages[k], memory) for n, k in (("reward model", "reward"), ("DPO", "dpo")) if k in stages]
     if pair_rows:
         lines += ["### Reward modeling and DPO", "", "| stage | batch | throughput | step time | memory |",

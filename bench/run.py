@@ -70,7 +70,7 @@ SETUPS = {
                   ppo=[], ppo_repeats={}, gen_batches=[1, 4], gen_batch_count=1,
                   ppo_alone=dict(steps=2, batch_size=4, response_length=8)),
 }
-STAGES = ("sft", "reward", "dpo", "ppo", "generation", "learning", "critic_free")
+STAGES = ("sft", "sft_lora", "reward", "dpo", "ppo", "generation", "learning", "critic_free")
 # learning and critic_free: CPU (their settings are tiny)
 DEFAULT_STAGES = {"cpu": STAGES, "cuda": STAGES[:-2], "quick": STAGES[:-2]}
 TRL_SFT_SCRIPT = "trl/scripts/sft.py"
@@ -150,8 +150,9 @@ class Suite:
         return {"model": model, "data": data, "pairs": pairs_dir, "pair_rows": rows}
 
     # --------------------------------------------------------------------------------------------- sft
-    def sft_commands(self, inp: dict, repeat: int) -> dict[str, list[str]]:
+    def sft_commands(self, inp: dict, repeat: int, lora: bool = False) -> dict[str, list[str]]:
         s, device = self.setup, self.args.device
+        tag = "sft_lora" if lora else "sft"
         # repeat i uses seed 42 + i on every side: different batch orders, so the held-out losses have a spread
         common = ["--model_name_or_path", inp["model"]["path"], "--max_steps", str(s["steps"]),
                   "--per_device_train_batch_size", str(s["batch_size"]), "--save_strategy", "no",
@@ -160,13 +161,15 @@ class Suite:
 
         trl_script = os.path.join(os.path.dirname(os.path.dirname(trl.__file__)), TRL_SFT_SCRIPT)
         probe = [self.py, "bench/trainer_probe.py"]
+        # LoRA: each side with its own LoRA defaults (ours: sft.py's default, rank 16 on every linear layer; TRL's:
+        # --use_peft True, rank 16 on peft's default modules), both at SFTConfig's learning rate
         return {
-            "ours": [*probe, self.path(f"sft_ours_{repeat}.json"), "--", "sft.py", *common,
-                     "--dataset_name", inp["data"]["ours"], "--output_dir", self.path(f"sft_ours_{repeat}"),
-                     "--overwrite_output_dir", "--use_peft", "False", "--device", device],
-            "trl": [*probe, self.path(f"sft_trl_{repeat}.json"), "--", trl_script, *common,
-                    "--dataset_name", inp["data"]["trl"], "--output_dir", self.path(f"sft_trl_{repeat}"),
-                    *(["--use_cpu", "True"] if device == "cpu" else [])],
+            "ours": [*probe, self.path(f"{tag}_ours_{repeat}.json"), "--", "sft.py", *common,
+                     "--dataset_name", inp["data"]["ours"], "--output_dir", self.path(f"{tag}_ours_{repeat}"),
+                     "--overwrite_output_dir", "--use_peft", str(lora), "--device", device],
+            "trl": [*probe, self.path(f"{tag}_trl_{repeat}.json"), "--", trl_script, *common,
+                    "--dataset_name", inp["data"]["trl"], "--output_dir", self.path(f"{tag}_trl_{repeat}"),
+                    *(["--use_cpu", "True"] if device == "cpu" else []), *(["--use_peft", "True"] if lora else [])],
         }
 
     def bare_command(self, inp: dict, repeat: int, precision: str) -> list[str]:
@@ -177,40 +180,49 @@ class Suite:
                 "--seed", str(42 + repeat),
                 *(["--bf16"] if precision == "bf16" else []), "--result", self.path(f"sft_bare_{repeat}.json")]
 
-    def sft(self, inp: dict) -> dict:
+    def sft(self, inp: dict, lora: bool = False) -> dict:
+        """ours, trl sft and (in full fine-tuning) the bare loop, interleaved; ``lora``: both sides with LoRA."""
         s, n = self.setup, inp["model"]["matmul_parameters"]
-        runs: dict[str, list[dict]] = {"ours": [], "trl": [], "bare": []}
+        tag = "sft_lora" if lora else "sft"
+        sides = ("ours", "trl") if lora else ("ours", "trl", "bare")
+        runs: dict[str, list[dict]] = {side: [] for side in sides}
         for repeat in range(self.args.repeats):
-            cmds = self.sft_commands(inp, repeat)
+            cmds = self.sft_commands(inp, repeat, lora)
             for side in ("ours", "trl"):
-                shutil.rmtree(self.path(f"sft_{side}_{repeat}"), ignore_errors=True)
-                run(cmds[side], self.path(f"sft_{side}_{repeat}.log"), f"sft {side} #{repeat + 1}")
+                out = self.path(f"{tag}_{side}_{repeat}")
+                shutil.rmtree(out, ignore_errors=True)
+                run(cmds[side], out + ".log", f"{tag} {side} #{repeat + 1}")
                 record = load(cmds[side][2])
-                if side == "ours":
+                if side == "ours" and not lora:
                     cmds["bare"] = self.bare_command(inp, repeat, record["precision"])
                     run(cmds["bare"], self.path(f"sft_bare_{repeat}.log"), f"sft bare loop #{repeat + 1}")
                     runs["bare"].append(self.sft_figures(load(self.path(f"sft_bare_{repeat}.json")), n, None))
-                evaluation = self.path(f"sft_{side}_{repeat}_eval.log")
-                run([self.py, "bench/eval_loss.py", "--model", self.path(f"sft_{side}_{repeat}"), "--data",
-                     inp["data"]["eval"], "--device", self.args.device], evaluation, f"eval loss ({side})")
+                evaluation = out + "_eval.log"
+                # a LoRA side saved an adapter: transformers loads it onto its base (peft installed)
+                run([self.py, "bench/eval_loss.py", "--model", out, "--data", inp["data"]["eval"], "--device",
+                     self.args.device], evaluation, f"eval loss ({tag} {side})")
                 with open(evaluation, encoding="utf-8") as handle:
                     loss = json.loads(handle.read().strip().splitlines()[-1])["eval_loss"]
-                runs[side].append(self.sft_figures(record, n, loss))
-                shutil.rmtree(self.path(f"sft_{side}_{repeat}"), ignore_errors=True)
-            self.commands.update({f"sft_{k}": shlex.join(v) for k, v in cmds.items()})
-        return {"model": inp["model"], "rows": s["batch_size"] * s["steps"], "batch_size": s["batch_size"],
-                "steps": s["steps"], "warmup_steps_excluded": s["warmup"], "runs": runs,
-                "summary": self.summarise(runs), "ratios": self.ratios(runs, ["tokens_per_second", "mfu"],
-                                                                      [("ours", "trl"), ("ours", "bare")]),
+                runs[side].append(self.sft_figures(record, n, loss, lora))
+                shutil.rmtree(out, ignore_errors=True)
+            self.commands.update({f"{tag}_{k}": shlex.join(v) for k, v in cmds.items()})
+        pairs = [("ours", "trl")] if lora else [("ours", "trl"), ("ours", "bare")]
+        return {"model": inp["model"], "lora": lora, "rows": s["batch_size"] * s["steps"],
+                "batch_size": s["batch_size"], "steps": s["steps"], "warmup_steps_excluded": s["warmup"],
+                "runs": runs, "summary": self.summarise(runs),
+                "ratios": self.ratios(runs, ["tokens_per_second", "mfu"], pairs),
                 "memory_ratio": self.ratios(runs, ["peak_memory_bytes"], [("ours", "trl")])}
 
-    def sft_figures(self, record: dict, n: int, eval_loss: float | None) -> dict:
+    def sft_figures(self, record: dict, n: int, eval_loss: float | None, lora: bool = False) -> dict:
+        """MFU counts 6 x N FLOPs per token in full fine-tuning and 4 x N under LoRA (no weight gradients for the
+        frozen model; the adapters' FLOPs left out)."""
         dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(record["precision"], "float32")
         figures = steady(record, self.setup["warmup"])
         peak = self.peak(dtype)
         tps = figures["tokens_per_second"]
         return {**figures, "precision": record["precision"], "gradient_checkpointing": record["gradient_checkpointing"],
-                "peak_memory_bytes": peak_memory(record, self.cuda), "mfu": 6 * n * tps / peak if tps else None,
+                "peak_memory_bytes": peak_memory(record, self.cuda),
+                "mfu": (4 if lora else 6) * n * tps / peak if tps else None,
                 "peak_matmul_flops": peak, "eval_loss": eval_loss, "threads": record.get("torch_threads"),
                 "trainable_parameters": record.get("trainable_parameters")}
 
@@ -375,22 +387,27 @@ def targets(stages: dict, device: str) -> list[dict]:
     def add(what: str, target: str, value, met):
         out.append({"what": what, "target": target, "measured": value, "met": met})
 
-    sft = stages.get("sft")
-    if sft:
-        r = sft["ratios"]
+    for key, label in (("sft", "SFT"), ("sft_lora", "SFT with LoRA")):
+        sft = stages.get(key)
+        if not sft:
+            continue
+        r, loss = sft["ratios"], sft["summary"]
         ours_trl = (r["ours/trl"]["tokens_per_second"] or {}).get("median")
-        ours_bare = (r["ours/bare"]["tokens_per_second"] or {}).get("median")
-        add("SFT non-padding tokens/s, ours / trl sft", ">= 2.0x", ours_trl, ours_trl is not None and ours_trl >= 2.0)
-        add("SFT tokens/s, ours / bare PyTorch loop", ">= 0.8x", ours_bare, ours_bare is not None and ours_bare >= 0.8)
-        loss = sft["summary"]
+        add(f"{label} non-padding tokens/s, ours / trl sft", ">= 2.0x", ours_trl,
+            ours_trl is not None and ours_trl >= 2.0)
+        if "ours/bare" in r:
+            ours_bare = (r["ours/bare"]["tokens_per_second"] or {}).get("median")
+            add(f"{label} tokens/s, ours / bare PyTorch loop", ">= 0.8x", ours_bare,
+                ours_bare is not None and ours_bare >= 0.8)
         ours_loss = (loss["ours"].get("eval_loss") or {}).get("median")
         trl_loss = (loss["trl"].get("eval_loss") or {}).get("median")
-        add("SFT held-out loss, ours vs trl sft", "no worse (within 1%)", [ours_loss, trl_loss],
+        add(f"{label} held-out loss, ours vs trl sft", "no worse (within 1%)", [ours_loss, trl_loss],
             ours_loss is not None and trl_loss is not None and ours_loss <= 1.01 * trl_loss)
-        mfu = (loss["ours"].get("mfu") or {}).get("median")
-        goal = 0.4 if device == "cuda" else 0.5
-        add(f"SFT MFU ({device}, {sft['model']['parameters'] / 1e6:.1f}M parameters)", f">= {goal}", mfu,
-            mfu is not None and mfu >= goal)
+        if key == "sft":
+            mfu = (loss["ours"].get("mfu") or {}).get("median")
+            goal = 0.4 if device == "cuda" else 0.5
+            add(f"SFT MFU ({device}, {sft['model']['parameters'] / 1e6:.1f}M parameters)", f">= {goal}", mfu,
+                mfu is not None and mfu >= goal)
     ppo = stages.get("ppo") or {}
     if "small" in ppo:
         value = (ppo["small"]["ratios"]["ours/trl"]["episodes_per_second"] or {}).get("median")
@@ -458,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     stages: dict = {}
     for stage in args.stages:
         say(f"stage {stage}")
-        if stage == "sft":
-            stages["sft"] = suite.sft(inp)
+        if stage in ("sft", "sft_lora"):
+            stages[stage] = suite.sft(inp, lora=stage == "sft_lora")
         elif stage == "reward":
             stages["reward"] = suite.pairs(inp, "reward_modeling.py", "reward")
         elif stage == "dpo":

@@ -177,3 +177,24 @@ def corpus(seed: int = 0, n: int = 4000) -> list[str]:
     # every word of the vocabulary at least once, whatever the draw
     texts.append(" ".join(ITEMS + COLOURS + POSITIVE + NEGATIVE + NEUTRAL))
     return texts
+
+
+def sampled_gold(model, tokenizer, questions: list[str], samples: int = 4, temperature: float = 1.0,
+                 max_new_tokens: int = 48, seed: int = 0) -> float:
+    """The gold judge's mean over ``samples`` answers per question sampled from ``model`` (seeded).
+
+    Sampled rather than greedy: the greedy answer of a model this small is one template per question ("The X is
+    excellent."), whose score hinges on which adjective happens to be the mode, while the sampled mean measures the
+    distribution training actually moves (fewer off-topic answers, more positive adjectives).
+    """
+    import torch
+
+    from rlhfkit.sampling import generate_text
+
+    torch.manual_seed(seed)
+    result = generate_text(model, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=50, do_sample=True,
+                           temperature=temperature, num_return_sequences=samples)
+    if [len(c) for c in result.completions] != [samples] * len(questions):
+        raise RuntimeError("sampled_gold: the sampler returned a different number of answers than asked for")
+    scores = [gold_score(q, c) for q, cs in zip(questions, result.completions, strict=True) for c in cs]
+    return sum(scores) / len(scores)

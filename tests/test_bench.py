@@ -57,6 +57,11 @@ def test_targets_judge_medians():
                    "SFT MFU (cpu": (">= 0.5", False)}
     stages["sft"]["summary"]["trl"]["eval_loss"]["median"] = 3.9  # 4.0 > 1.01 * 3.9
     assert [t["met"] for t in bench_run.targets(stages, "cpu") if "loss" in t["what"]] == [False]
+    # the LoRA stage: the same throughput and loss targets, no bare loop and no MFU target of its own
+    stages["sft_lora"] = {"model": {"parameters": 40e6}, "ratios": {"ours/trl": {"tokens_per_second": {"median": 1.2}}},
+                          "summary": {"ours": {"eval_loss": {"median": 5.0}}, "trl": {"eval_loss": {"median": 5.5}}}}
+    lora = [(t["what"].split(",")[0], t["met"]) for t in bench_run.targets(stages, "cpu") if "LoRA" in t["what"]]
+    assert lora == [("SFT with LoRA non-padding tokens/s", False), ("SFT with LoRA held-out loss", True)]
 
 
 def test_learning_targets_take_trls_best_row():
@@ -118,7 +123,7 @@ def test_suite_smoke_run_writes_valid_json_and_markdown(tmp_path):
     files = sorted(os.listdir(out))
     assert len(files) == 2 and files[0].startswith("cpu-") and files[0].endswith("-quick.json"), files
     results = json.loads((out / files[0]).read_text())
-    assert set(results["stages"]) == {"sft", "reward", "dpo", "ppo", "generation"}
+    assert set(results["stages"]) == {"sft", "sft_lora", "reward", "dpo", "ppo", "generation"}
     assert results["machine"]["usable_cores"] >= 1 and results["versions"]["torch"]
     assert results["peak_matmul"] and all(p["flops_per_second"] > 0 for p in results["peak_matmul"].values())
 
@@ -133,6 +138,12 @@ def test_suite_smoke_run_writes_valid_json_and_markdown(tmp_path):
     assert sft["runs"]["ours"][0]["gradient_checkpointing"] is False
     assert positive(sft["runs"]["ours"][0]["eval_loss"]) and positive(sft["runs"]["trl"][0]["eval_loss"])
     assert positive(sft["ratios"]["ours/trl"]["tokens_per_second"]["median"])
+    lora = results["stages"]["sft_lora"]
+    assert set(lora["runs"]) == {"ours", "trl"} and lora["lora"] is True
+    for side in ("ours", "trl"):  # LoRA trains far fewer parameters than the model holds
+        run = lora["runs"][side][0]
+        assert positive(run["tokens_per_second"]) and positive(run["eval_loss"])
+        assert 0 < run["trainable_parameters"] < 0.5 * lora["model"]["parameters"], run
     for stage in ("reward", "dpo"):
         assert positive(results["stages"][stage]["runs"]["ours"][0]["pairs_per_second"])
     ppo = results["stages"]["ppo"]["alone"]["runs"]["ours"][0]
@@ -141,4 +152,4 @@ def test_suite_smoke_run_writes_valid_json_and_markdown(tmp_path):
     assert {"float32_bs1", "float32_bs4", "bfloat16_bs1", "bfloat16_bs4"} <= set(results["stages"]["generation"]["runs"])
     assert [t["what"].split(",")[0] for t in results["targets"]][:2] == ["SFT non-padding tokens/s", "SFT tokens/s"]
     markdown = (out / files[1]).read_text()
-    assert "### SFT" in markdown and "### PPO" in markdown and "| target | goal | measured | met |" in markdown
+    assert "### SFT" in markdown and "### SFT with LoRA" in markdown and "### PPO" in markdown and "| target | goal | measured | met |" in markdown

@@ -51,17 +51,9 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 def _mean_gold(model, tokenizer, questions: list[str]) -> float:
     """The gold judge's mean over 4 answers per question sampled at temperature 0.7 (seed 0), as PPO's test samples:
     greedy answers are one template per model ("The X is excellent."), which hides what a model learned."""
-    import torch
-
     from rlhfkit import toy
-    from rlhfkit.sampling import generate_text
 
-    torch.manual_seed(0)
-    result = generate_text(model, tokenizer, questions, max_new_tokens=48, batch_size=50, do_sample=True,
-                           temperature=0.7, num_return_sequences=4)
-    assert len(result.completions) == len(questions)
-    scores = [toy.gold_score(q, c) for q, cs in zip(questions, result.completions, strict=True) for c in cs]
-    return sum(scores) / len(scores)
+    return toy.sampled_gold(model, tokenizer, questions, samples=4, temperature=0.7)
 
 
 def _assert_eval_keys(results: dict) -> None:
