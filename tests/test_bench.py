@@ -64,6 +64,18 @@ def test_targets_judge_medians():
     assert lora == [("SFT with LoRA non-padding tokens/s", False), ("SFT with LoRA held-out loss", True)]
 
 
+def test_ppo_targets_are_the_performance_issues():
+    """2.5x TRL 1.12's episodes/s on the small setting, 2x on 100M, at most 0.5x its memory on 100M."""
+    def setting(eps, memory):
+        return {"ratios": {"ours/trl": {"episodes_per_second": {"median": eps}, "peak_memory_bytes": {"median": memory}}}}
+
+    got = {t["what"]: (t["target"], t["met"])
+           for t in bench_run.targets({"ppo": {"small": setting(2.2, 0.6), "100m": setting(2.1, 0.45)}}, "cpu")}
+    assert got == {"PPO episodes/s, ours / TRL 1.12 (small)": (">= 2.5x", False),
+                   "PPO episodes/s, ours / TRL 1.12 (100m)": (">= 2.0x", True),
+                   "PPO peak memory, ours / TRL 1.12 (100M)": ("<= 0.5x", True)}
+
+
 def test_learning_targets_take_trls_best_row():
     """ours with its defaults against the better of TRL's rows, per 100 episodes and per minute."""
     def row(engine, gold_ep, gold_min, reward_ep, reward_min):
