@@ -52,6 +52,10 @@ def _machine(results: dict) -> list[str]:
     return lines
 
 
+def _extra(sft: dict) -> str:
+    return f" + `{sft['ours_args']}`" if sft.get("ours_args") else ""
+
+
 def _sft(sft: dict, memory: str) -> list[str]:
     s = sft["summary"]
     model = sft["model"]
@@ -62,10 +66,10 @@ def _sft(sft: dict, memory: str) -> list[str]:
              f"| side | precision | non-padding tokens/s | step time (s) | MFU | {memory} | held-out loss |",
              "|---|---|---|---|---|---|---|"]
     if lora:
-        names = {"ours": "ours (`sft.py` defaults: LoRA r16 on every linear layer)",
+        names = {"ours": "ours (`sft.py` defaults: LoRA r16 on every linear layer)" + _extra(sft),
                  "trl": "`trl sft --use_peft True` (its defaults: LoRA r16 on peft's default modules)"}
     else:
-        names = {"ours": "ours (`sft.py` defaults, full fine-tuning)", "trl": "`trl sft` (its defaults)",
+        names = {"ours": "ours (`sft.py` defaults, full fine-tuning)" + _extra(sft), "trl": "`trl sft` (its defaults)",
                  "bare": "bare PyTorch loop (ceiling)"}
     for side, label in names.items():
         runs = sft["runs"][side]
@@ -77,6 +81,10 @@ def _sft(sft: dict, memory: str) -> list[str]:
     bare = f"ours / bare loop {cell(r['ours/bare']['tokens_per_second'], 'x')}; " if "ours/bare" in r else ""
     lines += ["", f"Ratios, run by run: ours / trl sft tokens/s {cell(r['ours/trl']['tokens_per_second'], 'x')}; "
                   f"{bare}peak memory ours / trl sft {cell(sft['memory_ratio']['ours/trl']['peak_memory_bytes'], 'x')}."]
+    if sft.get("ours_args"):
+        lines += ["", f"Ours ran with `{sft['ours_args']}` added. The untimed first {sft['warmup_steps_excluded']} "
+                      f"steps took {cell(s['ours'].get('warmup_seconds'))} s on our side, "
+                      f"{cell(s['trl'].get('warmup_seconds'))} s on trl sft's."]
     return lines
 
 

@@ -103,7 +103,9 @@ def steady(record: dict, warmup: int) -> dict:
     total = sum(seconds)
     return {"steps_timed": len(seconds), "tokens_per_second": sum(tokens) / total if total else None,
             "rows_per_second": sum(rows) / total if total else None,
-            "step_seconds": statistics.median(seconds) if seconds else None}
+            "step_seconds": statistics.median(seconds) if seconds else None,
+            # what the untimed steps took (with --torch_compile, the compiling)
+            "warmup_seconds": sum(record["step_seconds"][:warmup])}
 
 
 def peak_memory(record: dict, cuda: bool) -> int | None:
@@ -166,7 +168,8 @@ class Suite:
         return {
             "ours": [*probe, self.path(f"{tag}_ours_{repeat}.json"), "--", "sft.py", *common,
                      "--dataset_name", inp["data"]["ours"], "--output_dir", self.path(f"{tag}_ours_{repeat}"),
-                     "--overwrite_output_dir", "--use_peft", str(lora), "--device", device],
+                     "--overwrite_output_dir", "--use_peft", str(lora), "--device", device,
+                     *shlex.split(self.args.ours_sft_args)],
             "trl": [*probe, self.path(f"{tag}_trl_{repeat}.json"), "--", trl_script, *common,
                     "--dataset_name", inp["data"]["trl"], "--output_dir", self.path(f"{tag}_trl_{repeat}"),
                     *(["--use_cpu", "True"] if device == "cpu" else []), *(["--use_peft", "True"] if lora else [])],
@@ -207,7 +210,8 @@ class Suite:
                 shutil.rmtree(out, ignore_errors=True)
             self.commands.update({f"{tag}_{k}": shlex.join(v) for k, v in cmds.items()})
         pairs = [("ours", "trl")] if lora else [("ours", "trl"), ("ours", "bare")]
-        return {"model": inp["model"], "lora": lora, "rows": s["batch_size"] * s["steps"],
+        return {"model": inp["model"], "lora": lora, "ours_args": self.args.ours_sft_args,
+                "rows": s["batch_size"] * s["steps"],
                 "batch_size": s["batch_size"], "steps": s["steps"], "warmup_steps_excluded": s["warmup"],
                 "runs": runs, "summary": self.summarise(runs),
                 "ratios": self.ratios(runs, ["tokens_per_second", "mfu"], pairs),
@@ -443,6 +447,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--stages", help=f"comma-separated, of: {', '.join(STAGES)} (default: all but learning "
                         "and critic_free on the cuda and quick setups)")
     parser.add_argument("--no_peers", action="store_true", help="PPO without TRL 1.12 (no venv to build)")
+    parser.add_argument("--ours_sft_args", default="", help="more sft.py flags for our side of the sft and sft_lora "
+                        "stages, to measure an option against the peer (e.g. '--torch_compile True')")
     parser.add_argument("--threads", type=int, default=0, help="OMP/MKL threads of every run (0: torch's default)")
     parser.add_argument("--out", default=os.path.join(BENCH, "results"), help="where the JSON and Markdown go")
     parser.add_argument("--work", default=os.path.join(REPO, ".bench", "suite"), help="scratch folder")

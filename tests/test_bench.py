@@ -26,6 +26,18 @@ def test_steady_throughput_skips_the_warmup_steps():
     assert got["tokens_per_second"] == pytest.approx(500 / 4.0)
     assert got["rows_per_second"] == pytest.approx(24 / 4.0)
     assert got["step_seconds"] == 1.0  # the median
+    assert got["warmup_seconds"] == 10.0  # the untimed step, reported (with --torch_compile: the compiling)
+
+
+def test_ours_sft_args_reach_our_side_only():
+    args = bench_run.parse_args(["--device", "cpu", "--setup", "quick", "--ours_sft_args", "--torch_compile True"])
+    suite = bench_run.Suite(args)
+    inp = {"model": {"path": "M"}, "data": {"ours": "D1", "trl": "D2"}}
+    for lora in (False, True):
+        cmds = suite.sft_commands(inp, 0, lora)
+        assert cmds["ours"][-2:] == ["--torch_compile", "True"]
+        assert "--torch_compile" not in cmds["trl"]
+        assert ("--use_peft" in cmds["trl"]) is lora
 
 
 def test_spread_and_run_by_run_ratios():
