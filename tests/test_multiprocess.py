@@ -119,7 +119,10 @@ if os.environ.get("RLHFKIT_PROBE_REPO"):
     _write_bytes, _publish = _io.write_bytes, _io.publish
 
     def _say(what):
-        print(f"[probe] rank {os.environ.get('RANK', '0')} {what}", file=sys.stderr, flush=True)
+        # one write(2) per line: print() under PYTHONUNBUFFERED writes the text and its newline apart, and the
+        # other process's line can land between them (a pipe write under PIPE_BUF bytes is never split)
+        sys.stderr.flush()
+        os.write(2, f"[probe] rank {os.environ.get('RANK', '0')} {what}\\n".encode())
 
     def write_bytes(path, payload):
         _say(f"writes {os.path.basename(path)}")
