@@ -234,8 +234,7 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     save_policy(trainer, args, model_args, tokenizer)
     write_outputs(trainer, args, summary, info)
     logger.info("done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()})
-    accelerator.end_training()
-    return summary
+    return summary  # the processes end together and destroy their group in script_cli
 
 
 def build_parser():

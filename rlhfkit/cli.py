@@ -145,18 +145,22 @@ def dataclass_to_dict(obj: Any) -> dict[str, Any]:
 
 def script_cli(build_parser, main):
     """A script's command-line entry, ``cli(argv=None)``: logging set up, the flags (and ``--config``) parsed by
-    ``build_parser()``, then ``main(*parsed)``; bad input ends in one ``error:`` line (:func:`cli_entry`); the
-    process group, if the run started one, is destroyed on the way out (:func:`rlhfkit.sharding.end_process_group`)."""
+    ``build_parser()``, then ``main(*parsed)``; bad input ends in one ``error:`` line (:func:`cli_entry`). The
+    processes of a multi-process run end together and destroy their group on the way out
+    (:func:`rlhfkit.sharding.end_process_group`)."""
 
     @cli_entry
     def cli(argv: list[str] | None = None):
         from rlhfkit.sharding import end_process_group
 
         setup_logging()
+        finished = False
         try:
-            return main(*build_parser().parse_args_and_config(argv))
+            result = main(*build_parser().parse_args_and_config(argv))
+            finished = True
+            return result
         finally:
-            end_process_group()
+            end_process_group(finished)
 
     return cli
 

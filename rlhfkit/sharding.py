@@ -191,14 +191,18 @@ def start_cpu_processes() -> bool:
     return True
 
 
-def end_process_group() -> bool:
-    """Destroy this process's default process group, if one is up; True when it did. Every script calls it on the
-    way out (:func:`rlhfkit.cli.script_cli`), as torch's docs ask and as ``Accelerator.end_training`` does.
+def end_process_group(finished: bool) -> bool:
+    """On the way out of every script (:func:`rlhfkit.cli.script_cli`): when this process ``finished`` its work,
+    wait for the others, then destroy the default process group, if one is up; True when it did.
 
-    TRL's trainers leave the group up; a process that then exits tears it down in whatever order the interpreter
-    destroys objects, and under a 2-process DeepSpeed ZeRO-3 CPU run that aborted one process in about 1 run of 3
-    here ("terminate called without an active exception", SIGABRT) after its work was done: the launcher then
-    killed the other and the run failed. Cheap and local: gloo and NCCL need no collective to destroy a group."""
+    TRL's trainers leave the group up, and the processes end at different times: the main one still writes the
+    model and results while the others have nothing left to do and exit. A process that exits with its group up
+    tears it down in whatever order the interpreter destroys objects; under a 2-process DeepSpeed ZeRO-3 CPU run
+    (dpo.py, CI) one process aborted at exit that way ("terminate called without an active exception",
+    SIGABRT) after all work was done, and the launcher then killed the other and failed the run. Waiting for
+    everyone and then destroying the group (torch's documented shutdown, what ``Accelerator.end_training`` does)
+    ends every process in the same, orderly way. A process that failed does not wait: the others' barrier then
+    fails too, and the launcher reports the first failure."""
     import sys
 
     if "torch.distributed" not in sys.modules:  # nothing started one (and --help stays free of torch)
@@ -207,6 +211,8 @@ def end_process_group() -> bool:
 
     if not (dist.is_available() and dist.is_initialized()):
         return False
+    if finished and dist.get_world_size() > 1:
+        dist.barrier()
     dist.destroy_process_group()
     return True
 

@@ -242,3 +242,27 @@ def test_percent_in_a_help_text_is_shown_literally(capsys):
     with pytest.raises(SystemExit):
         make_parser((Shares,)).parse_args_and_config(["--help"])
     assert "a share (5%)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_script_cli_destroys_the_process_group_on_the_way_out(tmp_path, fails):
+    """A script's entry tears down the process group its run started (here a 1-process gloo group), whether the
+    run finished or failed; torch's documented shutdown, instead of the interpreter's exit order."""
+    import torch.distributed as dist
+
+    from rlhfkit.cli import script_cli
+
+    def main(args):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        assert dist.is_initialized()
+        if fails:
+            raise UserError("bad input")
+        return "done"
+
+    cli = script_cli(lambda: make_parser((ScriptArguments,)), main)
+    if fails:
+        with pytest.raises(SystemExit):
+            cli([])
+    else:
+        assert cli([]) == "done"
+    assert not dist.is_initialized()

@@ -106,7 +106,8 @@ SHARDED = [*((name, "fsdp2") for name in sorted(SCRIPTS)), *((name, "zero3") for
 # flags added to a run: "full" is full fine-tuning (no LoRA; a smaller rate for all 2.1M weights)
 VARIANTS = {"": [], "full": ["--use_peft", "False", "--learning_rate", "2e-4"]}
 # 1 thread per process: 2 processes on 2 cores without oversubscribing them
-TWO_PROCESS_ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+# faulthandler: a process that dies of a signal (SIGABRT, SIGSEGV) prints where its Python threads were
+TWO_PROCESS_ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 PROBE = '''"""Test probe: report every rlhfkit.io write and publish with the rank of the process doing it."""
 import os
