@@ -147,20 +147,24 @@ def script_cli(build_parser, main):
     """A script's command-line entry, ``cli(argv=None)``: logging set up, the flags (and ``--config``) parsed by
     ``build_parser()``, then ``main(*parsed)``; bad input ends in one ``error:`` line (:func:`cli_entry`). The
     processes of a multi-process run end together and destroy their group on the way out
-    (:func:`rlhfkit.sharding.end_process_group`)."""
+    (:func:`rlhfkit.sharding.end_process_group`); a process of a multi-process run that finished then exits
+    without finalizing the interpreter (:func:`rlhfkit.sharding.exit_without_finalizing`), so this does not
+    return there."""
 
     @cli_entry
     def cli(argv: list[str] | None = None):
-        from rlhfkit.sharding import end_process_group
+        from rlhfkit.sharding import end_process_group, exit_without_finalizing
 
         setup_logging()
         finished = False
         try:
             result = main(*build_parser().parse_args_and_config(argv))
             finished = True
-            return result
         finally:
-            end_process_group(finished)
+            processes = end_process_group(finished)
+        if processes > 1:
+            exit_without_finalizing(0)
+        return result
 
     return cli
 

@@ -8,7 +8,9 @@ engine needs beyond ``accelerator.prepare`` to run sharded:
   for training (OpenRLHF's arrangement), not replicated on every process;
 * :func:`gathered_for_generation`: the policy's parameters gathered once for ``generate`` (TRL's
   ``unwrap_model_for_generation``), instead of one all-gather per layer per new token;
-* :func:`end_process_group`: the process group torn down before the interpreter exits.
+* :func:`end_process_group`: the process group torn down before the interpreter exits;
+* :func:`exit_without_finalizing`: a finished process of a multi-process run ends without finalizing the
+  interpreter (gloo's worker threads would abort it).
 """
 
 from __future__ import annotations
@@ -191,30 +193,60 @@ def start_cpu_processes() -> bool:
     return True
 
 
-def end_process_group(finished: bool) -> bool:
+def end_process_group(finished: bool) -> int:
     """On the way out of every script (:func:`rlhfkit.cli.script_cli`): when this process ``finished`` its work,
-    wait for the others, then destroy the default process group, if one is up; True when it did.
+    wait for the others, then destroy the default process group, if one is up. Returns the number of processes
+    the group held (0: none was up).
 
     TRL's trainers leave the group up, and the processes end at different times: the main one still writes the
-    model and results while the others have nothing left to do and exit. A process that exits with its group up
-    tears it down in whatever order the interpreter destroys objects; under a 2-process DeepSpeed ZeRO-3 CPU run
-    (dpo.py, CI) one process aborted at exit that way ("terminate called without an active exception",
-    SIGABRT) after all work was done, and the launcher then killed the other and failed the run. Waiting for
-    everyone and then destroying the group (torch's documented shutdown, what ``Accelerator.end_training`` does)
-    ends every process in the same, orderly way. A process that failed does not wait: the others' barrier then
-    fails too, and the launcher reports the first failure."""
+    model and results while the others have nothing left to do and exit. Waiting for everyone and then destroying
+    the group (torch's documented shutdown, what ``Accelerator.end_training`` does) ends every process in the same
+    order. A process that failed does not wait: the others' barrier then fails too, and the launcher reports the
+    first failure. That alone does not make the exit safe with gloo: see :func:`exit_without_finalizing`."""
     import sys
 
     if "torch.distributed" not in sys.modules:  # nothing started one (and --help stays free of torch)
-        return False
+        return 0
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        return False
-    if finished and dist.get_world_size() > 1:
+        return 0
+    processes = dist.get_world_size()
+    if finished and processes > 1:
         dist.barrier()
     dist.destroy_process_group()
-    return True
+    return processes
+
+
+def exit_without_finalizing(code: int = 0) -> None:
+    """End a process of a multi-process run that finished, without the interpreter's finalization: the Python
+    threads still running are joined, the ``atexit`` functions run (logging's flush among them), stdout and stderr
+    are flushed, then ``os._exit(code)``.
+
+    Why: gloo has no shutdown (torch issue 130345) and ``destroy_process_group`` only unregisters its groups; their
+    worker threads live on and release the last collectives' work objects when they get to it. Under load that
+    can be after the main thread started finalizing the interpreter, and a work object holding a tensor with a
+    Python reference then takes the GIL from a dying interpreter: the worker thread is torn down inside a
+    destructor and the process aborts ("terminate called without an active exception", SIGABRT) after all its
+    work was done, and the launcher fails the run. Seen in CI on 2-process dpo.py runs under ZeRO-3 and FSDP2,
+    reproduced here 1 run in 8 with two busy cores (core dump: ``~AsyncAllgatherWork`` from a gloo worker thread
+    in ``take_gil`` while the main thread was in ``Py_FinalizeEx``; torch pull request 179291 describes the same).
+    Nothing is left to finalize that matters: the results were written atomically before this point."""
+    import atexit
+    import os
+    import sys
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more can be said on it
+            pass
+    os._exit(code)
 
 
 def fsdp_on_cpu(state) -> bool:

@@ -266,3 +266,85 @@ def test_script_cli_destroys_the_process_group_on_the_way_out(tmp_path, fails):
     else:
         assert cli([]) == "done"
     assert not dist.is_initialized()
+
+
+# a process that ends with exit_without_finalizing: what must still happen (threads joined, atexit run, buffered
+# output flushed) and what must not (the interpreter's finalization: an object's __del__ at shutdown)
+ENDING = """
+import atexit, sys, threading, time
+from rlhfkit.sharding import exit_without_finalizing
+
+class Finalized:
+    def __del__(self):
+        print("finalized", flush=True)
+
+keep = Finalized()
+atexit.register(lambda: print("atexit ran"))
+threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished"))).start()
+sys.stdout.write("buffered, no newline")
+if sys.argv[1] == "skip":
+    exit_without_finalizing(0)
+    print("not reached")
+"""
+
+
+@pytest.mark.parametrize("how", ["skip", "normal"])
+def test_exit_without_finalizing_joins_threads_runs_atexit_flushes_and_skips_finalization(how):
+    """A finished process of a multi-process run exits without finalizing the interpreter (gloo's worker threads
+    abort a finalizing one): the Python threads still running finish, atexit functions run, stdout is flushed,
+    and nothing is finalized; "normal" is the control, where the same program's object is finalized at exit."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, "-c", ENDING, how], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert "buffered, no newline" in result.stdout
+    assert "thread finished" in result.stdout and "atexit ran" in result.stdout
+    assert result.stdout.index("thread finished") < result.stdout.index("atexit ran")
+    assert "not reached" not in result.stdout
+    assert ("finalized" in result.stdout) == (how == "normal"), result.stdout
+
+
+# two processes in one gloo group, each through a script's entry (script_cli)
+TWO_PROCESS_CLI = """
+import sys
+from dataclasses import dataclass
+import torch
+import torch.distributed as dist
+from rlhfkit.cli import make_parser, script_cli
+
+@dataclass
+class Arguments:
+    steps: int = 1
+
+def main(args):
+    dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=int(sys.argv[1]), world_size=2)
+    gathered = [torch.zeros(1) for _ in range(2)]
+    dist.all_gather(gathered, torch.ones(1) * dist.get_rank())
+    print("gathered", [int(t) for t in gathered], flush=True)
+    return "done"
+
+print("returned", script_cli(lambda: make_parser((Arguments,)), main)([]), flush=True)
+"""
+
+
+def test_a_finished_multi_process_run_ends_through_the_exit_without_finalizing(tmp_path):
+    """Both processes of a 2-process group run a script's entry to the end: each exits 0 from inside the entry
+    (after the barrier and the group's destruction) instead of returning into an interpreter that finalizes."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_CLI, str(rank), str(store)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+        assert "gathered [0, 1]" in out, out
+        assert "returned" not in out, out
