@@ -316,6 +316,8 @@ def parse_args(argv: list[str] | None):
                         "OpenMP's barriers make every op many times slower, and by an amount that varies by the minute")
     parser.add_argument("--venv", default=DEFAULT_VENV, help="the TRL virtualenv (default .bench/trl-1.12)")
     parser.add_argument("--skip", choices=("ours", "trl"), help="do not run this side; reuse its last results in --out")
+    parser.add_argument("--ours_args", default="", help="more ppo.py flags for our side (e.g. "
+                        "'--merge_adapter_for_generation False' to measure a default's effect)")
     args = parser.parse_args(argv)
     settings = {**FIXED, **SETTINGS[args.setting], "lr_scheduler_type": args.lr_scheduler_type,
                 "missing_eos_penalty": args.missing_eos_penalty, "seed": args.seed, "value_model": args.value_model}
@@ -362,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = json.load(handle)
 
     ours_dir, trl_dir = os.path.join(args.out, "ours"), os.path.join(args.out, "trl")
-    cmd = ours_command(manifest, s, ours_dir, args.device)
+    cmd = [*ours_command(manifest, s, ours_dir, args.device), *shlex.split(args.ours_args)]
     cuda_peak_path = os.path.join(args.out, "ours_cuda_peak.json")
     if cuda:  # ppo.py does not write GPU memory: run it inside a shim that does
         cmd = [sys.executable, os.path.abspath(__file__), "--cuda-peak", cuda_peak_path, "--", *cmd[1:]]

@@ -14,7 +14,7 @@ import torch
 import ppo as ppo_script
 from rlhfkit import models, sampling, scoring
 from rlhfkit.errors import UserError
-from rlhfkit.ppo.policy import PolicyAndValue, logprobs_and_values
+from rlhfkit.ppo.policy import PolicyAndValue, logprobs_and_values, merged_for_sampling
 
 STORIES = ("models", "stories260K")
 GPT2_TOKENIZER = ("tokenizers", "gpt2")
@@ -140,6 +140,51 @@ def test_reference_is_the_policy_with_its_adapter_disabled(base):
     assert not torch.allclose(policy_lp, ref_lp, atol=1e-3)
     assert not hasattr(plain, "peft_config")
     assert len({id(p) for p in module.policy.parameters()}) == len(list(module.policy.parameters()))
+
+
+def test_sampling_with_the_adapter_merged_samples_the_same_and_restores_the_weights(base):
+    """The rollout samples with LoRA folded into the float32 weights: the same tokens as the unmerged policy from
+    the same seed, the base weights (the reference) back within float32 rounding afterwards, and nothing merged
+    in bf16 (where one round trip moves a weight by 6.4e-3 of the largest: bench/merge_drift.py) or on a model
+    without an adapter."""
+    folder, tokenizer, module, plain = base
+    prompts = ["Question: Describe the red lamp.\n\nAnswer:", "Question: How was the pizza?\n\nAnswer:"]
+    queries, query_mask = sampling.left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id)
+    config = sampling.generation_config(16, [tokenizer.eos_token_id], tokenizer.pad_token_id, temperature=0.7)
+    policy = module.policy
+    lora_b = [p for n, p in policy.named_parameters() if "lora_B" in n]
+    base_weights = {n: p.detach().clone() for n, p in policy.named_parameters() if "base_layer" in n}
+    with torch.no_grad():
+        for p in lora_b:
+            p.normal_(0, 0.3)  # LoRA B starts at zero; make the adapter matter
+    try:
+        runs = {}
+        for merge in (False, True):
+            torch.manual_seed(3)
+            with merged_for_sampling(policy, allowed=merge) as merged:
+                assert merged == merge
+                runs[merge] = sampling.generate(policy, queries, query_mask, config)
+            assert not any(getattr(m, "merged", False) for m in policy.modules())  # taken back out
+        assert torch.equal(runs[True], runs[False])
+        with policy.disable_adapter():
+            torch.manual_seed(3)
+            reference = sampling.generate(policy, queries, query_mask, config)
+        assert not torch.equal(reference, runs[True])  # the adapter changes what is sampled: the check can fail
+        for name, p in policy.named_parameters():
+            if name in base_weights:
+                assert torch.allclose(p, base_weights[name], rtol=0, atol=1e-6), name
+    finally:
+        with torch.no_grad():
+            for p in lora_b:
+                p.zero_()
+    with merged_for_sampling(plain) as merged:
+        assert not merged  # no adapter
+    from peft import LoraConfig, get_peft_model
+
+    half = get_peft_model(models.load_causal_lm(folder, dtype=torch.bfloat16), LoraConfig(r=4, lora_alpha=8,
+                                                                                          target_modules="all-linear"))
+    with merged_for_sampling(half) as merged:
+        assert not merged  # bf16: never merged
 
 
 def test_checkpoint_state_round_trip(base):

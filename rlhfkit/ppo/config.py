@@ -92,6 +92,13 @@ class PPOArguments(RunArguments, SamplingArguments, PadMaxArguments, HPUGraphArg
                   "full copy per process while it lasts; fast). False: each layer is fetched as it runs, for every "
                   "new token (far slower generation, for a policy whose whole copy does not fit)."},
     )
+    merge_adapter_for_generation: bool = field(
+        default=True,
+        metadata={"help": "LoRA with float32 weights, unsharded: fold the adapter into the base weights while "
+                  "sampling (one matrix product per layer instead of five operations; +8-11%% episodes/s on the "
+                  "small benchmark) and take it back out after. Each cycle rounds the base weights, which are also "
+                  "the reference: about 2e-6 relative after 1,000 steps. False: never touch them."},
+    )
     temperature: float = sampling_default("temperature", 0.7, "Sampling temperature (also used for log-probs).")
     top_k: int = sampling_default("top_k", 0, "Accepted as 0 only (no truncation, as TRL's PPO samples): the ratio "
                                   "and the KL are computed on the full distribution.")

@@ -41,7 +41,7 @@ import torch
 from rlhfkit import checkpoints, faults, hpu, sampling, sharding
 from rlhfkit.errors import UserError
 from rlhfkit.ppo import core
-from rlhfkit.ppo.policy import PolicyAndValue, hidden_size, logprobs_and_values
+from rlhfkit.ppo.policy import PolicyAndValue, hidden_size, logprobs_and_values, merged_for_sampling
 from rlhfkit.results import peak_memory_per_process
 
 logger = logging.getLogger("ppo")
@@ -109,6 +109,8 @@ class PPOTrainer:
                                                      temperature=args.temperature, fixed_length=args.pad_max,
                                                      static_cache=generator is not None)
         self.generator = generator  # the policy as generation sees it (an HPU-graph view on Gaudi), or None
+        self.merge_for_sampling = (args.merge_adapter_for_generation and generator is None
+                                   and not sharding.is_sharded(accelerator))
         self.rollout_shapes: set[tuple[int, int]] = set()  # distinct (episodes, tokens) shapes seen
         self.shuffle = torch.Generator().manual_seed(args.seed + self.rank)
         self.stop, self.bad = faults.StopRequest(), faults.BadBatches(args.max_bad_batches)
@@ -163,9 +165,11 @@ class PPOTrainer:
         # sharded: the policy's (and critic's) parameters gathered once for the whole rollout, not per layer per token
         gather = self.zero != 3 or args.ds3_gather_for_generation
         with sharding.gathered(self.accelerator, self.model if gather else None, *self.frozen):
-            episodes = sampling.sample(self.generator or unwrapped.policy, self.tokenizer,
-                                       [self.prompts[i] for i in indices], queries, query_mask, self.gen_config,
-                                       self.stop_ids, args.batched_gen)
+            # LoRA folded into the weights while sampling (float32, unsharded, no HPU graph: merged_for_sampling)
+            with merged_for_sampling(unwrapped.policy, self.merge_for_sampling):
+                episodes = sampling.sample(self.generator or unwrapped.policy, self.tokenizer,
+                                           [self.prompts[i] for i in indices], queries, query_mask, self.gen_config,
+                                           self.stop_ids, args.batched_gen)
             generated = self._clock()
             self.rollout_shapes.add(tuple(episodes.input_ids.shape))
             logprobs, values, _ = logprobs_and_values(unwrapped, episodes, args.temperature)
