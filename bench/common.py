@@ -23,6 +23,21 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 
 
+def machine_line(out: dict, note: str = "") -> str:
+    """The Markdown report's machine line from a result's ``machine`` (bench/machine.describe) and ``versions``."""
+    described, versions = out["machine"], out["versions"]
+    return (f"Machine: {described.get('cpu_model')}, {described.get('usable_cores')} usable cores, "
+            f"{(described.get('memory_bytes') or 0) / 2**30:.0f} GiB; torch {versions.get('torch')}, TRL "
+            f"{versions.get('trl')}. {note}").rstrip()
+
+
+def write_aside(path: str, text: str) -> None:
+    """``text`` into ``path``, written aside and renamed: a reader never sees half a file."""
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def say(message: str, tag: str = "bench") -> None:
     print(f"[{tag} {time.strftime('%H:%M:%S')}] {message}", flush=True)
 

@@ -36,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402 (bench/ is not a package: its programs import each other from their folder)
-from common import REPO  # noqa: E402
+from common import REPO, machine_line, write_aside  # noqa: E402
 
 PY = sys.executable
 QUIET = ["--save_strategy", "no", "--disable_tqdm", "True", "--report_to", "none", "--bf16", "False"]
@@ -175,20 +175,15 @@ def write_report(out: dict, folder: str, text: str) -> None:
     os.makedirs(folder, exist_ok=True)
     today = datetime.date.today().isoformat()
     stem = os.path.join(folder, f"cpu-{today}-critic-free" + ("-grpo-args" if out.get("grpo_args") else ""))
-    described = out["machine"]
     engines = ", ".join(f"`{name}`" for name in out["results"])
     lines = [f"# {engines} on the toy task, {out['episodes']} episodes each (cpu, {today})", "",
-             f"Machine: {described.get('cpu_model')}, {described.get('usable_cores')} usable cores, "
-             f"{(described.get('memory_bytes') or 0) / 2**30:.0f} GiB; torch {out['versions'].get('torch')}, TRL "
-             f"{out['versions'].get('trl')}. {out['note']}".rstrip(), "",
+             machine_line(out, out["note"]), "",
              "Gains are over the merged SFT model every engine starts from, on 200 held-out prompts x 2 answers "
              "(compare_base_vs_ppo.py); the gold judge is the toy task's rule, which no model saw. Means over "
              f"training seeds {', '.join(map(str, out['seeds']))}; the gold gain's range in brackets.", "", text, "",
              "Commands:", ""] + [f"    {cmd}" for cmd in out["commands"].values()]
-    for suffix, body in ((".json", json.dumps(out, indent=1)), (".md", "\n".join(lines) + "\n")):
-        with open(stem + suffix + ".tmp", "w", encoding="utf-8") as handle:
-            handle.write(body)
-        os.replace(stem + suffix + ".tmp", stem + suffix)
+    write_aside(stem + ".json", json.dumps(out, indent=1))
+    write_aside(stem + ".md", "\n".join(lines) + "\n")
     say(f"wrote {stem}.json and .md")
 
 

@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402 (bench/ is not a package: its programs import each other from their folder)
-from common import REPO  # noqa: E402
+from common import REPO, machine_line, write_aside  # noqa: E402
 
 PY = sys.executable
 QUESTIONS, SAMPLES = 100, 4  # tests/test_sft.py's GOLD_QUESTIONS and GOLD_SAMPLES
@@ -122,24 +122,17 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(args.results, exist_ok=True)
         targets.append(os.path.join(args.results, f"cpu-{datetime.date.today().isoformat()}-sft-gold.json"))
     for path in targets:
-        with open(path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(out, handle, indent=1)
-        os.replace(path + ".tmp", path)
+        write_aside(path, json.dumps(out, indent=1))
     if args.results:
-        described = out["machine"]
         lines = [f"# sft.py defaults against `{args.variant}` on the toy task's gold judge (cpu, "
                  f"{datetime.date.today().isoformat()})", "",
-                 f"Machine: {described.get('cpu_model')}, {described.get('usable_cores')} usable cores, "
-                 f"{(described.get('memory_bytes') or 0) / 2**30:.0f} GiB; torch {out['versions'].get('torch')}, TRL "
-                 f"{out['versions'].get('trl')}. {args.note}".rstrip(), "",
+                 machine_line(out, args.note), "",
                  f"tests/test_sft.py's LoRA run ({args.steps} steps of 16 rows at 2e-3, LoRA on q/k/v/o), merged and "
                  f"judged on {SAMPLES} answers sampled at temperature 1 for each of {QUESTIONS} held-out questions. "
                  "Means over the seeds; the gain's range in brackets.", "", text, "", "Commands:", ""]
         lines += [f"    {cmd}" for cmd in commands.values()]
         stem = targets[-1].removesuffix(".json")
-        with open(stem + ".md.tmp", "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-        os.replace(stem + ".md.tmp", stem + ".md")
+        write_aside(stem + ".md", "\n".join(lines) + "\n")
         say(f"wrote {stem}.json and .md")
     return 0
 

@@ -177,3 +177,19 @@ def test_suite_smoke_run_writes_valid_json_and_markdown(tmp_path):
     assert [t["what"].split(",")[0] for t in results["targets"]][:2] == ["SFT non-padding tokens/s", "SFT tokens/s"]
     markdown = (out / files[1]).read_text()
     assert "### SFT" in markdown and "### SFT with LoRA" in markdown and "### PPO" in markdown and "| target | goal | measured | met |" in markdown
+
+
+def test_report_helpers_write_aside_and_name_the_machine(tmp_path):
+    """bench/common.py: a result file appears whole (no .tmp left), and the reports' machine line names the CPU,
+    cores, memory and the torch / TRL versions, with the run's note."""
+    import common
+
+    path = tmp_path / "r.md"
+    common.write_aside(str(path), "first\n")
+    common.write_aside(str(path), "second\n")
+    assert path.read_text(encoding="utf-8") == "second\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.md"]
+    out = {"machine": {"cpu_model": "Xeon", "usable_cores": 2, "memory_bytes": 24 * 2**30},
+           "versions": {"torch": "2.13.0", "trl": "1.16.0"}}
+    assert common.machine_line(out, "a note") == "Machine: Xeon, 2 usable cores, 24 GiB; torch 2.13.0, TRL 1.16.0. a note"
+    assert common.machine_line(out).endswith("TRL 1.16.0.")
