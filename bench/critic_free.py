@@ -229,9 +229,7 @@ def main(argv: list[str] | None = None) -> int:
            "seeds": args.seeds, "note": args.note, "grpo_args": args.grpo_args, "results": rows, "commands": commands,
            "total_seconds": time.perf_counter() - started}
     path = os.path.join(args.out, "critic_free_results.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(out, handle, indent=1)
-    os.replace(path + ".tmp", path)
+    write_aside(path, json.dumps(out, indent=1))
     if args.results:
         write_report(out, args.results, text)
     say(f"wrote {path} in {out['total_seconds'] / 60:.1f} min")

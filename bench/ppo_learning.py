@@ -256,9 +256,7 @@ def main(argv: list[str] | None = None) -> int:
            "user_flags": shlex.join(USER_FLAGS), "trl_user_flags": shlex.join(TRL_USER_FLAGS), "results": rows, "commands": commands,
            "total_seconds": time.perf_counter() - started}
     path = os.path.join(args.out, "learning_results.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(out, handle, indent=1)
-    os.replace(path + ".tmp", path)
+    common.write_aside(path, json.dumps(out, indent=1))
     say(f"wrote {path} in {out['total_seconds'] / 60:.1f} min")
     return 0
 

@@ -509,13 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"{args.device}-{date}" + ("" if args.setup == args.device else f"-{args.setup}"))
-    with open(stem + ".json.tmp", "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=1)
-    os.replace(stem + ".json.tmp", stem + ".json")
+    common.write_aside(stem + ".json", json.dumps(results, indent=1))
     text = report.markdown(results)
-    with open(stem + ".md.tmp", "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(stem + ".md.tmp", stem + ".md")
+    common.write_aside(stem + ".md", text)
     print("\n" + text, flush=True)
     say(f"wrote {stem}.json and {stem}.md in {results['total_seconds'] / 60:.1f} min")
     return 0
