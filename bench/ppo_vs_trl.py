@@ -317,7 +317,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--venv", default=DEFAULT_VENV, help="the TRL virtualenv (default .bench/trl-1.12)")
     parser.add_argument("--skip", choices=("ours", "trl"), help="do not run this side; reuse its last results in --out")
     parser.add_argument("--ours_args", default="", help="more ppo.py flags for our side (e.g. "
-                        "'--merge_adapter_for_generation False' to measure a default's effect)")
+                        "'--merge_adapter_for_generation off' to measure a default's effect)")
     args = parser.parse_args(argv)
     settings = {**FIXED, **SETTINGS[args.setting], "lr_scheduler_type": args.lr_scheduler_type,
                 "missing_eos_penalty": args.missing_eos_penalty, "seed": args.seed, "value_model": args.value_model}

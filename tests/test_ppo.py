@@ -157,6 +157,10 @@ def test_ppo_outputs_metrics_and_logs(toy):
     summary = read_json(out / "all_results.json")
     assert summary["train_episodes"] == TOY_STEPS * TOY_BATCH and summary["episodes_per_second"] > 0
     assert summary["generated_tokens_per_second"] > 0 and summary["num_processes"] == 1
+    # --merge_adapter_for_generation auto (LoRA, float32): rollouts 2 and 3 timed each way, then one choice, logged
+    assert isinstance(summary["sampling_merged"], bool)
+    assert set(summary["sampling_merge_seconds_per_step"]) == {"merged", "unmerged"}
+    assert all(v > 0 for v in summary["sampling_merge_seconds_per_step"].values())
     with open(out / "training_log.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == TOY_STEPS * TOY_BATCH
@@ -166,6 +170,7 @@ def test_ppo_outputs_metrics_and_logs(toy):
     log = result.stderr
     assert "episodes/s" in log and "ETA" in log and "samples at step 10" in log
     assert "reference: adapter disabled" in log and "critic: the reward model + LoRA" in log
+    assert log.count("sampling with the adapter merged: ") == 1
 
 
 # ------------------------------------------------------------------------------------------------ stories260K
@@ -250,7 +255,9 @@ def test_two_processes_agree_with_one(stories):
     (4 optimizer steps per PPO epoch); scores and KL agree within sampling noise. (Mini-batches of 4 on both
     sides would give the 2-process run half the optimizer steps, and a different run.)"""
     folder, prompts, rule = stories
-    common = [*_stories_args(prompts, rule), "--steps", "6", "--learning_rate", "1e-3", "--save_merged", "False"]
+    # 8 steps: enough for --merge_adapter_for_generation auto's timed trial (SamplingMerge.MIN_STEPS), whose
+    # timings the processes average so that they choose alike
+    common = [*_stories_args(prompts, rule), "--steps", "8", "--learning_rate", "1e-3", "--save_merged", "False"]
     one, two = folder / "one", folder / "two"
     assert_ok(run_script(PPO, *common, "--batch_size", "16", "--mini_batch_size", "4", "--output_dir", str(one)))
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -262,10 +269,13 @@ def test_two_processes_agree_with_one(stories):
     assert_ok(result)
     assert result.stderr.count("PPO on cpu x 2 process(es)") == 1  # the second process does not repeat the log
     summary_one, summary_two = read_json(one / "all_results.json"), read_json(two / "all_results.json")
-    assert summary_two["num_processes"] == 2 and summary_two["train_episodes"] == summary_one["train_episodes"] == 96
+    assert summary_two["num_processes"] == 2 and summary_two["train_episodes"] == summary_one["train_episodes"] == 128
+    assert isinstance(summary_two["sampling_merged"], bool)  # the trial ran in both processes and ended in a choice
+    assert set(summary_two["sampling_merge_seconds_per_step"]) == {"merged", "unmerged"}
+    assert result.stderr.count("sampling with the adapter merged: ") == 1
     with open(two / "training_log.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 96  # both processes' episodes, gathered
+    assert len(rows) == 128  # both processes' episodes, gathered
     h1, h2 = _history(one), _history(two)
     mean = lambda h, k: sum(x[k] for x in h) / len(h)  # noqa: E731
     assert mean(h2, "objective/scores") == pytest.approx(mean(h1, "objective/scores"), abs=0.6)

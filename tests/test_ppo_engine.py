@@ -14,7 +14,7 @@ import torch
 import ppo as ppo_script
 from rlhfkit import models, sampling, scoring
 from rlhfkit.errors import UserError
-from rlhfkit.ppo.policy import PolicyAndValue, logprobs_and_values, merged_for_sampling
+from rlhfkit.ppo.policy import PolicyAndValue, SamplingMerge, logprobs_and_values, merged_for_sampling
 
 STORIES = ("models", "stories260K")
 GPT2_TOKENIZER = ("tokenizers", "gpt2")
@@ -185,6 +185,42 @@ def test_sampling_with_the_adapter_merged_samples_the_same_and_restores_the_weig
                                                                                           target_modules="all-linear"))
     with merged_for_sampling(half) as merged:
         assert not merged  # bf16: never merged
+
+
+def test_sampling_merge_modes_and_the_timed_choice():
+    """--merge_adapter_for_generation: "on" / "off" fixed; "auto" samples rollout 1 unmerged (warm-up), 2 merged, 3
+    unmerged, then keeps the faster per decoding step as the processes average it (unmerged on a tie), and in a
+    run too short to pay for the trial samples unmerged; nothing is merged where merging is impossible."""
+    for mode in ("on", "off", "auto"):
+        never = SamplingMerge(mode, possible=False, steps=100)
+        assert [never.now() for _ in range(4)] == [False] * 4 and never.choice is False
+    short = SamplingMerge("auto", possible=True, steps=SamplingMerge.MIN_STEPS - 1)  # no trial in a short run
+    assert short.choice is False and short.record(False, 1.0, None) is None and not short.now()
+    on, off = SamplingMerge("on", True, 3), SamplingMerge("off", True, 100)
+    assert on.now() and on.record(True, 1.0, None) is None and on.now()
+    assert not off.now() and off.record(False, 1.0, None) is None and not off.now()
+
+    def run(merged_s: float, unmerged_s: float, average=lambda a, b: (a, b)):
+        auto = SamplingMerge("auto", possible=True, steps=SamplingMerge.MIN_STEPS)
+        seen = []
+        for rollout in range(5):
+            merge = auto.now()
+            seen.append(merge)
+            # rollout 1 (the warm-up) is slow and must not count
+            said = auto.record(merge, merged_s if merge else unmerged_s if rollout else 99.0, average)
+            assert (said is not None) == (rollout == 2), (rollout, said)
+        return seen, auto
+
+    seen, auto = run(0.5, 1.0)
+    assert seen == [False, True, False, True, True] and auto.choice is True
+    assert auto.timed == {True: 0.5, False: 1.0}
+    seen, auto = run(1.0, 0.5)
+    assert seen == [False, True, False, False, False] and auto.choice is False
+    _, tie = run(1.0, 1.0)
+    assert tie.choice is False
+    # the processes' average decides, not this process's own timing
+    _, averaged = run(0.5, 1.0, average=lambda a, b: (a + 1.0, b))
+    assert averaged.choice is False and averaged.timed == {True: 1.5, False: 1.0}
 
 
 def test_checkpoint_state_round_trip(base):

@@ -41,7 +41,14 @@ import torch
 from rlhfkit import checkpoints, faults, hpu, sampling, sharding
 from rlhfkit.errors import UserError
 from rlhfkit.ppo import core
-from rlhfkit.ppo.policy import PolicyAndValue, hidden_size, logprobs_and_values, merged_for_sampling
+from rlhfkit.ppo.policy import (
+    PolicyAndValue,
+    SamplingMerge,
+    can_merge_for_sampling,
+    hidden_size,
+    logprobs_and_values,
+    merged_for_sampling,
+)
 from rlhfkit.results import peak_memory_per_process
 
 logger = logging.getLogger("ppo")
@@ -109,8 +116,10 @@ class PPOTrainer:
                                                      temperature=args.temperature, fixed_length=args.pad_max,
                                                      static_cache=generator is not None)
         self.generator = generator  # the policy as generation sees it (an HPU-graph view on Gaudi), or None
-        self.merge_for_sampling = (args.merge_adapter_for_generation and generator is None
-                                   and not sharding.is_sharded(accelerator))
+        # LoRA folded into the weights while sampling, when it is faster (float32, unsharded, no HPU graph)
+        mergeable = (generator is None and not sharding.is_sharded(accelerator)
+                     and can_merge_for_sampling(accelerator.unwrap_model(self.model).policy))
+        self.sampling_merge = SamplingMerge(args.merge_adapter_for_generation, mergeable, total_steps)
         self.rollout_shapes: set[tuple[int, int]] = set()  # distinct (episodes, tokens) shapes seen
         self.shuffle = torch.Generator().manual_seed(args.seed + self.rank)
         self.stop, self.bad = faults.StopRequest(), faults.BadBatches(args.max_bad_batches)
@@ -154,6 +163,11 @@ class PPOTrainer:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
+    def _average_pair(self, first: float, second: float) -> tuple[float, float]:
+        """Two figures averaged over the processes (every process calls it at the same point)."""
+        both = self.accelerator.reduce(torch.tensor([first, second], device=self.device), "mean")
+        return float(both[0]), float(both[1])
+
     @torch.no_grad()
     def rollout(self, indices: list[int]):
         """Sample, score and evaluate one batch of episodes; also returns the seconds spent in generation, in the
@@ -165,12 +179,17 @@ class PPOTrainer:
         # sharded: the policy's (and critic's) parameters gathered once for the whole rollout, not per layer per token
         gather = self.zero != 3 or args.ds3_gather_for_generation
         with sharding.gathered(self.accelerator, self.model if gather else None, *self.frozen):
-            # LoRA folded into the weights while sampling (float32, unsharded, no HPU graph: merged_for_sampling)
-            with merged_for_sampling(unwrapped.policy, self.merge_for_sampling):
+            merge = self.sampling_merge.now()
+            with merged_for_sampling(unwrapped.policy, merge):
                 episodes = sampling.sample(self.generator or unwrapped.policy, self.tokenizer,
                                            [self.prompts[i] for i in indices], queries, query_mask, self.gen_config,
                                            self.stop_ids, args.batched_gen)
             generated = self._clock()
+            decided = self.sampling_merge.record(
+                merge, (generated - started) / max(episodes.input_ids.shape[1] - queries.shape[1], 1),
+                self._average_pair)
+            if decided:
+                logger.info(decided)
             self.rollout_shapes.add(tuple(episodes.input_ids.shape))
             logprobs, values, _ = logprobs_and_values(unwrapped, episodes, args.temperature)
             with unwrapped.reference(self.ref_model) as reference:
@@ -503,7 +522,12 @@ class PPOTrainer:
         out = {"train_runtime": runtime, "train_steps": self.step_index, "train_episodes": self.episodes_done,
                "episodes_per_second": episodes / runtime if runtime > 0 else 0.0,
                "rollout_shapes": sorted([list(shape) for shape in self.rollout_shapes]), "distributed": self.layout,
-               **peak_memory_per_process(), **self.describe}
+               **peak_memory_per_process(), **self.describe,
+               # whether rollouts sampled with the adapter merged (None: not decided, the run was too short) and,
+               # when "auto" timed it, the seconds per decoding step of each way
+               "sampling_merged": self.sampling_merge.choice,
+               "sampling_merge_seconds_per_step": {("merged" if k else "unmerged"): v
+                                                   for k, v in self.sampling_merge.timed.items()}}
         if history:
             gen = sum(h["time/generation"] for h in history[-done:]) if done else 0.0
             tokens = sum(h["tokens_per_second/generation"] * h["time/generation"] for h in history[-done:])
