@@ -24,7 +24,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, run, say  # noqa: E402
+from common import REPO, run, say, write_aside  # noqa: E402
 
 FIXTURE = os.path.normpath(os.path.join(REPO, "..", "shared", "fixtures", "models", "stories260K"))
 CONFIG_86M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "num_key_value_heads": 12,
@@ -145,10 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                "target": {"zero3_vs_ddp_at_most": TARGET}, "note": args.note}
     os.makedirs(args.results, exist_ok=True)
     stem = os.path.join(args.results, f"{device}-{results['date']}-sharded-memory")
-    with open(stem + ".json", "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=1)
-    with open(stem + ".md", "w", encoding="utf-8") as handle:
-        handle.write(markdown(results))
+    write_aside(stem + ".json", json.dumps(results, indent=1))
+    write_aside(stem + ".md", markdown(results))
     print(markdown(results))
     say(f"wrote {stem}.json and .md")
     return 0
