@@ -32,10 +32,13 @@ def machine_line(out: dict, note: str = "") -> str:
 
 
 def write_aside(path: str, text: str) -> None:
-    """``text`` into ``path``, written aside and renamed: a reader never sees half a file."""
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(path + ".tmp", path)
+    """``text`` into ``path``, written aside and renamed (the toolkit's ``rlhfkit.io.write_text``): a reader never
+    sees half a file."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from rlhfkit.io import write_text
+
+    write_text(path, text)
 
 
 def say(message: str, tag: str = "bench") -> None:

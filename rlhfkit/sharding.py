@@ -223,14 +223,14 @@ def exit_without_finalizing(code: int = 0) -> None:
     threads still running are joined, the ``atexit`` functions run (logging's flush among them), stdout and stderr
     are flushed, then ``os._exit(code)``.
 
-    Why: gloo has no shutdown (torch issue 130345) and ``destroy_process_group`` only unregisters its groups; their
+    Why: torch's gloo backend has no shutdown, and ``destroy_process_group`` only unregisters its groups; their
     worker threads live on and release the last collectives' work objects when they get to it. Under load that
     can be after the main thread started finalizing the interpreter, and a work object holding a tensor with a
     Python reference then takes the GIL from a dying interpreter: the worker thread is torn down inside a
     destructor and the process aborts ("terminate called without an active exception", SIGABRT) after all its
     work was done, and the launcher fails the run. Seen in CI on 2-process dpo.py runs under ZeRO-3 and FSDP2,
     reproduced here 1 run in 8 with two busy cores (core dump: ``~AsyncAllgatherWork`` from a gloo worker thread
-    in ``take_gil`` while the main thread was in ``Py_FinalizeEx``; torch pull request 179291 describes the same).
+    in ``take_gil`` while the main thread was in ``Py_FinalizeEx``).
     Nothing is left to finalize that matters: the results were written atomically before this point."""
     import atexit
     import os
