@@ -41,10 +41,13 @@ def varlen_sdpa(module, query, key, value, attention_mask, scaling=None, dropout
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     edges = bounds.tolist()
-    rows = [F.scaled_dot_product_attention(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
-                                           is_causal=True, scale=scaling,
+    lengths = [end - start for start, end in zip(edges[:-1], edges[1:], strict=True)]
+    # torch.split, not a slice per row: a slice's backward fills a zero tensor as long as the packed row and adds
+    # its part in (rows x packed-row work per tensor and layer); split's backward is one concatenation
+    parts = zip(*(torch.split(t, lengths, dim=2) for t in (query, key, value)), strict=True)
+    rows = [F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
                                            dropout_p=dropout if module.training else 0.0)
-            for start, end in zip(edges[:-1], edges[1:], strict=True) if end > start]
+            for (q, k, v), n in zip(parts, lengths, strict=True) if n > 0]
     return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
 
 
