@@ -52,7 +52,8 @@ def make_parser_for_sft():
 
     # LoRA without dropout: 1.42x the tokens/s on the benchmark's 43M model, the same held-out loss and gold gain
     # (bench/results/cpu-2026-12-03-sft-lora-dropout.md); TRL's and peft's default is 0.05
-    parser = trainer_parser(ScriptArguments, SFTConfig, __doc__, defaults={"padding_free": None, "lora_dropout": 0.0})
+    parser = trainer_parser(ScriptArguments, SFTConfig, __doc__, defaults={"padding_free": None, "lora_dropout": 0.0,
+                                                                          "torch_compile": None})
     for action in parser._actions:
         if action.dest == "lora_dropout":
             action.help = ("Dropout on the LoRA path. Default here 0.0 (not TRL's 0.05): the dropout copies every "
@@ -61,6 +62,11 @@ def make_parser_for_sft():
             action.help = ("Pack each batch's rows into one row, no padding, attention per row (rlhfkit/attention.py; "
                            "flash-attention reads the rows itself). Default: on, except with static shapes "
                            "(--pad_max, --num_buckets, --pad_to_multiple_of), on Gaudi or with --packing.")
+        if action.dest == "torch_compile":
+            action.help = ("Compile the model with torch.compile. Default: automatic on CPU in one process: the "
+                           "first 3 steps run uncompiled and timed, then the model is compiled if the steps left "
+                           "would take at least 5 minutes (the compile pays back there; rlhfkit/compiling.py). "
+                           "True compiles from the start, False never.")
     return parser
 
 
@@ -123,13 +129,14 @@ def check_room_for_completions(train, tokenizer, max_length: int | None) -> None
 
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):
-    from rlhfkit import attention, device, models
+    from rlhfkit import attention, compiling, device, models
     from rlhfkit.results import write_results
 
     info, model_name, tokenizer_name, tokenizer = open_run(training_args, device_args, script_args, model_args,
                                                            "the trained model")
     padding_free = attention.choose_padding_free(training_args, info)
     training_args.padding_free = False  # TRL 1.16 refuses it with --max_length: attention.enable sets it after
+    compile_setting, training_args.torch_compile = training_args.torch_compile, bool(training_args.torch_compile)
     do_train = will_train(training_args)
     train_dataset, eval_dataset = load_data(script_args, training_args, tokenizer)
     model = models.load_causal_lm(model_name, trust_remote_code=training_args.trust_remote_code,
@@ -140,6 +147,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
                                        train_dataset=train_dataset, eval_dataset=eval_dataset,
                                        processing_class=tokenizer, peft_config=peft_config)
     batches = attention.enable(trainer, model, padding_free) or "padded"
+    compiled = compiling.auto_compile(trainer, training_args, info, compile_setting)
     trainable = models.count_parameters(trainer.model, trainable_only=True)
     logger.info("model %s: %d parameters, %d trainable (%s)", model_name, models.count_parameters(trainer.model),
                 trainable, "LoRA" if peft_config else "full fine-tuning")
@@ -148,6 +156,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
     if do_train:
         results.update(train_and_save(trainer, training_args, script_args))
         results.update(shapes.results())
+        results.update(compiled())
     if eval_dataset is not None:
         metrics = trainer.evaluate()
         if "eval_loss" in metrics:

@@ -81,6 +81,9 @@ def _sft(sft: dict, memory: str) -> list[str]:
     bare = f"ours / bare loop {cell(r['ours/bare']['tokens_per_second'], 'x')}; " if "ours/bare" in r else ""
     lines += ["", f"Ratios, run by run: ours / trl sft tokens/s {cell(r['ours/trl']['tokens_per_second'], 'x')}; "
                   f"{bare}peak memory ours / trl sft {cell(sft['memory_ratio']['ours/trl']['peak_memory_bytes'], 'x')}."]
+    compiled = sorted({str(run.get("torch_compile")) for run in sft["runs"]["ours"] if run.get("torch_compile")})
+    if compiled:
+        lines += ["", f"Our side's torch.compile (`--torch_compile`, all_results.json): {'; '.join(compiled)}."]
     if sft.get("ours_args"):
         lines += ["", f"Ours ran with `{sft['ours_args']}` added. The untimed first {sft['warmup_steps_excluded']} "
                       f"steps took {cell(s['ours'].get('warmup_seconds'))} s on our side, "

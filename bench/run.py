@@ -206,7 +206,11 @@ class Suite:
                      self.args.device], evaluation, f"eval loss ({tag} {side})")
                 with open(evaluation, encoding="utf-8") as handle:
                     loss = json.loads(handle.read().strip().splitlines()[-1])["eval_loss"]
-                runs[side].append(self.sft_figures(record, n, loss, lora))
+                figures = self.sft_figures(record, n, loss, lora)
+                if side == "ours":  # sft.py's torch.compile choice (auto: on or off after its first steps)
+                    with open(os.path.join(out, "all_results.json"), encoding="utf-8") as handle:
+                        figures["torch_compile"] = json.load(handle).get("torch_compile")
+                runs[side].append(figures)
                 shutil.rmtree(out, ignore_errors=True)
             self.commands.update({f"{tag}_{k}": shlex.join(v) for k, v in cmds.items()})
         pairs = [("ours", "trl")] if lora else [("ours", "trl"), ("ours", "bare")]

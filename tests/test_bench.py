@@ -160,6 +160,8 @@ def test_suite_smoke_run_writes_valid_json_and_markdown(tmp_path):
         assert positive(run["tokens_per_second"]) and positive(run["mfu"]) and positive(run["peak_memory_bytes"])
     assert sft["runs"]["trl"][0]["gradient_checkpointing"] is True  # TRL's default, measured as it is
     assert sft["runs"]["ours"][0]["gradient_checkpointing"] is False
+    # sft.py's automatic compile decided after its third step: a 4-step run is far too short to compile
+    assert sft["runs"]["ours"][0]["torch_compile"] == "auto: off after step 3"
     assert positive(sft["runs"]["ours"][0]["eval_loss"]) and positive(sft["runs"]["trl"][0]["eval_loss"])
     assert positive(sft["ratios"]["ours/trl"]["tokens_per_second"]["median"])
     lora = results["stages"]["sft_lora"]
@@ -176,6 +178,7 @@ def test_suite_smoke_run_writes_valid_json_and_markdown(tmp_path):
     assert {"float32_bs1", "float32_bs4", "bfloat16_bs1", "bfloat16_bs4"} <= set(results["stages"]["generation"]["runs"])
     assert [t["what"].split(",")[0] for t in results["targets"]][:2] == ["SFT non-padding tokens/s", "SFT tokens/s"]
     markdown = (out / files[1]).read_text()
+    assert "torch.compile (`--torch_compile`, all_results.json): auto: off after step 3" in markdown
     assert "### SFT" in markdown and "### SFT with LoRA" in markdown and "### PPO" in markdown and "| target | goal | measured | met |" in markdown
 
 
