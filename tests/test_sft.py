@@ -116,6 +116,9 @@ def test_lora_run_writes_adapter_tokenizer_and_results(lora_run, embedded_root):
     # the default: each batch's rows packed into one row (rlhfkit/attention.py), so every batch shape has one row
     assert results["batches"] == "padding-free (sdpa_varlen)"
     assert {rows for rows, _ in results["train_batch_shapes"]} == {1}
+    # --torch_compile unset: timed after step 3, and a run of seconds is far too short to compile
+    assert results["torch_compile"] == "auto: off after step 3", results.get("torch_compile")
+    assert 0 < results["torch_compile_projected_seconds"] < 300
     assert list(out.glob("checkpoint-*")) == []  # --save_strategy no
 
 
