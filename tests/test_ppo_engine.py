@@ -315,3 +315,39 @@ def test_rule_reward_from_a_file(tmp_path):
         scoring.load_rule("nonsense")
     assert scoring.load_rule("toy")(["How was the pizza?"], None, None, None, None, None,
                                     ["The pizza is great."]).item() == pytest.approx(1 / 3)
+
+
+def test_a_sharded_checkpoint_is_published_only_after_every_process_has_written(tmp_path, monkeypatch):
+    """accelerate's save_state writes each process's random states after its collective part: the main process
+    must wait for the others before renaming the staging folder into place (a process that was still writing
+    found its folder gone)."""
+    import os
+    import types
+
+    from rlhfkit import checkpoints, sharding
+    from rlhfkit.ppo import trainer as ppo_trainer
+
+    events = []
+
+    class Accelerator:
+        is_main_process = True
+
+        def wait_for_everyone(self):
+            events.append("wait")
+
+        def save_state(self, path):
+            os.makedirs(path)
+            events.append("save_state")
+
+    state = types.SimpleNamespace(state_dict=lambda: {})
+    fake = types.SimpleNamespace(
+        accelerator=Accelerator(), args=types.SimpleNamespace(output_dir=str(tmp_path), save_total_limit=None),
+        step_index=2, shuffle=torch.Generator(), rank=0, scheduler=state, episodes_done=32, world=2, layout="zero3",
+        kl_ctl=state, moments=state, bad=types.SimpleNamespace(seen=0), log_history=[])
+    monkeypatch.setattr(sharding, "is_sharded", lambda acc: True)
+    publish = checkpoints.publish
+    monkeypatch.setattr(checkpoints, "publish", lambda *a: (events.append("publish"), publish(*a)))
+    final = ppo_trainer.PPOTrainer.save_checkpoint(fake)
+    assert events.index("publish") > events.index("save_state") + 1
+    assert events[events.index("save_state") + 1] == "wait", events
+    assert os.path.isdir(os.path.join(final, ppo_trainer.SHARDED_STATE))

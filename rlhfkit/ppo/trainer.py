@@ -567,6 +567,9 @@ class PPOTrainer:
         sharded = sharding.is_sharded(acc)
         if sharded:  # weights and optimizer states in shards, each process writing its own (a collective)
             acc.save_state(os.path.join(staging, SHARDED_STATE))
+            # save_state's last files (each process's random states) come after its collective part: the staging
+            # folder is published (renamed) only once every process has written them
+            acc.wait_for_everyone()
         if acc.is_main_process:
             if not sharded:
                 unwrapped = acc.unwrap_model(self.model)
