@@ -61,7 +61,8 @@ def make_parser_for_sft():
         if action.dest == "padding_free":
             action.help = ("Pack each batch's rows into one row, no padding, attention per row (rlhfkit/attention.py; "
                            "flash-attention reads the rows itself). Default: on, except with static shapes "
-                           "(--pad_max, --num_buckets, --pad_to_multiple_of), on Gaudi or with --packing.")
+                           "(--pad_max, --num_buckets, --pad_to_multiple_of), on Gaudi, on CUDA (per-row attention measured "
+                           "slower than padded SDPA there) or with --packing.")
         if action.dest == "torch_compile":
             action.help = ("Compile the model with torch.compile. Default: automatic on CPU in one process: the "
                            "first 3 steps run uncompiled and timed, then the model is compiled if the steps left "

@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [*ours_command(manifest, s, ours_dir, args.device), *shlex.split(args.ours_args)]
     cuda_peak_path = os.path.join(args.out, "ours_cuda_peak.json")
     if cuda:  # ppo.py does not write GPU memory: run it inside a shim that does
-        cmd = [sys.executable, os.path.abspath(__file__), "--cuda-peak", cuda_peak_path, "--", *cmd[1:]]
+        cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"), "--cuda-peak",
+               cuda_peak_path, "--", *cmd[1:]]
     commands["ours"] = shlex.join(cmd)
     process = run_side(args, cmd, "ours", "ours (ppo.py)", env)
     cuda_peak = None

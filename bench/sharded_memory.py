@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Per-process peak memory of ppo.py on 2 processes under DDP, DeepSpeed ZeRO-3 and FSDP2, side by side.
+"""Per-process peak memory of ppo.py (and sft.py) under DDP, DeepSpeed ZeRO-3 and FSDP2, side by side.
 
 The policy is an ~86M-parameter Llama (hidden 768, 12 layers, 12 heads, MLP 2048, the stories260K tokenizer, random
 weights) trained in full (``--use_peft False``: the optimizer states, the gradients and a frozen reference are what
@@ -10,6 +10,12 @@ once (ppo.py's default), which costs one full copy per process while it lasts; `
 False`` is measured as well for ZeRO-3.
 
     python bench/sharded_memory.py [--out .bench/sharded] [--steps 2] [--layouts ddp,zero3,zero3-nogather,fsdp2]
+    python bench/sharded_memory.py --device cuda [--num_processes N] [--scripts ppo,sft]
+
+On CUDA the layouts run under the GPU configs (configs/accelerate/ddp.yaml, zero3.yaml, fsdp.yaml) with bf16 and
+``--num_processes`` (default: every visible GPU), and the figure is each process's ``max_memory_allocated``
+(``peak_memory_mib_per_process``). ``--scripts ppo,sft`` adds sft.py on the same model (full fine-tuning on the
+prompts as text): tokens/s and peak memory per layout.
 
 Writes ``bench/results/<device>-<date>-sharded-memory.{json,md}`` with the machine and the commands.
 """
@@ -29,9 +35,11 @@ from common import REPO, run, say, write_aside  # noqa: E402
 FIXTURE = os.path.normpath(os.path.join(REPO, "..", "shared", "fixtures", "models", "stories260K"))
 CONFIG_86M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "num_key_value_heads": 12,
               "intermediate_size": 2048, "max_position_embeddings": 512, "tie_word_embeddings": False}
-LAYOUTS = {"ddp": ("cpu_2proc.yaml", []), "zero3": ("cpu_zero3.yaml", []),
-           "zero3-nogather": ("cpu_zero3.yaml", ["--ds3_gather_for_generation", "False"]),
-           "fsdp2": ("cpu_fsdp2.yaml", [])}
+# layout: (CPU config: 2 processes, GPU config, more ppo.py flags)
+LAYOUTS = {"ddp": ("cpu_2proc.yaml", "ddp.yaml", []), "zero3": ("cpu_zero3.yaml", "zero3.yaml", []),
+           "zero3-nogather": ("cpu_zero3.yaml", "zero3.yaml", ["--ds3_gather_for_generation", "False"]),
+           "fsdp2": ("cpu_fsdp2.yaml", "fsdp.yaml", [])}
+SCRIPTS = ("ppo", "sft")
 TARGET = 0.6  # ZeRO-3's per-process peak over DDP's
 RULE = '''def reward(prompt, response):
     """Longer answers score higher (a fixed rule: the benchmark measures memory, not learning)."""
@@ -66,36 +74,73 @@ def build_inputs(out: str) -> dict:
     rule = os.path.join(out, "length_rule.py")
     with open(rule, "w", encoding="utf-8") as handle:
         handle.write(RULE)
-    return {"policy": policy, "prompts": prompts, "rule": rule, "parameters": params}
+    texts = os.path.join(out, "texts.jsonl")  # sft.py's rows: short stories of about 100 tokens
+    with open(texts, "w", encoding="utf-8") as handle:
+        for i in range(256):
+            name, other = names[i % 8], names[(i + 3) % 8]
+            handle.write(json.dumps({"text": f"Once upon a time, {name} found a toy number {i}. {name} showed it to "
+                                             f"{other}. {other} smiled and said it was the best toy in the park. "
+                                             f"They played with it all day, and at night {name} put it under the "
+                                             f"bed so that it would be there in the morning. The end."}) + "\n")
+    return {"policy": policy, "prompts": prompts, "rule": rule, "texts": texts, "parameters": params}
 
 
-def command(layout: str, inputs: dict, out: str, steps: int) -> list[str]:
-    config, extra = LAYOUTS[layout]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            os.path.join("configs", "accelerate", config), "ppo.py", "--model_name_or_path", inputs["policy"],
-            "--dataset_name", inputs["prompts"], "--prompt_format", "raw", "--reward_function",
-            f"{inputs['rule']}:reward", "--use_peft", "False", "--learning_rate", "1e-6", "--steps", str(steps),
-            "--batch_size", "4", "--mini_batch_size", "2", "--ppo_epochs", "1", "--output_max_length", "16",
-            "--device", "cpu", "--report_to", "none", "--sample_every", "0", "--seed", "0", "--overwrite_output_dir",
-            "True", "--output_dir", os.path.join(out, f"run-{layout}"), *extra]
+def command(script: str, layout: str, inputs: dict, out: str, steps: int, device: str,
+            num_processes: int) -> list[str]:
+    cpu_config, gpu_config, ppo_extra = LAYOUTS[layout]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              os.path.join("configs", "accelerate", cpu_config if device == "cpu" else gpu_config)]
+    if device == "cuda":
+        launch += ["--num_processes", str(num_processes)]
+    # the CPU configs run in fp32; the GPU configs name bf16, which the script must be given too
+    precision = ["--bf16", "False" if device == "cpu" else "True"]
+    common = ["--model_name_or_path", inputs["policy"], "--use_peft", "False", "--report_to", "none", "--seed", "0",
+              "--overwrite_output_dir", "True", "--output_dir", os.path.join(out, f"run-{script}-{layout}"),
+              *precision]
+    if script == "ppo":
+        return [*launch, "ppo.py", *common, "--dataset_name", inputs["prompts"], "--prompt_format", "raw",
+                "--reward_function", f"{inputs['rule']}:reward", "--learning_rate", "1e-6", "--steps", str(steps),
+                "--batch_size", "4", "--mini_batch_size", "2", "--ppo_epochs", "1", "--output_max_length", "16",
+                "--device", device, "--sample_every", "0", *ppo_extra]
+    return [*launch, "sft.py", *common, "--dataset_name", inputs["texts"], "--learning_rate", "1e-5",
+            "--max_steps", str(steps * 4), "--per_device_train_batch_size", "8", "--save_strategy", "no",
+            "--logging_steps", "1"]
 
 
 def markdown(results: dict) -> str:
-    lines = [f"# ppo.py per-process peak memory under sharding ({results['device']}, {results['date']})", "",
-             f"Machine: {results['machine']}. Policy: {results['parameters'] / 1e6:.1f}M-parameter Llama, full "
-             f"fine-tuning, value head, rule reward; 2 processes, {results['steps']} steps of 8 episodes.", "",
-             "| layout | peak RSS per process (MiB) | vs DDP | episodes/s | wall (s) |", "|---|---|---|---|---|"]
-    for layout, row in results["runs"].items():
-        peaks = ", ".join(f"{p:.0f}" for p in row["peak_rss_mib_per_process"])
-        lines.append(f"| {layout} | {peaks} | {row['vs_ddp']:.2f}x | {row['episodes_per_second']:.2f} | "
-                     f"{row['wall_seconds']:.0f} |")
+    cuda = results["device"] == "cuda"
+    memory = "peak GPU memory per process (MiB)" if cuda else "peak RSS per process (MiB)"
+    processes = results.get("num_processes", 2)
+    lines = [f"# Per-process peak memory under sharding ({results['device']}, {results['date']})", "",
+             f"Machine: {results['machine']}. Model: {results['parameters'] / 1e6:.1f}M-parameter Llama, full "
+             f"fine-tuning{', bf16' if cuda else ', fp32'}; {processes} process(es). ppo.py: value head, rule "
+             f"reward, {results['steps']} steps of {4 * processes} episodes. sft.py: {4 * results['steps']} steps "
+             f"of 8 rows per process.", ""]
+    for script in results.get("scripts", ["ppo"]):
+        rows = {layout: row for layout, row in results["runs"].items() if row.get("script", "ppo") == script}
+        if not rows:
+            continue
+        speed = "episodes/s" if script == "ppo" else "tokens/s"
+        lines += [f"## {script}.py", "", f"| layout | {memory} | vs DDP | {speed} | wall (s) |", "|---|---|---|---|---|"]
+        for layout, row in rows.items():
+            peaks = ", ".join(f"{p:.0f}" for p in row["peak_mib_per_process"])
+            lines.append(f"| {row.get('layout', layout)} | {peaks} | {row['vs_ddp']:.2f}x | {row['speed']:.2f} | "
+                         f"{row['wall_seconds']:.0f} |")
+        lines.append("")
     zero3 = results["runs"].get("zero3", {}).get("vs_ddp")
-    if zero3 is not None:
-        lines += ["", f"Target: ZeRO-3's per-process peak at most {TARGET}x DDP's: {zero3:.2f}x, "
-                  f"{'met' if zero3 <= TARGET else 'not met'}."]
-    lines += ["", "Peak RSS is each process's resident high-water mark (ppo.py's `peak_rss_mib_per_process`): "
-              "everything the process held, the interpreter and libraries included, not torch's tensor memory "
-              "alone (on CUDA, `peak_memory_mib_per_process` records `max_memory_allocated`)."]
+    if zero3 is not None and processes > 1:
+        lines += [f"Target: ZeRO-3's per-process peak at most {TARGET}x DDP's (ppo.py): {zero3:.2f}x, "
+                  f"{'met' if zero3 <= TARGET else 'not met'}.", ""]
+    elif processes == 1:
+        lines += ["One process: nothing is divided, so this checks that each layout runs (DeepSpeed's engine, FSDP2's "
+                  "wrapping, gathering for generation, saving) and what it costs against plain single-device "
+                  "training; it says nothing about the saving of N processes.", ""]
+    if cuda:
+        lines.append("Peak GPU memory is `torch.cuda.max_memory_allocated` per process (`peak_memory_mib_per_process` "
+                     "in all_results.json): torch's tensors, not the CUDA context.")
+    else:
+        lines.append("Peak RSS is each process's resident high-water mark (`peak_rss_mib_per_process`): everything "
+                     "the process held, the interpreter and libraries included, not torch's tensor memory alone.")
     if results.get("note"):
         lines += ["", results["note"]]
     lines += ["", "Commands:", ""] + [f"    {c}" for c in results["commands"].values()]
@@ -105,8 +150,11 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.path.join(REPO, ".bench", "sharded"))
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2, help="ppo.py steps (sft.py: 4x as many)")
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--scripts", default="ppo", help=f"comma-separated, of: {', '.join(SCRIPTS)}")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--num_processes", type=int, default=0, help="CUDA: processes (default: every visible GPU)")
     parser.add_argument("--results", default=os.path.join(REPO, "bench", "results"))
     parser.add_argument("--note", default="", help="a line for the report (what else ran on the machine, ...)")
     args = parser.parse_args(argv)
@@ -114,37 +162,57 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in layouts if name not in LAYOUTS]
     if unknown or "ddp" not in layouts:
         parser.error(f"--layouts: ddp and any of {', '.join(LAYOUTS)} (unknown: {', '.join(unknown) or 'none'})")
+    scripts = [name.strip() for name in args.scripts.split(",") if name.strip()]
+    if not scripts or any(name not in SCRIPTS for name in scripts):
+        parser.error(f"--scripts: any of {', '.join(SCRIPTS)}")
     if not os.path.isdir(FIXTURE):
         raise SystemExit(f"error: {FIXTURE} is absent: the benchmark takes its tokenizer from the stories260K fixture")
+    processes = 2
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda but torch sees no GPU: run with --device cpu")
+        processes = args.num_processes or torch.cuda.device_count()
     os.makedirs(args.out, exist_ok=True)
     inputs = build_inputs(args.out)
-    say(f"policy: {inputs['parameters'] / 1e6:.1f}M parameters; layouts {', '.join(layouts)}, {args.steps} steps each")
+    say(f"model: {inputs['parameters'] / 1e6:.1f}M parameters; {', '.join(scripts)} under {', '.join(layouts)}, "
+        f"{processes} process(es) on {args.device}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    memory_key = "peak_memory_mib_per_process" if args.device == "cuda" else "peak_rss_mib_per_process"
     runs, commands = {}, {}
-    for number, layout in enumerate(layouts, 1):
-        cmd = command(layout, inputs, args.out, args.steps)
-        commands[layout] = shlex.join(["OMP_NUM_THREADS=1", "python", *cmd[1:]])
-        wall = run(cmd, f"{layout} ({number}/{len(layouts)})", log=os.path.join(args.out, f"{layout}.log"), env=env)
-        with open(os.path.join(args.out, f"run-{layout}", "all_results.json"), encoding="utf-8") as handle:
+    plan = [(script, layout) for script in scripts for layout in layouts
+            if not (script == "sft" and LAYOUTS[layout][2])]  # ppo.py's own variants only for ppo.py
+    for number, (script, layout) in enumerate(plan, 1):
+        key = layout if script == "ppo" else f"{script}-{layout}"
+        cmd = command(script, layout, inputs, args.out, args.steps, args.device, processes)
+        commands[key] = shlex.join(["OMP_NUM_THREADS=1", "python", *cmd[1:]])
+        wall = run(cmd, f"{key} ({number}/{len(plan)})", log=os.path.join(args.out, f"{key}.log"), env=env)
+        with open(os.path.join(args.out, f"run-{script}-{layout}", "all_results.json"), encoding="utf-8") as handle:
             summary = json.load(handle)
-        runs[layout] = {"peak_rss_mib_per_process": summary["peak_rss_mib_per_process"],
-                        "distributed": summary["distributed"], "episodes_per_second": summary["episodes_per_second"],
-                        "wall_seconds": wall}
-        say(f"{layout}: peak RSS per process {summary['peak_rss_mib_per_process']} MiB, "
-            f"{summary['episodes_per_second']:.2f} episodes/s, {wall:.0f} s")
-    ddp = max(runs["ddp"]["peak_rss_mib_per_process"])
-    for row in runs.values():
-        row["vs_ddp"] = max(row["peak_rss_mib_per_process"]) / ddp
+        speed = summary["episodes_per_second"] if script == "ppo" else summary.get("train_tokens_per_second")
+        runs[key] = {"script": script, "layout": layout, "peak_mib_per_process": summary[memory_key],
+                     "distributed": summary.get("distributed"), "speed": speed, "wall_seconds": wall}
+        say(f"{key}: {memory_key} {summary[memory_key]}, {speed:.2f} {'episodes' if script == 'ppo' else 'tokens'}"
+            f"/s, {wall:.0f} s")
+    for script in scripts:
+        ddp = max(runs["ddp" if script == "ppo" else f"{script}-ddp"]["peak_mib_per_process"])
+        for row in runs.values():
+            if row["script"] == script:
+                row["vs_ddp"] = max(row["peak_mib_per_process"]) / ddp
     from machine import describe
 
-    device, machine = "cpu", describe("cpu")
-    results = {"device": device, "date": time.strftime("%Y-%m-%d"), "machine_details": machine,
-               "machine": f"{machine['cpu_model']}, {machine['usable_cores']} usable cores, "
-                          f"{(machine['memory_bytes'] or 0) / 2**30:.0f} GiB",
-               "parameters": inputs["parameters"], "steps": args.steps, "runs": runs, "commands": commands,
+    machine = describe(args.device)
+    where = (f"{machine['cpu_model']}, {machine['usable_cores']} usable cores, "
+             f"{(machine['memory_bytes'] or 0) / 2**30:.0f} GiB")
+    if args.device == "cuda":
+        where = f"{'; '.join(machine.get('gpus') or ['GPU'])} ({where})"
+    results = {"device": args.device, "date": time.strftime("%Y-%m-%d"), "machine_details": machine,
+               "machine": where, "parameters": inputs["parameters"], "steps": args.steps, "scripts": scripts,
+               "num_processes": processes, "memory_measure": memory_key, "runs": runs, "commands": commands,
                "target": {"zero3_vs_ddp_at_most": TARGET}, "note": args.note}
     os.makedirs(args.results, exist_ok=True)
-    stem = os.path.join(args.results, f"{device}-{results['date']}-sharded-memory")
+    stem = os.path.join(args.results, f"{args.device}-{results['date']}-sharded-memory")
     write_aside(stem + ".json", json.dumps(results, indent=1))
     write_aside(stem + ".md", markdown(results))
     print(markdown(results))

@@ -351,3 +351,40 @@ def test_a_sharded_checkpoint_is_published_only_after_every_process_has_written(
     assert events.index("publish") > events.index("save_state") + 1
     assert events[events.index("save_state") + 1] == "wait", events
     assert os.path.isdir(os.path.join(final, ppo_trainer.SHARDED_STATE))
+
+
+def test_step_figures_are_averaged_in_one_collective_on_the_device():
+    """NCCL reduces only GPU tensors: a step's figures (the learning rate among them, a CPU tensor) go to the
+    trainer's device before the all-reduce, all in one call (ppo.py under DDP on a GPU failed on the learning rate).
+    The meta device stands in for the GPU: a figure left on the CPU would reach the fake reduce there."""
+    from rlhfkit.ppo.trainer import mean_over_processes
+
+    calls = []
+
+    class Accelerator:
+        def reduce(self, tensor, reduction):
+            calls.append((tensor.device.type, tuple(tensor.shape), reduction))
+            return torch.arange(tensor.numel(), dtype=torch.float32)  # what the other processes would give back
+
+    figures = {"lr": torch.tensor(3e-4), "loss/policy": torch.tensor(0.5, dtype=torch.bfloat16), "count": 4}
+    out = mean_over_processes(Accelerator(), figures, torch.device("meta"))
+    assert calls == [("meta", (3,), "mean")]
+    assert out == {"lr": 0.0, "loss/policy": 1.0, "count": 2.0}
+
+
+def test_the_value_head_takes_the_policys_dtype_for_sharded_training(embedded_root):
+    """ZeRO-3 (one flat buffer per parameter group) and FSDP2 (one per unit) refuse mixed dtypes: with a bf16
+    policy trained in full, the float32 value head becomes bf16; with LoRA (float32 adapters) or a float32 policy
+    nothing changes. Values still come out in float32."""
+    from rlhfkit import models
+
+    folder = str(embedded_root / "model")
+    module = PolicyAndValue(models.load_causal_lm(folder, dtype=torch.bfloat16))
+    assert module.value_head.weight.dtype == torch.float32
+    assert "bfloat16" in module.match_value_head_dtype()
+    assert module.value_head.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in module.parameters() if p.requires_grad} == {torch.bfloat16}
+    _, values = module(torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long), keep=2)
+    assert values.dtype == torch.float32 and values.shape == (1, 2)
+    assert module.match_value_head_dtype() is None  # already matching
+    assert PolicyAndValue(models.load_causal_lm(folder)).match_value_head_dtype() is None  # float32 policy

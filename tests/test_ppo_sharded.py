@@ -19,6 +19,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import signal
 import subprocess
@@ -176,3 +177,29 @@ def test_zero3_full_fine_tuning_with_a_reward_model_matches_ddp(stories, stories
     _assert_same_training(outs["ddp"], outs["zero3"], "model.safetensors")
     model = AutoModelForCausalLM.from_pretrained(str(outs["zero3"]))
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("layout", ["zero3", "fsdp2"])
+def test_bf16_full_fine_tuning_with_a_value_head_runs_sharded(stories, layout):
+    """bf16 (the GPU configs' precision) with full fine-tuning: the policy's weights are bf16 and the value head was
+    float32, which ZeRO-3 refused (one dtype per parameter group) and FSDP2's bf16 compute broke (a float32 input
+    to a bf16 head); first seen on an H200, reproduced here with accelerate's --mixed_precision bf16 on 2 CPU
+    processes. The head now takes the policy's dtype, and the run trains."""
+    if layout.startswith("zero"):
+        _needs_deepspeed()
+    folder, prompts, rule = stories
+    out = folder / f"sharded-bf16-{layout}"
+    config = CONFIGS / LAYOUTS[layout][0]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    args = [*_stories_args(prompts, rule), "--use_peft", "False", "--learning_rate", "1e-5", "--bf16", "True",
+            "--steps", "2", "--batch_size", "4", "--mini_batch_size", "2", "--save_merged", "False",
+            "--device", "cpu", "--output_dir", str(out)]
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                             "--mixed_precision", "bf16", PPO, *args], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert_ok(result)
+    assert "value head in bfloat16 like the policy's weights (was float32)" in result.stderr
+    results = read_json(out / "all_results.json")
+    assert results["distributed"] == LAYOUTS[layout][1] and results["train_steps"] == 2
+    history = _history(out)
+    assert len(history) == 2 and all(math.isfinite(entry["loss/value"]) for entry in history)

@@ -69,6 +69,24 @@ class PolicyAndValue(nn.Module):
         else:
             self.value_head = None
 
+    def match_value_head_dtype(self) -> str | None:
+        """Give the value head the dtype of the other trainable weights when they share one and it differs
+        (bf16 full fine-tuning): DeepSpeed ZeRO-3 keeps one flat buffer per parameter group and FSDP2 one per unit,
+        and each refuses mixed dtypes. DeepSpeed keeps float32 master weights, so the head's updates lose nothing.
+        Returns what was done, or None."""
+        if self.value_head is None:
+            return None
+        others = {p.dtype for name, p in self.named_parameters()
+                  if p.requires_grad and not name.startswith("value_head.")}
+        head = self.value_head.weight.dtype
+        if len(others) != 1 or head in others:
+            return None
+        dtype = others.pop()
+        self.value_head.to(dtype)
+        name = str(dtype).removeprefix("torch.")
+        return (f"value head in {name} like the policy's weights (was {str(head).removeprefix('torch.')}): sharded "
+                "training keeps one dtype per buffer")
+
     def forward(self, input_ids, attention_mask, keep: int, part: str = "both"):
         """(logits, values); ``part="policy"`` or ``"critic"`` runs only that model (a separate critic only) and
         gives None for the other."""
@@ -80,7 +98,8 @@ class PolicyAndValue(nn.Module):
             logits = out.logits[:, -keep:]
             if self.critic is None:
                 hidden = out.hidden_states[-1][:, -keep:]
-                values = self.value_head(hidden.float()).squeeze(-1)
+                # float32 unless sharding made the head the policy's dtype (or FSDP computes in bf16)
+                values = self.value_head(hidden.to(self.value_head.weight.dtype)).float().squeeze(-1)
         if self.critic is not None and part != "policy":
             critic = unwrap_peft(self.critic)
             hidden = backbone(critic)(input_ids=input_ids, attention_mask=attention_mask,

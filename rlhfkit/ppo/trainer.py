@@ -75,6 +75,15 @@ def newest_checkpoint(output_dir: str) -> str | None:
     return checkpoints.newest_complete(output_dir, STATE_FILE)
 
 
+def mean_over_processes(accelerator, figures: dict, device) -> dict[str, float]:
+    """Each figure (a scalar tensor or number) averaged over the processes, in one all-reduce on ``device``:
+    NCCL reduces only GPU tensors (the learning rate is a CPU tensor; sending it failed on CUDA), and one
+    collective costs less than one per figure."""
+    names = list(figures)
+    stacked = torch.stack([torch.as_tensor(figures[k]).detach().to(device, torch.float32).reshape(()) for k in names])
+    return dict(zip(names, accelerator.reduce(stacked, "mean").tolist(), strict=True))
+
+
 class PPOTrainer:
     def __init__(self, args, accelerator, module: PolicyAndValue, ref_model, scorer, tokenizer, prompts, queries,
                  stop_ids: list[int], total_steps: int, generator=None):
@@ -91,6 +100,8 @@ class PPOTrainer:
         self.layout, self.zero = sharding.describe(accelerator), sharding.zero_stage(accelerator)
         sharding.configure_deepspeed(accelerator, args.mini_batch_size, args.gradient_accumulation_steps,
                                      args.max_grad_norm, hidden_size(module.policy.config))
+        if sharding.is_sharded(accelerator) and (changed := module.match_value_head_dtype()):
+            logger.info(changed)
         params = [p for p in module.parameters() if p.requires_grad]
         # eps 1e-5: CleanRL's and the N+ details' choice for PPO (torch's 1e-8 lets tiny second moments blow up)
         optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=1e-5, weight_decay=0.0)
@@ -247,7 +258,7 @@ class PPOTrainer:
             "val/mean_length": lengths.mean(),
             **update_stats,
         }
-        metrics = {k: acc.reduce(v.detach().float(), "mean").item() for k, v in local.items()}
+        metrics = mean_over_processes(acc, local, self.device)
         metrics["val/num_eos_tokens"] *= self.world  # a count over all processes, not a mean
         self.step_index += 1
         self.episodes_done += args.batch_size * self.world
