@@ -123,6 +123,13 @@ def profile_sft_steps(args, model_dir: str, data: dict, activities, sort: str, s
         if "last" in state:
             print(f"sft.py step {state['n'] - 1}: {now - state['last']:.2f} s end to end", flush=True)
         state["last"] = now
+        if state["n"] == 1:  # what the loop runs with: the usual suspects of a slow step
+            parameter = next(self.model.parameters())
+            print(f"sft.py's loop: optimizer {type(self.optimizer).__name__} (--optim {self.args.optim}), "
+                  f"max_grad_norm {self.args.max_grad_norm}, bf16 {self.args.bf16}, weights {parameter.dtype} on "
+                  f"{parameter.device}, attention {self.model.config._attn_implementation}, gradient "
+                  f"checkpointing {self.args.gradient_checkpointing}, collator {type(self.data_collator).__name__} "
+                  f"(padding_free {getattr(self.data_collator, 'padding_free', None)})", flush=True)
         if state["n"] == 3:
             state["prof"] = profile(activities=activities)
             state["prof"].__enter__()
