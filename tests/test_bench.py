@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import report  # noqa: E402
 import run as bench_run  # noqa: E402
+import sharded_memory  # noqa: E402
 import trainer_probe  # noqa: E402
 
 
@@ -196,3 +197,21 @@ def test_report_helpers_write_aside_and_name_the_machine(tmp_path):
            "versions": {"torch": "2.13.0", "trl": "1.16.0"}}
     assert common.machine_line(out, "a note") == "Machine: Xeon, 2 usable cores, 24 GiB; torch 2.13.0, TRL 1.16.0. a note"
     assert common.machine_line(out).endswith("TRL 1.16.0.")
+
+
+def test_sharded_memory_launches_the_gpu_configs_with_bf16_on_cuda():
+    """The GPU form of the sharded-memory benchmark (not runnable here): the GPU config files, the process count
+    given, bf16 for accelerate and the script alike, ``--device cuda`` for ppo.py; the CPU form keeps the 2-process
+    CPU configs in fp32. sft.py gets its own output folder per layout."""
+    inputs = {"policy": "P", "prompts": "prompts.jsonl", "rule": "rule.py", "texts": "texts.jsonl"}
+    gpu = sharded_memory.command("ppo", "zero3", inputs, "/out", 2, "cuda", 4)
+    assert gpu[gpu.index("--config_file") + 1].endswith(os.path.join("accelerate", "zero3.yaml"))
+    assert gpu[gpu.index("--num_processes") + 1] == "4"
+    assert gpu[gpu.index("--bf16") + 1] == "True" and gpu[gpu.index("--device") + 1] == "cuda"
+    cpu = sharded_memory.command("ppo", "zero3-nogather", inputs, "/out", 2, "cpu", 2)
+    assert cpu[cpu.index("--config_file") + 1].endswith("cpu_zero3.yaml") and "--num_processes" not in cpu
+    assert cpu[cpu.index("--bf16") + 1] == "False" and cpu[-2:] == ["--ds3_gather_for_generation", "False"]
+    sft = sharded_memory.command("sft", "fsdp2", inputs, "/out", 2, "cuda", 1)
+    assert "sft.py" in sft and sft[sft.index("--config_file") + 1].endswith("fsdp.yaml")
+    assert sft[sft.index("--dataset_name") + 1] == "texts.jsonl" and sft[sft.index("--max_steps") + 1] == "8"
+    assert sft[sft.index("--output_dir") + 1] == os.path.join("/out", "run-sft-fsdp2")
