@@ -53,7 +53,7 @@ def test_kl_is_zero_against_itself_and_positive_against_another_model(embedded_r
     torch.manual_seed(0)
     with torch.no_grad():
         head = other.model.get_output_embeddings().weight
-        head.add_(head.std() * torch.randn_like(head))
+        head.add_(3 * head.std() * torch.randn_like(head))  # at 1x std the mean KL sat within 3 sigma on an AMD EPYC
     prompts = ["How was the pizza?", "Describe the red bicycle.", "Tell me about the museum."] * 8
     settings = compare.SamplingSettings(max_new_tokens=24, temperature=1.0, batch_size=12)
     _, ids = compare.prompt_ids([base, other], prompts, "auto", 256)
