@@ -10,6 +10,7 @@ once (ppo.py's default), which costs one full copy per process while it lasts; `
 False`` is measured as well for ZeRO-3.
 
     python bench/sharded_memory.py [--out .bench/sharded] [--steps 2] [--layouts ddp,zero3,zero3-nogather,fsdp2]
+                                   [--precision fp32|bf16]
     python bench/sharded_memory.py --device cuda [--num_processes N] [--scripts ppo,sft]
 
 On CUDA the layouts run under the GPU configs (configs/accelerate/ddp.yaml, zero3.yaml, fsdp.yaml) with bf16 and
@@ -40,6 +41,9 @@ LAYOUTS = {"ddp": ("cpu_2proc.yaml", "ddp.yaml", []), "zero3": ("cpu_zero3.yaml"
            "zero3-nogather": ("cpu_zero3.yaml", "zero3.yaml", ["--ds3_gather_for_generation", "False"]),
            "fsdp2": ("cpu_fsdp2.yaml", "fsdp.yaml", [])}
 SCRIPTS = ("ppo", "sft")
+# the resident floor of a ppo.py process before it loads a model: the interpreter and the libraries it imports
+FLOOR_CODE = ("import resource, sys; sys.argv = ['ppo.py']; import torch, transformers, trl, peft, accelerate, "
+              "deepspeed, ppo, rlhfkit.ppo.trainer; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
 TARGET = 0.6  # ZeRO-3's per-process peak over DDP's
 RULE = '''def reward(prompt, response):
     """Longer answers score higher (a fixed rule: the benchmark measures memory, not learning)."""
@@ -86,14 +90,19 @@ def build_inputs(out: str) -> dict:
 
 
 def command(script: str, layout: str, inputs: dict, out: str, steps: int, device: str,
-            num_processes: int) -> list[str]:
+            num_processes: int, precision: str = "") -> list[str]:
+    """The launch of one run. ``precision``: "fp32" or "bf16" (default: fp32 on CPU, bf16 on CUDA, as the config
+    files say); bf16 on CPU overrides the CPU configs' ``mixed_precision: 'no'`` on the launch line."""
     cpu_config, gpu_config, ppo_extra = LAYOUTS[layout]
+    precision = precision or ("fp32" if device == "cpu" else "bf16")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               os.path.join("configs", "accelerate", cpu_config if device == "cpu" else gpu_config)]
     if device == "cuda":
         launch += ["--num_processes", str(num_processes)]
-    # the CPU configs run in fp32; the GPU configs name bf16, which the script must be given too
-    precision = ["--bf16", "False" if device == "cpu" else "True"]
+    if device == "cpu" and precision == "bf16":
+        launch += ["--mixed_precision", "bf16"]
+    # accelerate's mixed precision and the script's --bf16 must agree
+    precision = ["--bf16", str(precision == "bf16")]
     common = ["--model_name_or_path", inputs["policy"], "--use_peft", "False", "--report_to", "none", "--seed", "0",
               "--overwrite_output_dir", "True", "--output_dir", os.path.join(out, f"run-{script}-{layout}"),
               *precision]
@@ -107,13 +116,43 @@ def command(script: str, layout: str, inputs: dict, out: str, steps: int, device
             "--logging_steps", "1"]
 
 
+def floor_mib() -> float:
+    """Peak RSS (MiB) of a process that imports what ppo.py imports and loads nothing."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", FLOOR_CODE], cwd=REPO, capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO})
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bound(parameters: int, processes: int, floor: float, runs: dict) -> str:
+    """What the model states allow, fp32 full fine-tuning with Adam: a DDP process holds the policy's weights,
+    gradients and two moments (16 bytes a parameter) and the frozen reference (4); ZeRO-3 divides all 20 bytes by the
+    processes (in fp32 DeepSpeed 0.19 trains its fp32 partition in place: no master copy) and the rollout gathers the
+    whole policy (4 bytes, unless ``--ds3_gather_for_generation False``). What DDP holds beyond the floor and its
+    states (activations, the sampling cache, allocator slack) is counted for ZeRO-3 unchanged."""
+    mib = parameters / 2**20
+    ddp_states, zero3_states, gathered = 20 * mib, 20 * mib / processes, 4 * mib
+    ddp = max(runs["ddp"]["peak_mib_per_process"])
+    rest = ddp - floor - ddp_states
+    best = floor + zero3_states + rest
+    return (f"By arithmetic (fp32, Adam): the floor, a process that imported what ppo.py imports and loaded nothing, "
+            f"{floor:.0f} MiB; model states per process: DDP {ddp_states:.0f} MiB (weights, gradients, Adam's two "
+            f"moments and the frozen reference: 20 bytes a parameter), ZeRO-3 {zero3_states:.0f} MiB (the same divided "
+            f"by {processes}), plus {gathered:.0f} MiB while the rollout holds the gathered policy. With DDP's other "
+            f"{rest:.0f} MiB (activations, sampling, allocator) counted for both, ZeRO-3's peak is at best about "
+            f"{best + gathered:.0f} MiB ({(best + gathered) / ddp:.2f}x DDP's), {best:.0f} MiB ({best / ddp:.2f}x) "
+            f"without the gather.")
+
+
 def markdown(results: dict) -> str:
     cuda = results["device"] == "cuda"
+    precision = results.get("precision", "bf16" if cuda else "fp32")
     memory = "peak GPU memory per process (MiB)" if cuda else "peak RSS per process (MiB)"
     processes = results.get("num_processes", 2)
     lines = [f"# Per-process peak memory under sharding ({results['device']}, {results['date']})", "",
              f"Machine: {results['machine']}. Model: {results['parameters'] / 1e6:.1f}M-parameter Llama, full "
-             f"fine-tuning{', bf16' if cuda else ', fp32'}; {processes} process(es). ppo.py: value head, rule "
+             f"fine-tuning, {precision}; {processes} process(es). ppo.py: value head, rule "
              f"reward, {results['steps']} steps of {4 * processes} episodes. sft.py: {4 * results['steps']} steps "
              f"of 8 rows per process.", ""]
     for script in results.get("scripts", ["ppo"]):
@@ -131,6 +170,8 @@ def markdown(results: dict) -> str:
     if zero3 is not None and processes > 1:
         lines += [f"Target: ZeRO-3's per-process peak at most {TARGET}x DDP's (ppo.py): {zero3:.2f}x, "
                   f"{'met' if zero3 <= TARGET else 'not met'}.", ""]
+    if results.get("floor_mib") and precision == "fp32" and processes > 1:
+        lines += [bound(results["parameters"], processes, results["floor_mib"], results["runs"]), ""]
     elif processes == 1:
         lines += ["One process: nothing is divided, so this checks that each layout runs (DeepSpeed's engine, FSDP2's "
                   "wrapping, gathering for generation, saving) and what it costs against plain single-device "
@@ -155,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scripts", default="ppo", help=f"comma-separated, of: {', '.join(SCRIPTS)}")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--num_processes", type=int, default=0, help="CUDA: processes (default: every visible GPU)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="",
+                        help="default: fp32 on CPU (the CPU configs), bf16 on CUDA (the GPU configs)")
     parser.add_argument("--results", default=os.path.join(REPO, "bench", "results"))
     parser.add_argument("--note", default="", help="a line for the report (what else ran on the machine, ...)")
     args = parser.parse_args(argv)
@@ -176,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         processes = args.num_processes or torch.cuda.device_count()
     os.makedirs(args.out, exist_ok=True)
     inputs = build_inputs(args.out)
+    floor = floor_mib() if args.device == "cpu" else None
     say(f"model: {inputs['parameters'] / 1e6:.1f}M parameters; {', '.join(scripts)} under {', '.join(layouts)}, "
         f"{processes} process(es) on {args.device}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -185,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (script == "sft" and LAYOUTS[layout][2])]  # ppo.py's own variants only for ppo.py
     for number, (script, layout) in enumerate(plan, 1):
         key = layout if script == "ppo" else f"{script}-{layout}"
-        cmd = command(script, layout, inputs, args.out, args.steps, args.device, processes)
+        cmd = command(script, layout, inputs, args.out, args.steps, args.device, processes, args.precision)
         commands[key] = shlex.join(["OMP_NUM_THREADS=1", "python", *cmd[1:]])
         wall = run(cmd, f"{key} ({number}/{len(plan)})", log=os.path.join(args.out, f"{key}.log"), env=env)
         with open(os.path.join(args.out, f"run-{script}-{layout}", "all_results.json"), encoding="utf-8") as handle:
@@ -209,10 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{'; '.join(machine.get('gpus') or ['GPU'])} ({where})"
     results = {"device": args.device, "date": time.strftime("%Y-%m-%d"), "machine_details": machine,
                "machine": where, "parameters": inputs["parameters"], "steps": args.steps, "scripts": scripts,
-               "num_processes": processes, "memory_measure": memory_key, "runs": runs, "commands": commands,
+               "num_processes": processes, "precision": args.precision or ("fp32" if args.device == "cpu" else "bf16"),
+               "memory_measure": memory_key, "floor_mib": floor, "runs": runs, "commands": commands,
                "target": {"zero3_vs_ddp_at_most": TARGET}, "note": args.note}
     os.makedirs(args.results, exist_ok=True)
-    stem = os.path.join(args.results, f"{args.device}-{results['date']}-sharded-memory")
+    stem = os.path.join(args.results, f"{args.device}-{results['date']}-sharded-memory"
+                                      f"{'-' + args.precision if args.precision else ''}")
     write_aside(stem + ".json", json.dumps(results, indent=1))
     write_aside(stem + ".md", markdown(results))
     print(markdown(results))

@@ -20,18 +20,30 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+# `make test` spreads whole modules over one pytest-xdist worker per core (`-n auto --dist loadfile`: a module's
+# training fixture runs once). Each worker, and every script it starts, then gets its share of the cores instead of
+# all of them, so that workers do not oversubscribe the machine; a test that sets its own OMP_NUM_THREADS keeps it.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+
 
 # Fixtures that build the embedded default or train and run scripts for a whole module: a test that uses one
 # (directly or through another fixture) is marked slow, so `make test-fast` never pays for them.
-E2E_FIXTURES = {"embedded_root", "runs", "world", "adapters", "merges", "pipeline", "toy", "held_out_scores",
+E2E_FIXTURES = {"embedded_root", "shared_runs", "runs", "world", "adapters", "merges", "pipeline", "toy", "held_out_scores",
                 "stories", "stories_reward_model", "lora_run", "full_run", "flag_and_config_runs", "refused_runs",
                 "adapter_dir"}
 
 
 def pytest_collection_modifyitems(config, items):
+    slow_modules = set()
     for item in items:
-        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+            slow_modules.add(item.module.__name__)
+    # modules with slow tests first (a stable sort keeps the order within a module): under xdist the long ones start
+    # at once instead of one of them starting last while the other workers sit idle
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
 
 
 def fixture_path(*parts: str) -> Path:
@@ -49,17 +61,87 @@ def embedded_cache(tmp_path_factory):
     ``RLHFKIT_TEST_CACHE=DIR`` reuses a cache across runs while developing (CI never sets it).
     """
     reuse = os.environ.get("RLHFKIT_TEST_CACHE")
-    cache = Path(reuse) if reuse else tmp_path_factory.mktemp("rlhfkit-cache")
+    if reuse:
+        cache = Path(reuse)
+    elif WORKERS > 1:  # one cache for all xdist workers: their common parent folder is this run's
+        cache = tmp_path_factory.getbasetemp().parent / "rlhfkit-cache"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("rlhfkit-cache")
     os.environ["RLHFKIT_CACHE"] = str(cache)
     yield cache
 
 
 @pytest.fixture(scope="session")
 def embedded_root(embedded_cache):
-    """Root of the embedded default (model/, data/), built once per test session."""
+    """Root of the embedded default (model/, data/), built once per test run (the first xdist worker to get here
+    builds it, the others wait on the lock)."""
+    from filelock import FileLock
+
     from rlhfkit import embedded
 
-    return Path(embedded.ensure())
+    with FileLock(f"{embedded_cache}.lock"):
+        if embedded.is_built(embedded.default_dir(0)):
+            return Path(embedded.ensure())
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)  # workers that need the build wait for it: it takes every core
+        try:
+            return Path(embedded.ensure())
+        finally:
+            torch.set_num_threads(threads)
+
+
+# Runs that several modules train on, made once per test run (`shared_runs`): name -> the commands, in order, each a
+# repo script and its flags; "{dir}" is the run's folder. The toy task's SFT model (LoRA, merged), which PPO and DPO
+# start from, and its reward model (full fine-tuning), which PPO trains against and test_reward_modeling checks.
+QUIET_RUN = ["--save_strategy", "no", "--disable_tqdm", "True"]
+SHARED_RUNS = {
+    "toy-sft": [
+        ["sft.py", "--output_dir", "{dir}/sft", "--do_train", "--max_steps", "300", "--per_device_train_batch_size",
+         "16", "--learning_rate", "2e-3", "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "--bf16",
+         "False", *QUIET_RUN],
+        ["merge_peft_adapter.py", "--adapter_model_name", "{dir}/sft", "--output_name", "{dir}/sft-merged"],
+    ],
+    "toy-rm": [
+        ["reward_modeling.py", "--output_dir", "{dir}/rm", "--per_device_train_batch_size", "32",
+         "--num_train_epochs", "2", "--learning_rate", "1e-3", "--use_peft", "False", *QUIET_RUN],
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def shared_runs(embedded_root, tmp_path_factory):
+    """``get(name) -> (folder, [CompletedProcess, ...])`` for a run of SHARED_RUNS, made on first use (one thread
+    per script, so that two can run side by side) and kept for the rest of the test run. Under xdist the workers
+    share them: the first to ask runs the commands, the others wait on its lock and read what it recorded. The
+    commands stop at the first failure; the tests that use a run assert on each result."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent if WORKERS > 1 else tmp_path_factory.mktemp("shared")
+    root = root / "shared-runs"
+    root.mkdir(exist_ok=True)
+
+    def get(name: str) -> tuple[Path, list[subprocess.CompletedProcess]]:
+        folder, record = root / name, root / f"{name}.json"
+        with FileLock(f"{folder}.lock"):
+            if not record.exists():
+                folder.mkdir(exist_ok=True)
+                done = []
+                for script, *args in SHARED_RUNS[name]:
+                    result = run_script(str(REPO / script), *(a.format(dir=folder) for a in args),
+                                        env={"OMP_NUM_THREADS": "1"})
+                    done.append({"args": result.args, "returncode": result.returncode, "stdout": result.stdout,
+                                 "stderr": result.stderr})
+                    if result.returncode != 0:
+                        break
+                aside = record.with_suffix(".tmp")
+                aside.write_text(json.dumps(done), encoding="utf-8")
+                aside.replace(record)
+            return folder, [subprocess.CompletedProcess(**run) for run in json.loads(record.read_text("utf-8"))]
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -202,7 +202,7 @@ def test_report_helpers_write_aside_and_name_the_machine(tmp_path):
 def test_sharded_memory_launches_the_gpu_configs_with_bf16_on_cuda():
     """The GPU form of the sharded-memory benchmark (not runnable here): the GPU config files, the process count
     given, bf16 for accelerate and the script alike, ``--device cuda`` for ppo.py; the CPU form keeps the 2-process
-    CPU configs in fp32. sft.py gets its own output folder per layout."""
+    CPU configs in fp32 unless bf16 is asked for. sft.py gets its own output folder per layout."""
     inputs = {"policy": "P", "prompts": "prompts.jsonl", "rule": "rule.py", "texts": "texts.jsonl"}
     gpu = sharded_memory.command("ppo", "zero3", inputs, "/out", 2, "cuda", 4)
     assert gpu[gpu.index("--config_file") + 1].endswith(os.path.join("accelerate", "zero3.yaml"))
@@ -215,3 +215,16 @@ def test_sharded_memory_launches_the_gpu_configs_with_bf16_on_cuda():
     assert "sft.py" in sft and sft[sft.index("--config_file") + 1].endswith("fsdp.yaml")
     assert sft[sft.index("--dataset_name") + 1] == "texts.jsonl" and sft[sft.index("--max_steps") + 1] == "8"
     assert sft[sft.index("--output_dir") + 1] == os.path.join("/out", "run-sft-fsdp2")
+    bf16 = sharded_memory.command("ppo", "ddp", inputs, "/out", 2, "cpu", 2, "bf16")  # accelerate and ppo.py agree
+    assert bf16[bf16.index("--mixed_precision") + 1] == "bf16" and bf16[bf16.index("--bf16") + 1] == "True"
+    assert bf16.index("--mixed_precision") < bf16.index("ppo.py") and "--mixed_precision" not in cpu
+
+
+def test_sharded_memory_bound_divides_the_model_states_and_keeps_the_rest():
+    """The report's arithmetic: 4 x 2**20 parameters (16 MiB in fp32), DDP's 20 bytes a parameter (80 MiB) and
+    ZeRO-3's share on 2 processes (40 MiB), the floor and DDP's other memory counted for both, plus the gathered
+    policy (16 MiB)."""
+    text = sharded_memory.bound(4 * 2**20, 2, 300.0, {"ddp": {"peak_mib_per_process": [480.0, 500.0]}})
+    assert "DDP 80 MiB" in text and "ZeRO-3 40 MiB" in text and "16 MiB while the rollout" in text
+    assert "other 120 MiB" in text  # 500 - 300 - 80
+    assert "about 476 MiB (0.95x DDP's), 460 MiB (0.92x) without the gather" in text

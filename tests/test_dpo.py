@@ -22,11 +22,7 @@ import pytest
 from conftest import FIXTURES, REPO, assert_ok, assert_user_error, fixture_path, read_json, run_script
 
 DPO = str(REPO / "dpo.py")
-SFT = str(REPO / "sft.py")
-MERGE = str(REPO / "merge_peft_adapter.py")
 QUIET = ["--save_strategy", "no", "--disable_tqdm", "True"]
-SFT_ARGS = ["--do_train", "--max_steps", "300", "--per_device_train_batch_size", "16", "--learning_rate", "2e-3",
-            "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "--bf16", "False", *QUIET]
 DPO_STEPS = 150
 # DPO's sigmoid loss plus TRL's "sft" term on the chosen answers (RPO): on the toy task plain DPO learns the pairs
 # (held-out reward accuracy 0.81-0.85) but lowers the SFT model's sampled gold score (0.16 -> -0.44 to -0.66 at
@@ -66,14 +62,14 @@ def _assert_eval_keys(results: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def runs(embedded_root, tmp_path_factory):
+def runs(shared_runs, tmp_path_factory):
     """Every subprocess of this module: name -> (CompletedProcess, output folder).
 
-    SFT runs beside the short full fine-tuning runs and the refused input (two at a time, one thread each);
-    then the merge and the long LoRA DPO run have both cores.
+    The toy SFT model (LoRA, merged: conftest's SHARED_RUNS, shared with test_ppo) runs beside the short full
+    fine-tuning runs and the refused input (two at a time, one thread each); then the long LoRA DPO run.
     """
     folder = tmp_path_factory.mktemp("dpo")
-    sft, merged, policy = folder / "sft", folder / "sft-merged", folder / "dpo-lora"
+    policy = folder / "dpo-lora"
     others = {
         "full": FULL_ARGS,
         "precomputed": [*FULL_ARGS, "--precompute_ref_log_probs", "True"],
@@ -85,12 +81,14 @@ def runs(embedded_root, tmp_path_factory):
         return run_script(DPO, "--output_dir", str(folder / name), *others[name], env=ONE_THREAD), folder / name
 
     with ThreadPoolExecutor(2) as pool:
-        sft_future = pool.submit(run_script, SFT, "--output_dir", str(sft), *SFT_ARGS, env=ONE_THREAD)
+        sft_future = pool.submit(shared_runs, "toy-sft")
         futures = {name: pool.submit(run, name) for name in others}
         results = {name: future.result() for name, future in futures.items()}
-        results["sft"] = (sft_future.result(), sft)
-    if results["sft"][0].returncode == 0:
-        results["merge"] = (run_script(MERGE, "--adapter_model_name", str(sft), "--output_name", str(merged)), merged)
+        shared, sft_results = sft_future.result()
+    sft, merged = shared / "sft", shared / "sft-merged"
+    results["sft"] = (sft_results[0], sft)
+    if len(sft_results) == 2:
+        results["merge"] = (sft_results[1], merged)
         if results["merge"][0].returncode == 0:
             results["lora"] = (run_script(DPO, "--model_name_or_path", str(merged), "--output_dir", str(policy),
                                           *DPO_ARGS), policy)

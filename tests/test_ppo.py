@@ -27,14 +27,7 @@ import pytest
 from conftest import FIXTURES, REPO, assert_ok, assert_user_error, read_json, run_script
 
 PPO = str(REPO / "ppo.py")
-SFT = str(REPO / "sft.py")
-RM = str(REPO / "reward_modeling.py")
-MERGE = str(REPO / "merge_peft_adapter.py")
 QUIET = ["--save_strategy", "no", "--disable_tqdm", "True"]
-SFT_ARGS = ["--do_train", "--max_steps", "300", "--per_device_train_batch_size", "16", "--learning_rate", "2e-3",
-            "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", *QUIET]
-RM_ARGS = ["--per_device_train_batch_size", "32", "--num_train_epochs", "2", "--learning_rate", "1e-3",
-           "--use_peft", "False", *QUIET]
 TOY_STEPS, TOY_BATCH = 30, 32
 TOY_PPO = ["--steps", str(TOY_STEPS), "--batch_size", str(TOY_BATCH), "--mini_batch_size", "8", "--learning_rate",
            "5e-4", "--kl_coef", "0.3", "--output_max_length", "48", "--sample_every", "10"]
@@ -80,17 +73,16 @@ def _stories_args(prompts: Path, rule: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def toy(embedded_root, tmp_path_factory):
-    """SFT and the reward model side by side (one thread each), the SFT merge, then PPO with both cores."""
-    folder = tmp_path_factory.mktemp("ppo-toy")
-    sft, merged, rm, policy = folder / "sft", folder / "sft-merged", folder / "rm", folder / "ppo"
+def toy(shared_runs, tmp_path_factory):
+    """The toy task's SFT model (merged) and reward model, shared with test_dpo and test_reward_modeling (made side
+    by side, one thread each, unless another module made them first), then PPO from the merged SFT model."""
     with ThreadPoolExecutor(2) as pool:
-        sft_future = pool.submit(run_script, SFT, "--output_dir", str(sft), *SFT_ARGS, env=ONE_THREAD)
-        rm_future = pool.submit(run_script, RM, "--output_dir", str(rm), *RM_ARGS, env=ONE_THREAD)
-        results = {"sft": sft_future.result(), "rm": rm_future.result()}
-    for name in ("sft", "rm"):
-        assert_ok(results[name])
-    assert_ok(run_script(MERGE, "--adapter_model_name", str(sft), "--output_name", str(merged)))
+        sft_future, rm_future = pool.submit(shared_runs, "toy-sft"), pool.submit(shared_runs, "toy-rm")
+        (sft_folder, sft_results), (rm_folder, rm_results) = sft_future.result(), rm_future.result()
+    for result in (*sft_results, *rm_results):
+        assert_ok(result)
+    assert len(sft_results) == 2 and len(rm_results) == 1
+    merged, rm, policy = sft_folder / "sft-merged", rm_folder / "rm", tmp_path_factory.mktemp("ppo-toy") / "ppo"
     result = run_script(PPO, "--model_name_or_path", str(merged), "--reward_model_name", str(rm), "--output_dir",
                         str(policy), *TOY_PPO)
     return result, merged, rm, policy
@@ -261,7 +253,7 @@ def test_two_processes_agree_with_one(stories):
     one, two = folder / "one", folder / "two"
     assert_ok(run_script(PPO, *common, "--batch_size", "16", "--mini_batch_size", "4", "--output_dir", str(one)))
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
     result = subprocess.run([*launch, PPO, *common, "--batch_size", "8", "--mini_batch_size", "2", "--device", "cpu",
                              "--output_dir", str(two)],
                             cwd=REPO,

@@ -20,8 +20,6 @@ from conftest import FIXTURES, REPO, assert_ok, assert_user_error, fixture_path,
 RM = str(REPO / "reward_modeling.py")
 MERGE = str(REPO / "merge_peft_adapter.py")
 QUIET = ["--save_strategy", "no", "--disable_tqdm", "True"]
-FULL = ["--per_device_train_batch_size", "32", "--num_train_epochs", "2", "--learning_rate", "1e-3",
-        "--use_peft", "False", *QUIET]
 LORA = ["--max_steps", "40", "--learning_rate", "5e-3", *QUIET]
 TINY = ["--max_steps", "2", "--per_device_train_batch_size", "4", *QUIET]
 HH = ("data", "hh-rlhf-harmless-base-test-first1500.jsonl.gz")
@@ -90,7 +88,7 @@ def _pair_scores(model_dir: str, rows: list[dict]) -> tuple[list[float], list[fl
 
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def runs(embedded_root, tmp_path_factory):
+def runs(shared_runs, tmp_path_factory):
     """Every run of this module, two at a time: name -> (CompletedProcess, output folder).
 
     The long full fine-tuning run takes one worker; the other runs (LoRA then its merge, HH-RLHF on
@@ -102,7 +100,7 @@ def runs(embedded_root, tmp_path_factory):
         row["response_k"] = row["response_j"]
     identical = _write_jsonl(folder / "identical.jsonl", pairs)
     jobs = {
-        "full": [FULL],
+        "full": [],  # the shared toy reward model (below)
         "lora": [LORA],
         "identical": [["--dataset_name", str(identical), *TINY]],
         "max_length": [["--max_length", "3", *TINY]],
@@ -121,6 +119,9 @@ def runs(embedded_root, tmp_path_factory):
                            "False", "--max_steps", "3", "--per_device_train_batch_size", "4", *QUIET]]
 
     def run(name: str):
+        if name == "full":  # conftest's SHARED_RUNS["toy-rm"] (these flags), shared with test_ppo
+            shared, (result,) = shared_runs("toy-rm")
+            return result, shared / "rm"
         out = folder / name
         result = run_script(RM, "--output_dir", str(out), *jobs[name][0], env=ONE_THREAD)
         if name == "lora" and result.returncode == 0:
