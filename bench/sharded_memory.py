@@ -41,9 +41,12 @@ LAYOUTS = {"ddp": ("cpu_2proc.yaml", "ddp.yaml", []), "zero3": ("cpu_zero3.yaml"
            "zero3-nogather": ("cpu_zero3.yaml", "zero3.yaml", ["--ds3_gather_for_generation", "False"]),
            "fsdp2": ("cpu_fsdp2.yaml", "fsdp.yaml", [])}
 SCRIPTS = ("ppo", "sft")
-# the resident floor of a ppo.py process before it loads a model: the interpreter and the libraries it imports
-FLOOR_CODE = ("import resource, sys; sys.argv = ['ppo.py']; import torch, transformers, trl, peft, accelerate, "
-              "deepspeed, ppo, rlhfkit.ppo.trainer; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+# the resident floor of a ppo.py process before it loads a model: the interpreter and the libraries it imports. Its
+# VmRSS, not ru_maxrss: Linux carries the parent's high-water mark across fork and exec, and this benchmark's own
+# process has held the 86M model by then
+FLOOR_CODE = ("import sys; sys.argv = ['ppo.py']; import torch, transformers, trl, peft, accelerate, deepspeed, ppo, "
+              "rlhfkit.ppo.trainer; print(next(int(line.split()[1]) for line in open('/proc/self/status') "
+              "if line.startswith('VmRSS')) / 1024)")
 TARGET = 0.6  # ZeRO-3's per-process peak over DDP's
 RULE = '''def reward(prompt, response):
     """Longer answers score higher (a fixed rule: the benchmark measures memory, not learning)."""
@@ -259,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.results, exist_ok=True)
     stem = os.path.join(args.results, f"{args.device}-{results['date']}-sharded-memory"
                                       f"{'-' + args.precision if args.precision else ''}")
+    base, number = stem, 1
+    while os.path.exists(stem + ".json") or os.path.exists(stem + ".md"):  # never over an earlier result
+        number += 1
+        stem = f"{base}-{number}"
     write_aside(stem + ".json", json.dumps(results, indent=1))
     write_aside(stem + ".md", markdown(results))
     print(markdown(results))
