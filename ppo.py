@@ -214,6 +214,11 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     if slow_rate:
         logger.warning(slow_rate)
     module, ref_model = policy_lib.build(model_args, args, dtype, tokenizer, args.reward_model_name)
+    if not model_args.use_peft and dtype in (torch.bfloat16, torch.float16):
+        from accelerate.utils import DistributedType
+
+        if accelerator.distributed_type != DistributedType.DEEPSPEED:  # DeepSpeed keeps float32 master weights
+            logger.warning(policy_lib.half_precision_warning(dtype, args.learning_rate))
     stop_ids = models.stop_token_ids(args.stop_token, tokenizer, module.policy.generation_config)
     scorer, shared = make_scorer(args, model_args, module, reward_tok, tokenizer, dtype, accelerator.device, info)
     ref_model, generator = place_for_inference(args, module, ref_model, accelerator.device, info)

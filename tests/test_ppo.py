@@ -324,7 +324,11 @@ OPTIONS = {
     "early_stopping": (["--early_stopping", "True", "--target_kl", "1e-9", "--learning_rate", "1e-2"],
                        lambda h, log: all(x["policy/early_stopped"] == 1 for x in h)),
     "unbatched": (["--batched_gen", "False"], lambda h, log: len(h) == 3),
-    "full_finetuning": (["--use_peft", "False"], lambda h, log: "reference: frozen copy" in log),
+    "full_finetuning": (["--use_peft", "False", "--bf16", "False"],
+                        lambda h, log: "reference: frozen copy" in log and "round away" not in log),
+    # bf16 weights trained in place: warned about (updates below bf16's resolution are lost)
+    "full_bf16": (["--use_peft", "False", "--bf16", "True"],
+                  lambda h, log: "full fine-tuning with bfloat16 weights" in log and "round away" in log),
     "critic": (["--value_model", "reward"], lambda h, log: "critic: the reward model + LoRA" in log),
     "value_head": (["--value_model", "head"], lambda h, log: "critic: a value head on the policy trunk" in log),
     "shaping": (["--whiten_rewards", "True", "--normalize_scores", "True", "--score_clip", "0.5"],
