@@ -30,9 +30,9 @@ if WORKERS > 1:
 
 # Fixtures that build the embedded default or train and run scripts for a whole module: a test that uses one
 # (directly or through another fixture) is marked slow, so `make test-fast` never pays for them.
-E2E_FIXTURES = {"embedded_root", "shared_runs", "runs", "world", "adapters", "merges", "pipeline", "toy", "held_out_scores",
-                "stories", "stories_reward_model", "lora_run", "full_run", "flag_and_config_runs", "refused_runs",
-                "adapter_dir"}
+E2E_FIXTURES = {"embedded_root", "shared_runs", "runs", "world", "adapters", "merges", "pipeline", "toy",
+                "held_out_scores", "stories", "stories_reward_model", "lora_run", "full_run", "flag_and_config_runs",
+                "refused_runs", "adapter_dir"}
 
 
 def pytest_collection_modifyitems(config, items):
