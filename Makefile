@@ -63,9 +63,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	@touch $(STAMP)
 
-# -n auto: one pytest-xdist worker per core, whole modules each (tests/conftest.py gives each its share of threads)
-test: install ## run the test suite (CPU, offline) on every core
-	$(PY) -m pytest -q -n auto --dist loadfile $(PYTEST_ARGS)
+# On every core: make test PYTEST_ARGS="-n auto --dist loadfile" (pytest-xdist; tests/conftest.py gives each worker
+# its share of threads). Not the default yet: in 1 of 3 such runs an FSDP2 checkpoint save crashed (SIGSEGV).
+test: install ## run the test suite (CPU, offline)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install ## the quick lane: every test not marked slow (no training run, no subprocess), a few minutes
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
