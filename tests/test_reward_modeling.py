@@ -91,7 +91,7 @@ def _pair_scores(model_dir: str, rows: list[dict]) -> tuple[list[float], list[fl
 def runs(shared_runs, tmp_path_factory):
     """Every run of this module, two at a time: name -> (CompletedProcess, output folder).
 
-    The long full fine-tuning run takes one worker; the other runs (LoRA then its merge, HH-RLHF on
+    The long full fine-tuning run (conftest's shared toy reward model) takes one worker; the other runs (LoRA then its merge, HH-RLHF on
     stories260K, the refused and edge-case inputs) share the other.
     """
     folder = tmp_path_factory.mktemp("reward")
@@ -119,7 +119,7 @@ def runs(shared_runs, tmp_path_factory):
                            "False", "--max_steps", "3", "--per_device_train_batch_size", "4", *QUIET]]
 
     def run(name: str):
-        if name == "full":  # conftest's SHARED_RUNS["toy-rm"] (these flags), shared with test_ppo
+        if name == "full":  # conftest's SHARED_RUNS["toy-rm"], shared with test_ppo
             shared, (result,) = shared_runs("toy-rm")
             return result, shared / "rm"
         out = folder / name
