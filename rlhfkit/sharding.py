@@ -56,7 +56,11 @@ def configure_deepspeed(accelerator, micro_batch_size: int, gradient_accumulatio
     micro-batch per process, the accumulation steps and the clipping norm (DeepSpeed clips inside its step, so
     ``accelerator.clip_grad_norm_`` only reads the norm back). ZeRO-3's bucket sizes, unless the config names them,
     follow the model's hidden size as transformers' Trainer sets them (DeepSpeed's own defaults, 5e8-element
-    buffers, are sized for billion-parameter models). Nothing happens without DeepSpeed."""
+    buffers, are sized for billion-parameter models). On CPU, where gloo cannot overlap an all-gather with
+    computation, ZeRO-3 neither prefetches nor keeps a layer's parameters for their reuse in backward (both,
+    unless the config names them, 0): with DeepSpeed's defaults every layer fetched in forward stays whole until
+    backward, and a process holds the full model through the update (measured in docs/distributed.md). Nothing
+    happens without DeepSpeed."""
     stage = zero_stage(accelerator)
     if stage is None:
         return
@@ -67,14 +71,17 @@ def configure_deepspeed(accelerator, micro_batch_size: int, gradient_accumulatio
     config["train_batch_size"] = micro_batch_size * gradient_accumulation_steps * world
     config["gradient_clipping"] = float(max_grad_norm) if max_grad_norm > 0 else 0.0
     zero = config.setdefault("zero_optimization", {})
+    sizes = {}
     if hidden_size:
-        sizes = {"reduce_bucket_size": hidden_size * hidden_size}
+        sizes["reduce_bucket_size"] = hidden_size * hidden_size
         if stage == 3:
             sizes.update(stage3_prefetch_bucket_size=int(0.9 * hidden_size * hidden_size),
                          stage3_param_persistence_threshold=10 * hidden_size)
-        for key, value in sizes.items():
-            if zero.get(key, "auto") == "auto":
-                zero[key] = value
+    if stage == 3 and accelerator.device.type == "cpu":
+        sizes.update(stage3_prefetch_bucket_size=0, stage3_max_reuse_distance=0)
+    for key, value in sizes.items():
+        if zero.get(key, "auto") == "auto":
+            zero[key] = value
 
 
 def prepare_frozen(accelerator, model):
@@ -107,15 +114,17 @@ def gathered(accelerator, *models):
     """Every parameter of ``models`` whole on every process for the duration. The trained model (prepared by
     accelerate): ZeRO-3 gathers its partitions once (``GatheredParameters``) and lifts its per-module fetch
     hooks, as TRL's ``unwrap_model_for_generation`` does; FSDP2 unshards every unit and keeps it unsharded across
-    forwards. A frozen model from :func:`prepare_frozen`: FSDP2 unshards it; ZeRO-3 leaves it to its per-module
-    hooks (each layer fetched as it runs). Costs one full copy of each gathered model per process while it lasts;
-    without it, generation would all-gather every layer again for each new token. Elsewhere it does nothing."""
+    forwards. A frozen model from :func:`prepare_frozen` (no parameter trains): FSDP2 unshards it; ZeRO-3 leaves it
+    to its per-module hooks, each layer fetched as it runs (its inference engine also has an ``optimizer``, the
+    parameter coordinator, so that alone does not tell the two apart). Costs one full copy of each gathered model
+    per process while it lasts; without it, generation would all-gather every layer again for each new token.
+    Elsewhere it does nothing."""
     kind = describe(accelerator)
     with contextlib.ExitStack() as stack:
         for model in models:
             if model is None:
                 continue
-            if kind == "deepspeed-zero3" and getattr(model, "optimizer", None) is not None:
+            if kind == "deepspeed-zero3" and any(p.requires_grad for p in model.parameters()):
                 stack.enter_context(_gathered_zero3(model))
             elif kind == "fsdp2":
                 stack.enter_context(_gathered_fsdp2(model))

@@ -8,6 +8,8 @@ token, a reward model with another tokenizer.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -388,3 +390,76 @@ def test_the_value_head_takes_the_policys_dtype_for_sharded_training(embedded_ro
     assert values.dtype == torch.float32 and values.shape == (1, 2)
     assert module.match_value_head_dtype() is None  # already matching
     assert PolicyAndValue(models.load_causal_lm(folder)).match_value_head_dtype() is None  # float32 policy
+
+
+class _FakeDeepSpeedAccelerator:
+    """What :func:`rlhfkit.sharding.configure_deepspeed` reads of an accelerator launched under DeepSpeed."""
+
+    def __init__(self, device: str, zero: dict):
+        from types import SimpleNamespace
+
+        from accelerate.utils import DistributedType
+
+        self.distributed_type, self.num_processes = DistributedType.DEEPSPEED, 2
+        self.device = torch.device(device)
+        plugin = SimpleNamespace(zero_stage=3, deepspeed_config={"zero_optimization": zero})
+        self.state = SimpleNamespace(deepspeed_plugin=plugin)
+
+
+def test_zero3_on_cpu_releases_each_layer_after_use_unless_the_config_says_otherwise():
+    """DeepSpeed's defaults (prefetch, and a reuse distance of 1e9 parameters) keep every layer fetched in forward
+    whole until backward: on CPU a ZeRO-3 process held the full model through the update. On CPU both are set to
+    0; a value the user's config names stays, and on GPUs DeepSpeed's (overlapping) defaults stay."""
+    from rlhfkit import sharding
+
+    cpu = _FakeDeepSpeedAccelerator("cpu", {"stage3_max_reuse_distance": "auto"})
+    sharding.configure_deepspeed(cpu, 2, 1, 1.0, hidden_size=64)
+    zero = cpu.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
+    assert zero["stage3_prefetch_bucket_size"] == 0 and zero["stage3_max_reuse_distance"] == 0
+    assert zero["reduce_bucket_size"] == 64 * 64 and zero["stage3_param_persistence_threshold"] == 640
+    assert cpu.state.deepspeed_plugin.deepspeed_config["train_batch_size"] == 4
+
+    named = _FakeDeepSpeedAccelerator("cpu", {"stage3_prefetch_bucket_size": 1000, "stage3_max_reuse_distance": 7})
+    sharding.configure_deepspeed(named, 2, 1, 1.0, hidden_size=64)
+    zero = named.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
+    assert zero["stage3_prefetch_bucket_size"] == 1000 and zero["stage3_max_reuse_distance"] == 7
+
+    gpu = _FakeDeepSpeedAccelerator("meta", {})  # any device but the CPU
+    sharding.configure_deepspeed(gpu, 2, 1, 1.0, hidden_size=64)
+    zero = gpu.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
+    assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 64 * 64) and "stage3_max_reuse_distance" not in zero
+
+
+def test_zero3_gathers_the_trained_model_whole_but_not_a_frozen_one(monkeypatch):
+    """Under ZeRO-3 the rollout gathers the policy once for generation; a frozen model (the reference, a reward
+    model: DeepSpeed inference engines, which also carry an ``optimizer``) is left to its per-layer fetch, not held
+    whole beside it (measured: the reference gathered too cost a second full copy of the model)."""
+    from rlhfkit import sharding
+
+    gathered = []
+
+    @contextlib.contextmanager
+    def record(engine):
+        gathered.append(engine)
+        yield
+
+    monkeypatch.setattr(sharding, "describe", lambda acc: "deepspeed-zero3")
+    monkeypatch.setattr(sharding, "_gathered_zero3", record)
+    trained, frozen = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).requires_grad_(False)
+    trained.optimizer = frozen.optimizer = object()
+    with sharding.gathered(None, trained, frozen, None):
+        pass
+    assert gathered == [trained]
+
+
+def test_ppo_adamw_is_fused_on_cpu_and_cuda():
+    """The PPO optimizer is torch's fused AdamW where torch has the kernel (transformers' Trainer default):
+    under ZeRO-3 the loop version's temporaries, two copies of each process's partition, were the update's peak."""
+    from rlhfkit.ppo.trainer import fused_adamw
+
+    assert fused_adamw(torch.device("cpu")) and fused_adamw("cuda") and not fused_adamw("hpu")
+    weight = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.AdamW([weight], lr=0.1, weight_decay=0.0, fused=fused_adamw(weight.device))
+    weight.sum().backward()
+    optimizer.step()
+    assert torch.allclose(weight.detach(), torch.full((4,), 0.9))

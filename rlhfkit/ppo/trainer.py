@@ -28,6 +28,7 @@ per micro-batch, and a non-finite loss is caught before its backward (the gradie
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -61,6 +62,14 @@ STATE_FILE = "ppo_state.json"
 STILL_APPROXKL, STILL_KL, STILL_STEPS = 1e-6, 1e-3, 5
 WEIGHTS_FILE = "trainable.safetensors"
 SHARDED_STATE = "sharded"  # FSDP / DeepSpeed: accelerate's save_state, each process writing its own shards
+
+
+def fused_adamw(device) -> bool:
+    """Whether AdamW runs as torch's fused kernel (one pass over each tensor, no temporaries; transformers' Trainer
+    defaults to it, ``adamw_torch_fused``): on CPU and CUDA. Elsewhere (Gaudi) torch's loop. Under ZeRO-3 the
+    optimizer sees each process's flat float32 partition as one tensor, and the loop's temporaries (``denom``:
+    two partition-sized tensors) were the peak of the update: measured in docs/distributed.md."""
+    return str(getattr(device, "type", device)) in ("cpu", "cuda")
 
 
 def _format_duration(seconds: float) -> str:
@@ -104,7 +113,8 @@ class PPOTrainer:
             logger.info(changed)
         params = [p for p in module.parameters() if p.requires_grad]
         # eps 1e-5: CleanRL's and the N+ details' choice for PPO (torch's 1e-8 lets tiny second moments blow up)
-        optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=1e-5, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=1e-5, weight_decay=0.0,
+                                      fused=fused_adamw(self.device))
         self.model, self.optimizer = accelerator.prepare(module, optimizer)
         self.frozen = []  # frozen models sharded for inference (the reference, a separate reward model)
         if sharding.is_sharded(accelerator):
@@ -187,9 +197,13 @@ class PPOTrainer:
         unwrapped.eval()
         queries, query_mask = self._collate(indices)
         started = self._clock()
-        # sharded: the policy's (and critic's) parameters gathered once for the whole rollout, not per layer per token
+        # sharded: the policy's (and critic's) parameters gathered once for sampling and its own forward pass, not
+        # per layer per token; released before a separate reference and reward model run, so that two full copies
+        # are never held together (the adapter-disabled reference or critic is the policy itself: it stays)
         gather = self.zero != 3 or args.ds3_gather_for_generation
-        with sharding.gathered(self.accelerator, self.model if gather else None, *self.frozen):
+        in_policy = self.ref_model is None or getattr(self.scorer, "adapter_disabled", False)
+        with contextlib.ExitStack() as policy_gathered:
+            policy_gathered.enter_context(sharding.gathered(self.accelerator, self.model if gather else None))
             merge = self.sampling_merge.now()
             with merged_for_sampling(unwrapped.policy, merge):
                 episodes = sampling.sample(self.generator or unwrapped.policy, self.tokenizer,
@@ -203,11 +217,14 @@ class PPOTrainer:
                 logger.info(decided)
             self.rollout_shapes.add(tuple(episodes.input_ids.shape))
             logprobs, values, _ = logprobs_and_values(unwrapped, episodes, args.temperature)
-            with unwrapped.reference(self.ref_model) as reference:
-                ref_logprobs = sampling.response_logprobs(reference, episodes, args.temperature)
-            forwarded = self._clock()
-            scores = self.scorer(episodes.prompts, queries, query_mask, episodes.responses, episodes.response_mask,
-                                 episodes.stopped, episodes.response_texts)
+            if not in_policy:
+                policy_gathered.close()
+            with sharding.gathered(self.accelerator, *self.frozen):
+                with unwrapped.reference(self.ref_model) as reference:
+                    ref_logprobs = sampling.response_logprobs(reference, episodes, args.temperature)
+                forwarded = self._clock()
+                scores = self.scorer(episodes.prompts, queries, query_mask, episodes.responses,
+                                     episodes.response_mask, episodes.stopped, episodes.response_texts)
         scores = scores.to(self.device).float()
         if args.missing_eos_penalty is not None:
             scores = scores - args.missing_eos_penalty * (~episodes.stopped).float()
