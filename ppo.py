@@ -213,12 +213,16 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     slow_rate = args.resolve_learning_rate(model_args.use_peft)
     if slow_rate:
         logger.warning(slow_rate)
-    module, ref_model = policy_lib.build(model_args, args, dtype, tokenizer, args.reward_model_name)
-    if not model_args.use_peft and dtype in (torch.bfloat16, torch.float16):
-        from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedType
 
-        if accelerator.distributed_type != DistributedType.DEEPSPEED:  # DeepSpeed keeps float32 master weights
-            logger.warning(policy_lib.half_precision_warning(dtype, args.learning_rate))
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED  # keeps its own float32 master weights
+    trained_dtype = policy_lib.master_dtype(dtype, model_args.use_peft, deepspeed)
+    if trained_dtype != dtype:
+        logger.info("full fine-tuning in %s: float32 weights (every update kept), %s forward passes (torch.autocast)",
+                    str(dtype).removeprefix("torch."), str(dtype).removeprefix("torch."))
+    elif not model_args.use_peft and not deepspeed and dtype == torch.float16:
+        logger.warning(policy_lib.half_precision_warning(dtype, args.learning_rate))
+    module, ref_model = policy_lib.build(model_args, args, dtype, tokenizer, args.reward_model_name, trained_dtype)
     stop_ids = models.stop_token_ids(args.stop_token, tokenizer, module.policy.generation_config)
     scorer, shared = make_scorer(args, model_args, module, reward_tok, tokenizer, dtype, accelerator.device, info)
     ref_model, generator = place_for_inference(args, module, ref_model, accelerator.device, info)
@@ -230,7 +234,7 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
         os.makedirs(args.output_dir, exist_ok=True)
     accelerator.wait_for_everyone()
     trainer = PPOTrainer(args, accelerator, module, ref_model, scorer, tokenizer, prompts, queries, stop_ids,
-                         total_steps, generator)
+                         total_steps, generator, autocast_dtype=dtype if trained_dtype != dtype else None)
     if resume:
         trainer.load_checkpoint(resume)
     describe_run(trainer, args, model_args, info, shared, why)

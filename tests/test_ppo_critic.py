@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -138,7 +139,7 @@ def test_split_backward_gives_the_summed_loss_gradients(reward_model):
     for split in (False, True):
         module.zero_grad(set_to_none=True)
         fake = SimpleNamespace(args=args, accelerator=Accelerator(cpu=True), split_backward=split, model=module,
-                               zero=None)
+                               zero=None, _autocast=contextlib.nullcontext)
         pg_loss, _, vf_loss, _, logits = PPOTrainer._backward(fake, episodes, *old, mask)
         assert logits.shape[:2] == (2, 6)
         losses[split] = (pg_loss.item(), vf_loss.item())

@@ -95,8 +95,10 @@ def mean_over_processes(accelerator, figures: dict, device) -> dict[str, float]:
 
 class PPOTrainer:
     def __init__(self, args, accelerator, module: PolicyAndValue, ref_model, scorer, tokenizer, prompts, queries,
-                 stop_ids: list[int], total_steps: int, generator=None):
+                 stop_ids: list[int], total_steps: int, generator=None, autocast_dtype=None):
         self.args, self.accelerator, self.tokenizer = args, accelerator, tokenizer
+        # float32 weights with half-precision forward passes (full fine-tuning in bf16: policy.master_dtype)
+        self.autocast_dtype = autocast_dtype
         self.prompts, self.queries = prompts, queries  # raw prompts; token ids of the formatted prompts
         self.scorer, self.ref_model, self.stop_ids = scorer, ref_model, stop_ids
         self.total_steps = total_steps
@@ -202,7 +204,7 @@ class PPOTrainer:
         # are never held together (the adapter-disabled reference or critic is the policy itself: it stays)
         gather = self.zero != 3 or args.ds3_gather_for_generation
         in_policy = self.ref_model is None or getattr(self.scorer, "adapter_disabled", False)
-        with contextlib.ExitStack() as policy_gathered:
+        with self._autocast(), contextlib.ExitStack() as policy_gathered:
             policy_gathered.enter_context(sharding.gathered(self.accelerator, self.model if gather else None))
             merge = self.sampling_merge.now()
             with merged_for_sampling(unwrapped.policy, merge):
@@ -418,15 +420,18 @@ class PPOTrainer:
         if self.zero is not None:
             return self._backward_deepspeed(part, old_logprobs, old_values, advantages, returns, mask, scale)
         if self.split_backward:
-            _, values, _ = logprobs_and_values(self.model, part, args.temperature, part="critic")
+            with self._autocast():
+                _, values, _ = logprobs_and_values(self.model, part, args.temperature, part="critic")
             vf_loss, vf_stats = core.value_loss(values, old_values, returns, mask, args.cliprange_value)
             acc.backward(args.vf_coef * vf_loss * scale)
             hpu.flush_after_backward()
-            logprobs, _, logits = logprobs_and_values(self.model, part, args.temperature, part="policy")
+            with self._autocast():
+                logprobs, _, logits = logprobs_and_values(self.model, part, args.temperature, part="policy")
             pg_loss, pg_stats = core.policy_loss(logprobs, old_logprobs, advantages, mask, args.cliprange)
             acc.backward(pg_loss * scale)
         else:
-            logprobs, values, logits = logprobs_and_values(self.model, part, args.temperature)
+            with self._autocast():  # the forward pass only: backward follows the dtypes autocast chose
+                logprobs, values, logits = logprobs_and_values(self.model, part, args.temperature)
             pg_loss, pg_stats = core.policy_loss(logprobs, old_logprobs, advantages, mask, args.cliprange)
             vf_loss, vf_stats = core.value_loss(values, old_values, returns, mask, args.cliprange_value)
             acc.backward((pg_loss + args.vf_coef * vf_loss) * scale)
@@ -449,6 +454,14 @@ class PPOTrainer:
         else:
             acc.backward(loss * scale, scale_wrt_gas=False)
         return pg_loss, pg_stats, vf_loss, vf_stats, logits
+
+    def _autocast(self):
+        """Half-precision forward passes over float32 weights when the run asked for it (``autocast_dtype``), else
+        nothing. One context over the whole rollout: autocast casts each weight once and reuses the copy for every
+        generated token."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _maybe_no_sync(self, sync: bool):
         import contextlib
