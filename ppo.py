@@ -183,7 +183,7 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
          precision: PrecisionArguments):
     resume = validate(args, model_args)
     import torch
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from transformers import set_seed
 
     from rlhfkit import faults, hpu, models, sharding
@@ -194,7 +194,10 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
     # a DeepSpeed / FSDP launch on a machine without GPUs (configs/accelerate/cpu_*.yaml) needs its process group
     # started first; cpu=True would turn both off
     sharded_cpu = info.type == "cpu" and sharding.start_cpu_processes()
-    accelerator = Accelerator(cpu=info.type == "cpu" and not sharded_cpu)
+    # DDP's gradients as views into its all-reduce buckets: torch's default keeps a second, bucketed copy of every
+    # gradient (measured: one gradient-sized copy more per process)
+    accelerator = Accelerator(cpu=info.type == "cpu" and not sharded_cpu,
+                              kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)])
     if not accelerator.is_main_process:  # one process speaks; the others only warn
         logging.getLogger().setLevel(logging.WARNING)
     set_seed(args.seed)  # the same initial weights everywhere (LoRA, value head): FSDP2 shards each process's own

@@ -130,20 +130,20 @@ def floor_mib() -> float:
 
 def bound(parameters: int, processes: int, floor: float, runs: dict) -> str:
     """What the model states allow, fp32 full fine-tuning with Adam. A DDP process holds the policy's weights,
-    gradients and two moments (16 bytes a parameter), the frozen reference (4) and DDP's gradient buckets (4: torch's
-    default ``gradient_as_bucket_view=False`` keeps them beside the gradients; measured on a 96 MiB model: one more
-    gradient-sized copy). ZeRO-3 divides the first 20 bytes by the processes (in fp32 DeepSpeed 0.19 trains its fp32
-    partition in place: no master copy) and has no such buckets; the rollout gathers the whole policy (4 bytes, unless
-    ``--ds3_gather_for_generation False``). What DDP holds beyond the floor and those (activations, the sampling
-    cache, allocator slack) is counted for ZeRO-3 unchanged."""
+    gradients and two moments (16 bytes a parameter) and the frozen reference (4); ppo.py's DDP keeps its gradients
+    as views into its all-reduce buckets (``gradient_as_bucket_view=True``), so the buckets add no copy. ZeRO-3
+    divides those 20 bytes by the processes (in fp32 DeepSpeed 0.19 trains its fp32 partition in place: no master
+    copy); the rollout gathers the whole policy (4 bytes, unless ``--ds3_gather_for_generation False``). What DDP
+    holds beyond the floor and those (activations, the sampling cache, allocator slack) is counted for ZeRO-3
+    unchanged."""
     mib = parameters / 2**20
-    ddp_states, zero3_states, gathered = 24 * mib, 20 * mib / processes, 4 * mib
+    ddp_states, zero3_states, gathered = 20 * mib, 20 * mib / processes, 4 * mib
     ddp = max(runs["ddp"]["peak_mib_per_process"])
     rest = ddp - floor - ddp_states
     best = floor + zero3_states + rest
     return (f"By arithmetic (fp32, Adam): the floor, a process that imported what ppo.py imports and loaded nothing, "
             f"{floor:.0f} MiB; model states per process: DDP {ddp_states:.0f} MiB (weights, gradients, Adam's two "
-            f"moments, the frozen reference and DDP's gradient buckets: 24 bytes a parameter), ZeRO-3 "
+            f"moments and the frozen reference: 20 bytes a parameter), ZeRO-3 "
             f"{zero3_states:.0f} MiB (20 bytes divided by {processes}), plus {gathered:.0f} MiB while the rollout "
             f"holds the gathered policy. With DDP's other {rest:.0f} MiB (activations, sampling, allocator) counted "
             f"for both, ZeRO-3's peak would be about {best + gathered:.0f} MiB ({(best + gathered) / ddp:.2f}x DDP's), "

@@ -221,10 +221,10 @@ def test_sharded_memory_launches_the_gpu_configs_with_bf16_on_cuda():
 
 
 def test_sharded_memory_bound_divides_the_model_states_and_keeps_the_rest():
-    """The report's arithmetic: 4 x 2**20 parameters (16 MiB in fp32), DDP's 24 bytes a parameter (96 MiB, its
-    gradient buckets included) and ZeRO-3's 20 bytes on 2 processes (40 MiB), the floor and DDP's other memory
-    counted for both, plus the gathered policy (16 MiB)."""
+    """The report's arithmetic: 4 x 2**20 parameters (16 MiB in fp32), DDP's 20 bytes a parameter (80 MiB: its
+    gradient buckets are views of the gradients) and ZeRO-3's 20 bytes on 2 processes (40 MiB), the floor and DDP's
+    other memory counted for both, plus the gathered policy (16 MiB)."""
     text = sharded_memory.bound(4 * 2**20, 2, 300.0, {"ddp": {"peak_mib_per_process": [480.0, 500.0]}})
-    assert "DDP 96 MiB" in text and "ZeRO-3 40 MiB" in text and "16 MiB while the rollout" in text
-    assert "other 104 MiB" in text  # 500 - 300 - 96
-    assert "about 460 MiB (0.92x DDP's), 444 MiB (0.89x) without the gather" in text
+    assert "DDP 80 MiB" in text and "ZeRO-3 40 MiB" in text and "16 MiB while the rollout" in text
+    assert "other 120 MiB" in text  # 500 - 300 - 80
+    assert "about 476 MiB (0.95x DDP's), 460 MiB (0.92x) without the gather" in text
