@@ -464,8 +464,6 @@ class PPOTrainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _maybe_no_sync(self, sync: bool):
-        import contextlib
-
         if sync or self.world == 1:
             return contextlib.nullcontext()
         return self.accelerator.no_sync(self.model)
