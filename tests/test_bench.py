@@ -202,7 +202,8 @@ def test_report_helpers_write_aside_and_name_the_machine(tmp_path):
 def test_sharded_memory_launches_the_gpu_configs_with_bf16_on_cuda():
     """The GPU form of the sharded-memory benchmark (not runnable here): the GPU config files, the process count
     given, bf16 for accelerate and the script alike, ``--device cuda`` for ppo.py; the CPU form keeps the 2-process
-    CPU configs in fp32 unless bf16 is asked for. sft.py gets its own output folder per layout."""
+    CPU configs in fp32 unless bf16 is asked for, and names another process count on the launch line. sft.py gets
+    its own output folder per layout."""
     inputs = {"policy": "P", "prompts": "prompts.jsonl", "rule": "rule.py", "texts": "texts.jsonl"}
     gpu = sharded_memory.command("ppo", "zero3", inputs, "/out", 2, "cuda", 4)
     assert gpu[gpu.index("--config_file") + 1].endswith(os.path.join("accelerate", "zero3.yaml"))
@@ -218,6 +219,8 @@ def test_sharded_memory_launches_the_gpu_configs_with_bf16_on_cuda():
     bf16 = sharded_memory.command("ppo", "ddp", inputs, "/out", 2, "cpu", 2, "bf16")  # accelerate and ppo.py agree
     assert bf16[bf16.index("--mixed_precision") + 1] == "bf16" and bf16[bf16.index("--bf16") + 1] == "True"
     assert bf16.index("--mixed_precision") < bf16.index("ppo.py") and "--mixed_precision" not in cpu
+    four = sharded_memory.command("ppo", "zero3", inputs, "/out", 2, "cpu", 4)  # the CPU configs name 2 processes
+    assert four[four.index("--num_processes") + 1] == "4" and four.index("--num_processes") < four.index("ppo.py")
 
 
 def test_sharded_memory_bound_divides_the_model_states_and_keeps_the_rest():
