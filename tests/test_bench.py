@@ -231,3 +231,21 @@ def test_sharded_memory_bound_divides_the_model_states_and_keeps_the_rest():
     assert "DDP 80 MiB" in text and "ZeRO-3 40 MiB" in text and "16 MiB while the rollout" in text
     assert "other 120 MiB" in text  # 500 - 300 - 80
     assert "about 476 MiB (0.95x DDP's), 460 MiB (0.92x) without the gather" in text
+
+
+def test_sharded_memory_report_judges_the_target_on_2_processes_only():
+    """The 0.6x target is set for 2 processes: a 2-process run is judged met / not met; a 4-process run reports its
+    ratio against the target without calling it met, and its arithmetic divides the states by 4."""
+    def results(processes: int, zero3_peak: float) -> dict:
+        runs = {"ddp": {"script": "ppo", "peak_mib_per_process": [1000.0] * processes, "vs_ddp": 1.0, "speed": 1.0,
+                        "wall_seconds": 1.0},
+                "zero3": {"script": "ppo", "peak_mib_per_process": [zero3_peak] * processes,
+                          "vs_ddp": zero3_peak / 1000, "speed": 1.0, "wall_seconds": 1.0}}
+        return {"device": "cpu", "date": "2026-12-05", "machine": "M", "parameters": 8 * 2**20, "steps": 2,
+                "num_processes": processes, "floor_mib": 300.0, "runs": runs, "commands": {}, "scripts": ["ppo"]}
+
+    two = sharded_memory.markdown(results(2, 700.0))
+    assert "(ppo.py, 2 processes): 0.70x, not met." in two and "divided by 2" in two
+    four = sharded_memory.markdown(results(4, 550.0))
+    assert "0.55x on 4 processes (within it, but the target names 2)." in four and "divided by 4" in four
+    assert "met." not in four.split("Target:")[1].split("\n")[0]
