@@ -16,7 +16,10 @@ ppo.py (its rollouts), compare_base_vs_ppo.py and run_generation.py all sample t
 * **Stop tokens**: generation stops at ``stop_ids`` and nowhere else (none: every response runs to
   ``max_new_tokens``); each response is cut after its first stop token (kept) and masked after it.
 * **Log-probs** of the sampled tokens at the sampling temperature. Top-k / top-p truncation is not part of
-  them: callers that need log-probs (PPO, the KL of the comparison) refuse or report it instead.
+  them: callers that need log-probs (PPO, the KL of the comparison) refuse or report it instead. They come
+  from a forward pass over prompt and response (:func:`response_logprobs`), or from what generation computed
+  anyway (``sample(..., trace=True)``: :class:`GenerationTrace`, the LM head's input and output at each
+  sampled token, as TRL's PPOTrainer keeps the generation logits).
 """
 
 from __future__ import annotations
@@ -146,6 +149,7 @@ class Episodes:
     response_mask: torch.Tensor  # (B, T) 1 on real response tokens, the stop token included
     stopped: torch.Tensor  # (B,) a stop token was produced
     response_texts: list[str]
+    trace: GenerationTrace | None = None  # what generation computed for each response token (sample(trace=True))
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -200,6 +204,53 @@ def pinned_settings(model):
         target.generation_config = saved
 
 
+@dataclass
+class GenerationTrace:
+    """The LM head's input and output at the position that predicted each generated token, recorded while
+    ``generate`` ran: ``hidden[t]`` (B, H), the final hidden state, and ``logits[t]`` (B, V), the raw logits
+    (before temperature) that token ``t`` was sampled from. A forward pass over prompt and response computes the
+    same two things at the same positions (the mask and positions are the ones generation used); only the order
+    of floating-point sums differs, a cached decoding step against the whole sequence at once."""
+    hidden: list[torch.Tensor]
+    logits: list[torch.Tensor]
+
+    def logprobs(self, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+        """(B, T) log-probs of ``tokens`` (B, T) at ``temperature``, one step at a time (no (B, T, V) copy)."""
+        return torch.cat([logprobs_from_logits(self.logits[t].unsqueeze(1), tokens[:, t: t + 1], temperature)
+                          for t in range(tokens.shape[1])], 1)
+
+    def hidden_states(self) -> torch.Tensor:
+        """(B, T, H) final hidden states, the ones a value head on the trunk reads."""
+        return torch.stack(self.hidden, 1)
+
+
+@contextlib.contextmanager
+def tracing(model, into: list):
+    """While inside, each call of ``model``'s LM head (its output embeddings) appends ``(hidden, logits)`` at the
+    last position to ``into``: one pair per generated token during ``generate`` (the prompt's pass keeps only its
+    last position, the one that predicts the first token)."""
+    from rlhfkit.models import unwrap_peft
+
+    def keep_last(module, args, output):
+        into.append((args[0][:, -1].detach(), output[:, -1].detach()))
+
+    handle = unwrap_peft(model).get_output_embeddings().register_forward_hook(keep_last)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _trace_of(calls: list, width: int) -> GenerationTrace:
+    """The trace of a generation of ``width`` tokens from the head calls it made: the first ``width`` of them.
+    (A process whose sequences finished early may keep calling the model while the others in its group run on,
+    DeepSpeed ZeRO-3 and FSDP's synced generation; those later calls generate nothing.)"""
+    if len(calls) < width:
+        raise RuntimeError(f"generation called the LM head {len(calls)} times for {width} tokens: this model's "
+                           "generation cannot be traced; use --rollout_logprobs forward")
+    return GenerationTrace([h for h, _ in calls[:width]], [logits for _, logits in calls[:width]])
+
+
 @torch.no_grad()
 def generate(model, queries: torch.Tensor, query_mask: torch.Tensor, config, batched: bool = True) -> torch.Tensor:
     """Sampled responses (B, T'), right-padded with the pad id; ``batched=False`` runs one prompt at a time
@@ -237,13 +288,19 @@ def truncate(responses: torch.Tensor, stop_ids: list[int], pad_token_id: int):
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list, queries: torch.Tensor, query_mask: torch.Tensor, config,
-           stop_ids: list[int], batched: bool = True) -> Episodes:
-    """Generate for a batch of left-padded prompts, truncate after the stop token and decode the responses."""
-    responses = generate(model, queries, query_mask, config, batched)
+           stop_ids: list[int], batched: bool = True, trace: bool = False) -> Episodes:
+    """Generate for a batch of left-padded prompts, truncate after the stop token and decode the responses.
+    ``trace``: keep what generation computed for each response token (``Episodes.trace``; batched only)."""
+    if trace and not batched:
+        raise ValueError("a generation trace needs batched generation")
+    calls: list = []
+    with tracing(model, calls) if trace else contextlib.nullcontext():
+        responses = generate(model, queries, query_mask, config, batched)
     responses, response_mask, stopped = truncate(responses, stop_ids, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(responses.masked_fill(response_mask == 0, tokenizer.pad_token_id),
                                    skip_special_tokens=True)
-    return Episodes(list(prompts), queries, query_mask, responses, response_mask, stopped, texts)
+    return Episodes(list(prompts), queries, query_mask, responses, response_mask, stopped, texts,
+                    _trace_of(calls, responses.shape[1]) if trace else None)
 
 
 # ------------------------------------------------------------------------------------------- log-probs

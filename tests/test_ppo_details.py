@@ -18,7 +18,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, assert_user_error, run_script
+from conftest import REPO, assert_user_error, read_json, run_script
 
 PPO = str(REPO / "ppo.py")
 SMALL = ["--reward_function", "toy", "--batch_size", "4", "--mini_batch_size", "4", "--ppo_epochs", "1",
@@ -57,17 +57,25 @@ def test_dropout_in_model_code_is_disabled(embedded_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_ratio_starts_at_one_and_lr_is_the_rate_used(embedded_root, tmp_path):
-    """One optimizer step per PPO step: its ratio is computed before any update, so it is exactly 1 even for a
-    model whose attention applies dropout from its config; the linear schedule's rates are 1e-3 then 5e-4."""
+@pytest.mark.parametrize("source", ["forward", "generation"])
+def test_ratio_starts_at_one_and_lr_is_the_rate_used(source, embedded_root, tmp_path):
+    """One optimizer step per PPO step: its ratio is computed before any update, so it is 1 even for a model whose
+    attention applies dropout from its config (dropout left on moves it by about 1e-2): exactly 1 when the rollout's
+    log-probs come from the same forward pass, within float32 rounding when they come from generation's cached
+    decoding steps. The linear schedule's rates are 1e-3 then 5e-4."""
     folder = _dropout_model(embedded_root, tmp_path)
     out = tmp_path / "out"
     result = run_script(PPO, "--model_name_or_path", str(folder), "--output_dir", str(out), "--steps", "2",
-                        "--learning_rate", "1e-3", *SMALL)
+                        "--learning_rate", "1e-3", "--rollout_logprobs", source, *SMALL)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert read_json(out / "all_results.json")["rollout_logprobs"] == source
     history = _history(out)
     for step in history:
-        assert step["val/ratio"] == 1.0 and step["policy/approxkl"] == 0.0 and step["policy/policykl"] == 0.0
+        if source == "forward":
+            assert step["val/ratio"] == 1.0 and step["policy/approxkl"] == 0.0 and step["policy/policykl"] == 0.0
+        else:
+            assert step["val/ratio"] == pytest.approx(1.0, abs=1e-5) and step["val/ratio_var"] < 1e-9
+            assert abs(step["policy/approxkl"]) < 1e-9 and step["policy/clipfrac"] == 0.0
     assert [step["lr"] for step in history] == pytest.approx([1e-3, 5e-4])
 
 
@@ -163,3 +171,12 @@ def test_trl_names_map_to_ours_and_say_so(caplog):
     assert PPOArguments(response_length=20, output_max_length=20).output_max_length == 20
     with pytest.raises(UserError, match="--response_length 20 and --output_max_length 30 disagree"):
         PPOArguments(response_length=20, output_max_length=30)
+
+
+def test_traced_rollout_logprobs_need_batched_generation():
+    from rlhfkit.errors import UserError
+    from rlhfkit.ppo.config import PPOArguments
+
+    with pytest.raises(UserError, match="--rollout_logprobs generation .* --batched_gen False"):
+        PPOArguments(reward_function="toy", rollout_logprobs="generation", batched_gen=False).validate()
+    PPOArguments(reward_function="toy", rollout_logprobs="auto", batched_gen=False).validate()  # auto: forward

@@ -16,7 +16,14 @@ import torch
 import ppo as ppo_script
 from rlhfkit import models, sampling, scoring
 from rlhfkit.errors import UserError
-from rlhfkit.ppo.policy import PolicyAndValue, SamplingMerge, logprobs_and_values, merged_for_sampling
+from rlhfkit.ppo.policy import (
+    PolicyAndValue,
+    SamplingMerge,
+    logprobs_and_values,
+    merged_for_sampling,
+    rollout_logprobs_and_values,
+    rollout_logprobs_source,
+)
 
 STORIES = ("models", "stories260K")
 GPT2_TOKENIZER = ("tokenizers", "gpt2")
@@ -108,6 +115,80 @@ def test_logprobs_match_the_sampling_distribution_of_generate(base):
     wrong_t = sampling.logprobs_from_logits(torch.stack(out.scores, 1) * temperature, responses, 1.0)
     assert not torch.allclose(wrong_t[real], logprobs[real], atol=1e-3)  # the check can tell temperatures apart
     assert values.shape == logprobs.shape and torch.all(values == 0)  # the value head starts at zero
+
+
+@pytest.mark.parametrize("critic", [False, True])
+def test_rollout_logprobs_and_values_from_generation_match_a_forward_pass(base, critic):
+    """What generation computed for each sampled token (the LM head's input and output, traced) gives the same
+    log-probs and values as a forward pass over the left-padded prompts and the responses cut at their stop
+    token, up to float32 rounding: the same positions, mask and temperature (checked at a wrong temperature and
+    one position off, which it can tell apart). A separate critic's values come from its own forward pass."""
+    import copy
+
+    _, tokenizer, module, plain = base
+    module = copy.deepcopy(module)
+    if critic:
+        module = PolicyAndValue(module.policy, critic=models.load_sequence_classifier(
+            base[0], pad_token_id=tokenizer.pad_token_id)).eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "lora_B" in name or "value_head" in name or "score" in name:
+                p.normal_(0, 0.05 if "lora_B" in name else 0.3)  # they start at zero: make them matter
+    prompts = ["Question: Describe the red lamp.\n\nAnswer:", "Question: How was the pizza?\n\nAnswer:",
+               "Question: Tell me about the old castle by the river.\n\nAnswer:", "Question: Why?\n\nAnswer:"]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    assert (enc["attention_mask"][:, 0] == 0).any()  # really left-padded
+    torch.manual_seed(1)  # a token the first row samples early becomes the stop token: some rows are cut
+    probe = sampling.generate(module.policy, enc["input_ids"], enc["attention_mask"],
+                              sampling.generation_config(16, [], tokenizer.pad_token_id, temperature=0.7))
+    stop_ids = [int(probe[0, 3])]
+    config = sampling.generation_config(16, stop_ids, tokenizer.pad_token_id, temperature=0.7)
+    torch.manual_seed(1)
+    episodes = sampling.sample(module.policy, tokenizer, prompts, enc["input_ids"], enc["attention_mask"], config,
+                               stop_ids, trace=True)
+    assert episodes.stopped.any() and (episodes.response_mask == 0).any()  # cut rows: padding after a stop
+    assert len(episodes.trace.logits) == episodes.responses.shape[1]
+    with torch.no_grad():
+        traced_lp, traced_v = rollout_logprobs_and_values(module, episodes, 0.7)
+        forward_lp, forward_v, _ = logprobs_and_values(module, episodes, 0.7)
+    real = episodes.response_mask.bool()
+    assert (traced_lp[real] - forward_lp[real]).abs().max() < 1e-4
+    assert (traced_v[real] - forward_v[real]).abs().max() < 1e-4 and forward_v[real].abs().max() > 1e-2
+    wrong_t = episodes.trace.logprobs(episodes.responses, 1.0)
+    assert (wrong_t[real] - forward_lp[real]).abs().max() > 1e-2
+    shifted = torch.cat([traced_lp[:, 1:], traced_lp[:, :1]], 1)
+    assert (shifted[real] - forward_lp[real]).abs().max() > 1e-2
+
+
+def test_a_generation_trace_takes_the_head_calls_of_the_tokens_generated():
+    """Synced generation (ZeRO-3, FSDP) may call the model after this process's sequences are done: the trace
+    keeps the first call per generated token; fewer calls than tokens is an error, not a silent misalignment."""
+    calls = [(torch.full((2, 3), float(i)), torch.full((2, 5), float(i))) for i in range(6)]
+    trace = sampling._trace_of(calls, 4)
+    assert [int(h[0, 0]) for h in trace.hidden] == [0, 1, 2, 3] and trace.hidden_states().shape == (2, 4, 3)
+    with pytest.raises(RuntimeError, match="--rollout_logprobs forward"):
+        sampling._trace_of(calls, 7)
+
+
+@pytest.mark.parametrize(("choice", "dtype", "batched", "hpu", "gathered", "expected"), [
+    ("auto", torch.float32, True, False, True, "generation"),
+    ("auto", torch.bfloat16, True, False, True, "forward"),
+    ("auto", torch.float32, False, False, True, "forward"),
+    ("auto", torch.float32, True, True, True, "forward"),
+    ("auto", torch.float32, True, False, False, "forward"),
+    ("forward", torch.float32, True, False, True, "forward"),
+    ("generation", torch.bfloat16, True, False, True, "generation"),
+    ("generation", torch.float32, True, True, True, "HPU graph"),
+    ("generation", torch.float32, True, False, False, "ds3_gather_for_generation"),
+])
+def test_where_the_rollout_logprobs_come_from(choice, dtype, batched, hpu, gathered, expected):
+    if expected in ("generation", "forward"):
+        source, why = rollout_logprobs_source(choice, dtype, batched, hpu, gathered)
+        assert source == expected and why
+    else:
+        with pytest.raises(UserError, match=expected):
+            rollout_logprobs_source(choice, dtype, batched, hpu, gathered)
 
 
 def test_left_padding_does_not_change_logprobs(base):

@@ -97,17 +97,20 @@ class PolicyAndValue(nn.Module):
                               output_hidden_states=self.critic is None, use_cache=False, logits_to_keep=keep)
             logits = out.logits[:, -keep:]
             if self.critic is None:
-                hidden = out.hidden_states[-1][:, -keep:]
-                # float32 unless sharding made the head the policy's dtype (or FSDP computes in bf16); outside
-                # autocast, which would run it in bfloat16
-                with torch.autocast(hidden.device.type, enabled=False):
-                    values = self.value_head(hidden.to(self.value_head.weight.dtype)).float().squeeze(-1)
+                values = self.head_values(out.hidden_states[-1][:, -keep:])
         if self.critic is not None and part != "policy":
             critic = unwrap_peft(self.critic)
             hidden = backbone(critic)(input_ids=input_ids, attention_mask=attention_mask,
                                       position_ids=position_ids, use_cache=False).last_hidden_state
             values = score_head(critic)(hidden[:, -keep:]).float().squeeze(-1)
         return logits, values
+
+    def head_values(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T) values of the value head on the trunk's final hidden states (B, T, H)."""
+        # float32 unless sharding made the head the policy's dtype (or FSDP computes in bf16); outside autocast,
+        # which would run it in bfloat16
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.value_head(hidden.to(self.value_head.weight.dtype)).float().squeeze(-1)
 
     @contextlib.contextmanager
     def reference(self, ref_model: nn.Module | None):
@@ -226,6 +229,42 @@ def logprobs_and_values(model, episodes: Episodes, temperature: float, part: str
         logits = logits[:, :-1]
         logprobs = logprobs_from_logits(logits, episodes.responses, temperature)
     return logprobs, None if values is None else values[:, :-1], logits
+
+
+def rollout_logprobs_source(choice: str, compute_dtype: torch.dtype, batched: bool, hpu_graph: bool,
+                            gathered: bool) -> tuple[str, str]:
+    """("generation" or "forward", why) for ``--rollout_logprobs choice``: where the rollout's log-probs and values
+    come from. Generation can only be traced when it calls the policy's own LM head once per token for the whole
+    batch, in this process's memory; "auto" also wants float32, where the traced and the recomputed figures
+    differ only in the order of floating-point sums."""
+    blocker = ("generation replays an HPU graph, which calls no hooks" if hpu_graph
+               else "--ds3_gather_for_generation False: DeepSpeed ZeRO-3 fetches each layer as it runs" if not gathered
+               else "--batched_gen False generates one prompt at a time" if not batched else None)
+    if choice == "forward":
+        return "forward", "--rollout_logprobs forward"
+    if choice == "generation":
+        if blocker:
+            raise UserError(f"--rollout_logprobs generation cannot trace this run's generation ({blocker}): use "
+                            "--rollout_logprobs forward or auto")
+        return "generation", "--rollout_logprobs generation"
+    if blocker:
+        return "forward", blocker
+    if compute_dtype != torch.float32:
+        return "forward", (f"the policy computes in {str(compute_dtype).removeprefix('torch.')}, where a cached "
+                           "decoding step and a whole-sequence pass differ more than in float32")
+    return "generation", "the policy computes in float32"
+
+
+def rollout_logprobs_and_values(model: PolicyAndValue, episodes: Episodes, temperature: float):
+    """(logprobs, values) of the response tokens, as :func:`logprobs_and_values` gives them, from what generation
+    computed (``episodes.trace``): the log-probs from the logits each token was sampled from, the values from the
+    value head on the final hidden states (a separate critic still runs its own forward pass)."""
+    trace = episodes.trace
+    logprobs = trace.logprobs(episodes.responses, temperature)
+    if model.critic is None:
+        return logprobs, model.head_values(trace.hidden_states())
+    _, values, _ = logprobs_and_values(model, episodes, temperature, part="critic")
+    return logprobs, values
 
 
 def logits_to_keep_supported(model: nn.Module) -> bool:

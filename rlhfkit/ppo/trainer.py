@@ -49,6 +49,8 @@ from rlhfkit.ppo.policy import (
     hidden_size,
     logprobs_and_values,
     merged_for_sampling,
+    rollout_logprobs_and_values,
+    rollout_logprobs_source,
 )
 from rlhfkit.results import peak_memory_per_process
 
@@ -143,6 +145,14 @@ class PPOTrainer:
         mergeable = (generator is None and not sharding.is_sharded(accelerator)
                      and can_merge_for_sampling(accelerator.unwrap_model(self.model).policy))
         self.sampling_merge = SamplingMerge(args.merge_adapter_for_generation, mergeable, total_steps)
+        # the rollout's log-probs and values: from what generation computed, or a forward pass after it
+        policy = accelerator.unwrap_model(self.model).policy
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
+        compute_dtype = autocast_dtype or half or next(policy.parameters()).dtype
+        self.rollout_source, why = rollout_logprobs_source(
+            args.rollout_logprobs, compute_dtype, args.batched_gen, generator is not None,
+            gathered=self.zero != 3 or args.ds3_gather_for_generation)
+        logger.info("rollout log-probs from %s (%s)", self.rollout_source, why)
         self.rollout_shapes: set[tuple[int, int]] = set()  # distinct (episodes, tokens) shapes seen
         self.shuffle = torch.Generator().manual_seed(args.seed + self.rank)
         self.stop, self.bad = faults.StopRequest(), faults.BadBatches(args.max_bad_batches)
@@ -207,10 +217,11 @@ class PPOTrainer:
         with self._autocast(), contextlib.ExitStack() as policy_gathered:
             policy_gathered.enter_context(sharding.gathered(self.accelerator, self.model if gather else None))
             merge = self.sampling_merge.now()
+            traced = self.rollout_source == "generation"
             with merged_for_sampling(unwrapped.policy, merge):
                 episodes = sampling.sample(self.generator or unwrapped.policy, self.tokenizer,
                                            [self.prompts[i] for i in indices], queries, query_mask, self.gen_config,
-                                           self.stop_ids, args.batched_gen)
+                                           self.stop_ids, args.batched_gen, trace=traced)
             generated = self._clock()
             decided = self.sampling_merge.record(
                 merge, (generated - started) / max(episodes.input_ids.shape[1] - queries.shape[1], 1),
@@ -218,7 +229,11 @@ class PPOTrainer:
             if decided:
                 logger.info(decided)
             self.rollout_shapes.add(tuple(episodes.input_ids.shape))
-            logprobs, values, _ = logprobs_and_values(unwrapped, episodes, args.temperature)
+            if traced:  # TRL's PPOTrainer also takes the log-probs from the generation logits
+                logprobs, values = rollout_logprobs_and_values(unwrapped, episodes, args.temperature)
+                episodes.trace = None  # the logits of every step: freed before the next passes
+            else:
+                logprobs, values, _ = logprobs_and_values(unwrapped, episodes, args.temperature)
             if not in_policy:
                 policy_gathered.close()
             with sharding.gathered(self.accelerator, *self.frozen):
@@ -564,7 +579,7 @@ class PPOTrainer:
                **peak_memory_per_process(), **self.describe,
                # whether rollouts sampled with the adapter merged (None: not decided, the run was too short) and,
                # when "auto" timed it, the seconds per decoding step of each way
-               "sampling_merged": self.sampling_merge.choice,
+               "sampling_merged": self.sampling_merge.choice, "rollout_logprobs": self.rollout_source,
                "sampling_merge_seconds_per_step": {("merged" if k else "unmerged"): v
                                                    for k, v in self.sampling_merge.timed.items()}}
         if history:
