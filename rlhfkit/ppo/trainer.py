@@ -5,8 +5,10 @@ One PPO step (:meth:`PPOTrainer.step`), following TRL 1.12's experimental PPOTra
 
 1. **Rollout** (no gradients): sample ``batch_size`` responses per process, truncate each after its stop
    token, score prompt + truncated response (reward model or rule), subtract ``missing_eos_penalty`` where
-   no stop token came; log-probs and values of the response tokens from the policy, log-probs from the
-   reference (the LoRA policy with its adapter disabled: no second model, unlike TRL).
+   no stop token came; log-probs and values of the response tokens from the policy (by default in float32
+   from what generation computed, the logits and final hidden state each token was sampled from, as TRL
+   takes its log-probs from the generation logits; ``--rollout_logprobs forward``: a forward pass after it),
+   log-probs from the reference (the LoRA policy with its adapter disabled: no second model, unlike TRL).
 2. **Shaping**: optional running normalisation and clipping of scores; per-token reward
    ``-kl_coef * KL_t`` plus the score at the last real token; optional reward whitening.
 3. **GAE** (gamma, lambda) over the response; returns = advantages + values; advantages whitened.
