@@ -58,7 +58,8 @@ def fixture_path(*parts: str) -> Path:
 def embedded_cache(tmp_path_factory):
     """A private RLHFKIT_CACHE for the whole run, so tests never touch ~/.cache and start from a known build.
 
-    ``RLHFKIT_TEST_CACHE=DIR`` reuses a cache across runs while developing (CI never sets it).
+    ``RLHFKIT_TEST_CACHE=DIR`` uses DIR instead: `make test` gives its two parts one fresh folder (removed after),
+    and while developing it reuses a cache across runs.
     """
     reuse = os.environ.get("RLHFKIT_TEST_CACHE")
     if reuse:

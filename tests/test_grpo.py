@@ -189,6 +189,7 @@ def test_refused_input_is_one_line_and_writes_nothing(case, rules, embedded_root
 
 
 # ------------------------------------------------------------------------------------------- 2 processes
+@pytest.mark.multiprocess
 @pytest.mark.parametrize(("layout", "launch", "label"), [
     ("ddp", ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
              "--dynamo_backend", "no", "--main_process_port", "0"], "ddp"),

@@ -37,6 +37,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, assert_ok, read_json, run_script
 
+pytestmark = pytest.mark.multiprocess  # `make test` runs these after the rest, alone on the machine
+
 CONFIGS = REPO / "configs" / "accelerate"
 EXPECTED_TYPES = {"cpu_2proc.yaml": "MULTI_GPU", "ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP",
                   "zero2.yaml": "DEEPSPEED", "zero3.yaml": "DEEPSPEED", "gaudi_ddp.yaml": "MULTI_HPU",

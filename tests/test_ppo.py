@@ -240,6 +240,7 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(stories):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_agree_with_one(stories):
     """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs (2 CPU processes, DDP over
     gloo; `--cpu` would start a single process without MPI) with 8 episodes and mini-batches of 2 per process

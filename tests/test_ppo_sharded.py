@@ -33,7 +33,7 @@ from test_ppo import STORIES, _stories_args, stories, stories_reward_model
 
 SHARED_FIXTURES = (stories, stories_reward_model)  # test_ppo.py's, used here by name
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 CONFIGS = REPO / "configs" / "accelerate"
 PPO = str(REPO / "ppo.py")
 LAYOUTS = {"ddp": ("cpu_2proc.yaml", "ddp"), "zero2": ("cpu_zero2.yaml", "deepspeed-zero2"),
