@@ -57,18 +57,22 @@ def test_dropout_in_model_code_is_disabled(embedded_root, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["forward", "generation"])
-def test_ratio_starts_at_one_and_lr_is_the_rate_used(source, embedded_root, tmp_path):
+@pytest.mark.parametrize(("source", "fuse"), [("forward", "off"), ("forward", "on"), ("generation", "auto")])
+def test_ratio_starts_at_one_and_lr_is_the_rate_used(source, fuse, embedded_root, tmp_path):
     """One optimizer step per PPO step: its ratio is computed before any update, so it is 1 even for a model whose
     attention applies dropout from its config (dropout left on moves it by about 1e-2): exactly 1 when the rollout's
-    log-probs come from the same forward pass, within float32 rounding when they come from generation's cached
-    decoding steps. The linear schedule's rates are 1e-3 then 5e-4."""
+    log-probs come from the same forward pass (with the LoRA layers folded into their weights in both, too), within
+    float32 rounding when they come from generation's cached decoding steps. The linear schedule's rates are 1e-3
+    then 5e-4."""
     folder = _dropout_model(embedded_root, tmp_path)
     out = tmp_path / "out"
     result = run_script(PPO, "--model_name_or_path", str(folder), "--output_dir", str(out), "--steps", "2",
-                        "--learning_rate", "1e-3", "--rollout_logprobs", source, *SMALL)
+                        "--learning_rate", "1e-3", "--rollout_logprobs", source, "--fuse_lora", fuse, *SMALL)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert read_json(out / "all_results.json")["rollout_logprobs"] == source
+    results = read_json(out / "all_results.json")
+    assert results["rollout_logprobs"] == source and results["fuse_lora"] == fuse
+    if fuse == "on":  # every LoRA layer call of the update folded: 4 layers x 7 linear layers x 2 steps
+        assert results["lora_update_calls"] == {"folded": 56, "peft": 0}
     history = _history(out)
     for step in history:
         if source == "forward":

@@ -41,7 +41,7 @@ import time
 
 import torch
 
-from rlhfkit import checkpoints, faults, hpu, sampling, sharding
+from rlhfkit import checkpoints, faults, fused_lora, hpu, sampling, sharding
 from rlhfkit.errors import UserError
 from rlhfkit.ppo import core
 from rlhfkit.ppo.policy import (
@@ -155,6 +155,14 @@ class PPOTrainer:
             args.rollout_logprobs, compute_dtype, args.batched_gen, generator is not None,
             gathered=self.zero != 3 or args.ds3_gather_for_generation)
         logger.info("rollout log-probs from %s (%s)", self.rollout_source, why)
+        # LoRA layers folded into one matrix product each in the update, where that is cheaper (rlhfkit.fused_lora)
+        self.fuse_lora = args.fuse_lora
+        if sharding.is_sharded(accelerator) and self.fuse_lora != "off":
+            if self.fuse_lora == "on":
+                raise UserError("--fuse_lora on needs whole weights; this run shards them (FSDP / DeepSpeed): use "
+                                "--fuse_lora auto or off")
+            self.fuse_lora = "off"
+        self.lora_calls = {"folded": 0, "peft": 0}  # LoRA layer calls in the update, each way
         self.rollout_shapes: set[tuple[int, int]] = set()  # distinct (episodes, tokens) shapes seen
         self.shuffle = torch.Generator().manual_seed(args.seed + self.rank)
         self.stop, self.bad = faults.StopRequest(), faults.BadBatches(args.max_bad_batches)
@@ -231,11 +239,13 @@ class PPOTrainer:
             if decided:
                 logger.info(decided)
             self.rollout_shapes.add(tuple(episodes.input_ids.shape))
-            if traced:  # TRL's PPOTrainer also takes the log-probs from the generation logits
-                logprobs, values = rollout_logprobs_and_values(unwrapped, episodes, args.temperature)
-                episodes.trace = None  # the logits of every step: freed before the next passes
-            else:
-                logprobs, values, _ = logprobs_and_values(unwrapped, episodes, args.temperature)
+            # the policy's (critic's) passes in the update's arithmetic, so that the first ratio is 1 exactly
+            with fused_lora.fused(unwrapped, self.fuse_lora):
+                if traced:  # TRL's PPOTrainer also takes the log-probs from the generation logits
+                    logprobs, values = rollout_logprobs_and_values(unwrapped, episodes, args.temperature)
+                    episodes.trace = None  # the logits of every step: freed before the next passes
+                else:
+                    logprobs, values, _ = logprobs_and_values(unwrapped, episodes, args.temperature)
             if not in_policy:
                 policy_gathered.close()
             with sharding.gathered(self.accelerator, *self.frozen):
@@ -336,15 +346,21 @@ class PPOTrainer:
         rollout = (episodes, old_logprobs, old_values, advantages, returns)
         sums: dict[str, torch.Tensor] = {}
         count, early_stopped = 0, False
-        for micro_batches in self._backward_batches():
-            step_stats = self._accumulate_gradients(rollout, micro_batches)
-            self._optimizer_step(step_stats)
-            for k, v in step_stats.items():
-                sums[k] = sums.get(k, 0) + v
-            count += 1
-            if self._moved_too_far(step_stats):
-                early_stopped = True
-                break
+        with fused_lora.fused(self.model, self.fuse_lora) as calls:
+            for micro_batches in self._backward_batches():
+                step_stats = self._accumulate_gradients(rollout, micro_batches)
+                self._optimizer_step(step_stats)
+                for k, v in step_stats.items():
+                    sums[k] = sums.get(k, 0) + v
+                count += 1
+                if self._moved_too_far(step_stats):
+                    early_stopped = True
+                    break
+        if self.step_index == self._first_step and sum(calls.values()):
+            logger.info("update: %d of %d LoRA layer calls computed with the adapter folded into the weight "
+                        "(--fuse_lora %s)", calls["folded"], sum(calls.values()), self.fuse_lora)
+        for way, n in calls.items():
+            self.lora_calls[way] += n
         return {k: v / count for k, v in sums.items()}, early_stopped
 
     def _backward_batches(self):
@@ -582,6 +598,8 @@ class PPOTrainer:
                # whether rollouts sampled with the adapter merged (None: not decided, the run was too short) and,
                # when "auto" timed it, the seconds per decoding step of each way
                "sampling_merged": self.sampling_merge.choice, "rollout_logprobs": self.rollout_source,
+               # LoRA layer calls of the update computed folded into the weight or in PEFT's form (--fuse_lora)
+               "fuse_lora": self.fuse_lora, "lora_update_calls": dict(self.lora_calls),
                "sampling_merge_seconds_per_step": {("merged" if k else "unmerged"): v
                                                    for k, v in self.sampling_merge.timed.items()}}
         if history:

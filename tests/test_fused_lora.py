@@ -1,0 +1,104 @@
+"""LoRA layers computed with the adapter folded into the weight (``rlhfkit.fused_lora``, ``ppo.py --fuse_lora``):
+the same outputs and the same gradients as PEFT's form, chosen by the cost rule, and only where it applies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhfkit import fused_lora
+
+
+def _lora_llama(hidden: int, intermediate: int, r: int = 16, dropout: float = 0.0, seed: int = 0, **lora):
+    """A random one-layer Llama with LoRA on every linear layer, B not zero (so the adapter changes the output)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=dropout,
+                                                                target_modules="all-linear", **lora))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    return model
+
+
+def _loss_and_grads(model, ids):
+    model.zero_grad(set_to_none=True)
+    logits = model(input_ids=ids).logits
+    loss = logits.float().pow(2).mean()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return logits.detach(), grads
+
+
+def _lora_layers(model):
+    return [m for m in model.modules() if fused_lora.foldable(m)]
+
+
+def test_folded_layers_give_peft_outputs_and_gradients():
+    model = _lora_llama(32, 64)
+    ids = torch.randint(0, 64, (3, 11))
+    logits, grads = _loss_and_grads(model, ids)
+    with fused_lora.fused(model, "on") as calls:
+        folded_logits, folded_grads = _loss_and_grads(model, ids)
+    assert calls == {"folded": 7, "peft": 0}  # q, k, v, o, gate, up, down
+    torch.testing.assert_close(folded_logits, logits, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == folded_grads.keys() and any("lora_A" in n for n in grads)
+    for name in grads:
+        torch.testing.assert_close(folded_grads[name], grads[name], rtol=1e-4, atol=1e-7, msg=name)
+    # and the layers are PEFT's again afterwards
+    assert all("forward" not in vars(layer) for layer in _lora_layers(model))
+    again, _ = _loss_and_grads(model, ids)
+    assert torch.equal(again, logits)
+
+
+def test_a_wrong_fold_would_be_caught():
+    """The comparison above can fail: folding without the LoRA scale changes the output."""
+    model = _lora_llama(32, 64)
+    ids = torch.randint(0, 64, (2, 7))
+    logits, _ = _loss_and_grads(model, ids)
+    for layer in _lora_layers(model):
+        layer.scaling["default"] *= 0.5
+    with fused_lora.fused(model, "on"):
+        halved, _ = _loss_and_grads(model, ids)
+    assert not torch.allclose(halved, logits, rtol=1e-3, atol=1e-4)
+
+
+def test_the_cost_rule_folds_narrow_layers_and_keeps_wide_ones():
+    # PEFT: 2nm + 3r(n+m) per token; folded: 3nm per token + 3rnm per call
+    assert fused_lora.cost_ratio(64, 64, 16, 1232) == pytest.approx((3 * 4096 * 1232 + 3 * 16 * 4096)
+                                                                    / ((2 * 4096 + 3 * 16 * 128) * 1232))
+    assert fused_lora.cost_ratio(64, 64, 16, 1232) < fused_lora.MAX_COST_RATIO  # stories260K's layers
+    assert fused_lora.cost_ratio(64, 172, 16, 1232) < fused_lora.MAX_COST_RATIO
+    assert fused_lora.cost_ratio(768, 768, 16, 300) > fused_lora.MAX_COST_RATIO  # a 100M Llama's
+    assert fused_lora.cost_ratio(768, 2560, 16, 300) > fused_lora.MAX_COST_RATIO
+    assert fused_lora.cost_ratio(64, 64, 16, 1) > fused_lora.cost_ratio(64, 64, 16, 100)  # folding is per call
+
+    ids = torch.randint(0, 64, (2, 16))
+    narrow = _lora_llama(32, 64)
+    with fused_lora.fused(narrow, "auto") as calls:
+        _loss_and_grads(narrow, ids)
+    assert calls == {"folded": 7, "peft": 0}
+    wide = _lora_llama(256, 512, r=4)
+    with fused_lora.fused(wide, "auto") as calls:
+        _loss_and_grads(wide, ids)
+    assert calls == {"folded": 0, "peft": 7}
+    with fused_lora.fused(wide, "off") as calls:
+        _loss_and_grads(wide, ids)
+    assert calls == {"folded": 0, "peft": 0} and all("forward" not in vars(m) for m in _lora_layers(wide))
+
+
+def test_only_plain_lora_at_work_is_folded():
+    assert not _lora_layers(_lora_llama(32, 64, dropout=0.1))  # dropout at work
+    assert not _lora_layers(_lora_llama(32, 64, use_dora=True))
+    model = _lora_llama(32, 64)
+    assert len(_lora_layers(model)) == 7
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad(), model.disable_adapter():
+        base = model(input_ids=ids).logits
+    with torch.no_grad(), fused_lora.fused(model, "on") as calls, model.disable_adapter():
+        disabled = model(input_ids=ids).logits
+    assert torch.equal(disabled, base) and calls == {"folded": 0, "peft": 0}  # the reference pass: PEFT's own
