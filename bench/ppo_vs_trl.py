@@ -327,6 +327,9 @@ def parse_args(argv: list[str] | None):
     if settings["batch_size"] % settings["num_mini_batches"]:
         parser.error("--batch_size must be a multiple of --num_mini_batches")
     args.out = os.path.abspath(args.out or os.path.join(BENCH_DIR, f"out-{args.setting}"))
+    if args.skip and not os.path.isfile(os.path.join(args.out, f"{args.skip}.log.process.json")):
+        parser.error(f"--skip {args.skip} reuses that side's last run in --out, and {args.out} has none: run once "
+                     "without --skip (or point --out at an earlier run)")
     return args, settings
 
 

@@ -249,3 +249,16 @@ def test_sharded_memory_report_judges_the_target_on_2_processes_only():
     four = sharded_memory.markdown(results(4, 550.0))
     assert "0.55x on 4 processes (within it, but the target names 2)." in four and "divided by 4" in four
     assert "met." not in four.split("Target:")[1].split("\n")[0]
+
+
+def test_ppo_benchmark_refuses_to_skip_a_side_it_never_ran(tmp_path):
+    """``--skip trl`` reuses TRL's last run in --out: with none there it stops before running anything, saying so,
+    instead of failing with a traceback after our side's run."""
+    import ppo_vs_trl
+
+    with pytest.raises(SystemExit) as stopped:
+        ppo_vs_trl.parse_args(["--setting", "small", "--out", str(tmp_path), "--skip", "trl"])
+    assert stopped.value.code == 2
+    (tmp_path / "trl.log.process.json").write_text("{}")
+    args, settings = ppo_vs_trl.parse_args(["--setting", "small", "--out", str(tmp_path), "--skip", "trl"])
+    assert args.skip == "trl" and settings["batch_size"] == 32
