@@ -81,6 +81,16 @@ class PPOArguments(RunArguments, SamplingArguments, PadMaxArguments, HPUGraphArg
                   "policy exceeds 1.5 x --target_kl (old TRL's rule)."},
     )
     target_kl: float = field(default=0.1, metadata={"help": "Approximate-KL bound for --early_stopping."})
+    fuse_lora: str = field(
+        default="auto",
+        metadata={"help": "LoRA layers in the update (and in the rollout's forward passes): computed as one matrix "
+                  "product with the adapter folded into the weight, x (W + s B A)^T, instead of PEFT's base "
+                  "product plus two thin ones (the same result up to float rounding; W stays frozen). 'auto': "
+                  "each layer whose folded form costs at most 1.2x PEFT's multiply-adds, i.e. where the rank is "
+                  "wide for the layer (every layer of a 260K-parameter model at r=16: +10%% episodes/s there; none "
+                  "of a 100M one); 'on': every plain LoRA linear layer; 'off': PEFT's form. Not with sharded "
+                  "parameters (FSDP, DeepSpeed).", "choices": ("auto", "on", "off")},
+    )
     # -------------------------------------------------------------------------------------------- rollout
     batched_gen: bool = field(
         default=True,
@@ -113,16 +123,6 @@ class PPOArguments(RunArguments, SamplingArguments, PadMaxArguments, HPUGraphArg
                   "precision. 'auto': generation when the policy computes in float32, generates the whole batch at "
                   "once and has no HPU graph, else forward. A separate critic (--value_model reward) always runs "
                   "its own forward pass.", "choices": ("auto", "generation", "forward")},
-    )
-    fuse_lora: str = field(
-        default="auto",
-        metadata={"help": "LoRA layers in the update (and in the rollout's forward passes): computed as one matrix "
-                  "product with the adapter folded into the weight, x (W + s B A)^T, instead of PEFT's base "
-                  "product plus two thin ones (the same result up to float rounding; W stays frozen). 'auto': "
-                  "each layer whose folded form costs at most 1.2x PEFT's multiply-adds, i.e. where the rank is "
-                  "wide for the layer (every layer of a 260K-parameter model at r=16: +10%% episodes/s there; none "
-                  "of a 100M one); 'on': every plain LoRA linear layer; 'off': PEFT's form. Not with sharded "
-                  "parameters (FSDP, DeepSpeed).", "choices": ("auto", "on", "off")},
     )
     temperature: float = sampling_default("temperature", 0.7, "Sampling temperature (also used for log-probs).")
     top_k: int = sampling_default("top_k", 0, "Accepted as 0 only (no truncation, as TRL's PPO samples): the ratio "
