@@ -87,7 +87,7 @@ class PPOArguments(RunArguments, SamplingArguments, PadMaxArguments, HPUGraphArg
                   "product with the adapter folded into the weight, x (W + s B A)^T, instead of PEFT's base "
                   "product plus two thin ones (the same result up to float rounding; W stays frozen). 'auto': "
                   "each layer whose folded form costs at most 1.2x PEFT's multiply-adds, i.e. where the rank is "
-                  "wide for the layer (every layer of a 260K-parameter model at r=16: +10%% episodes/s there; none "
+                  "wide for the layer (every layer of a 260K-parameter model at r=16: +8%% episodes/s there; none "
                   "of a 100M one); 'on': every plain LoRA linear layer; 'off': PEFT's form. Not with sharded "
                   "parameters (FSDP, DeepSpeed).", "choices": ("auto", "on", "off")},
     )
