@@ -161,6 +161,7 @@ class PPOTrainer:
             if self.fuse_lora == "on":
                 raise UserError("--fuse_lora on needs whole weights; this run shards them (FSDP / DeepSpeed): use "
                                 "--fuse_lora auto or off")
+            logger.info("--fuse_lora auto: off (the parameters are sharded)")
             self.fuse_lora = "off"
         self.lora_calls = {"folded": 0, "peft": 0}  # LoRA layer calls in the update, each way
         self.rollout_shapes: set[tuple[int, int]] = set()  # distinct (episodes, tokens) shapes seen
@@ -356,7 +357,7 @@ class PPOTrainer:
                 if self._moved_too_far(step_stats):
                     early_stopped = True
                     break
-        if self.step_index == self._first_step and sum(calls.values()):
+        if not any(self.lora_calls.values()) and any(calls.values()):  # the run's first update: say what it did
             logger.info("update: %d of %d LoRA layer calls computed with the adapter folded into the weight "
                         "(--fuse_lora %s)", calls["folded"], sum(calls.values()), self.fuse_lora)
         for way, n in calls.items():
