@@ -252,10 +252,16 @@ def _trace_of(calls: list, width: int) -> GenerationTrace:
 
 
 @torch.no_grad()
-def generate(model, queries: torch.Tensor, query_mask: torch.Tensor, config, batched: bool = True) -> torch.Tensor:
+def generate(model, queries: torch.Tensor, query_mask: torch.Tensor, config, batched: bool = True,
+             lean: bool = False) -> torch.Tensor:
     """Sampled responses (B, T'), right-padded with the pad id; ``batched=False`` runs one prompt at a time
-    (optimum-habana's ``--batched_gen False``: no padding in the prompt at all, slower)."""
+    (optimum-habana's ``--batched_gen False``: no padding in the prompt at all, slower). ``lean``: decode with
+    :func:`rlhfkit.lean_decode.generate` (the caller has checked :func:`rlhfkit.lean_decode.why_not`)."""
     width = queries.shape[1]
+    if lean and batched:
+        from rlhfkit import lean_decode
+
+        return lean_decode.generate(model, queries, query_mask, config)
     with pinned_settings(model):
         if batched:
             return model.generate(input_ids=queries, attention_mask=query_mask, generation_config=config)[:, width:]
@@ -288,14 +294,15 @@ def truncate(responses: torch.Tensor, stop_ids: list[int], pad_token_id: int):
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list, queries: torch.Tensor, query_mask: torch.Tensor, config,
-           stop_ids: list[int], batched: bool = True, trace: bool = False) -> Episodes:
+           stop_ids: list[int], batched: bool = True, trace: bool = False, lean: bool = False) -> Episodes:
     """Generate for a batch of left-padded prompts, truncate after the stop token and decode the responses.
-    ``trace``: keep what generation computed for each response token (``Episodes.trace``; batched only)."""
+    ``trace``: keep what generation computed for each response token (``Episodes.trace``; batched only);
+    ``lean``: see :func:`generate`."""
     if trace and not batched:
         raise ValueError("a generation trace needs batched generation")
     calls: list = []
     with tracing(model, calls) if trace else contextlib.nullcontext():
-        responses = generate(model, queries, query_mask, config, batched)
+        responses = generate(model, queries, query_mask, config, batched, lean)
     responses, response_mask, stopped = truncate(responses, stop_ids, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(responses.masked_fill(response_mask == 0, tokenizer.pad_token_id),
                                    skip_special_tokens=True)

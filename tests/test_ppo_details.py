@@ -184,3 +184,21 @@ def test_traced_rollout_logprobs_need_batched_generation():
     with pytest.raises(UserError, match="--rollout_logprobs generation .* --batched_gen False"):
         PPOArguments(reward_function="toy", rollout_logprobs="generation", batched_gen=False).validate()
     PPOArguments(reward_function="toy", rollout_logprobs="auto", batched_gen=False).validate()  # auto: forward
+
+
+@pytest.mark.slow
+def test_lean_decoding_samples_what_generate_samples(embedded_root, tmp_path):
+    """Full fine-tuning (no adapter to merge, so every rollout qualifies): ``--lean_decode auto`` samples with the
+    lean loop, and the run is the one ``--lean_decode off`` makes: the same scores and KL step by step."""
+    runs = {}
+    for mode in ("auto", "off"):
+        out = tmp_path / mode
+        result = run_script(PPO, "--output_dir", str(out), "--steps", "2", "--use_peft", "False",
+                            "--lean_decode", mode, *SMALL)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results = read_json(out / "all_results.json")
+        assert results["rollout_decoding"] == ({"lean": 2, "generate": 0} if mode == "auto"
+                                               else {"lean": 0, "generate": 2})
+        runs[mode] = [value for step in _history(out) for value in (step["objective/scores"], step["objective/kl"])]
+    assert len(runs["auto"]) == 4
+    assert runs["auto"] == pytest.approx(runs["off"], abs=1e-4)

@@ -41,7 +41,7 @@ import time
 
 import torch
 
-from rlhfkit import checkpoints, faults, fused_lora, hpu, sampling, sharding
+from rlhfkit import checkpoints, faults, fused_lora, hpu, lean_decode, sampling, sharding
 from rlhfkit.errors import UserError
 from rlhfkit.ppo import core
 from rlhfkit.ppo.policy import (
@@ -164,6 +164,10 @@ class PPOTrainer:
             logger.info("--fuse_lora auto: off (the parameters are sharded)")
             self.fuse_lora = "off"
         self.lora_calls = {"folded": 0, "peft": 0}  # LoRA layer calls in the update, each way
+        # rollouts sampled by rlhfkit.lean_decode or by transformers' generate (and why, once)
+        self.lean_decode = args.lean_decode == "auto" and self.device.type == "cpu" and generator is None
+        self.decode_calls = {"lean": 0, "generate": 0}
+        self._decode_fallback_logged = False
         self.rollout_shapes: set[tuple[int, int]] = set()  # distinct (episodes, tokens) shapes seen
         self.shuffle = torch.Generator().manual_seed(args.seed + self.rank)
         self.stop, self.bad = faults.StopRequest(), faults.BadBatches(args.max_bad_batches)
@@ -230,9 +234,10 @@ class PPOTrainer:
             merge = self.sampling_merge.now()
             traced = self.rollout_source == "generation"
             with merged_for_sampling(unwrapped.policy, merge):
-                episodes = sampling.sample(self.generator or unwrapped.policy, self.tokenizer,
-                                           [self.prompts[i] for i in indices], queries, query_mask, self.gen_config,
-                                           self.stop_ids, args.batched_gen, trace=traced)
+                sampler = self.generator or unwrapped.policy
+                episodes = sampling.sample(sampler, self.tokenizer, [self.prompts[i] for i in indices], queries,
+                                           query_mask, self.gen_config, self.stop_ids, args.batched_gen,
+                                           trace=traced, lean=self._decode_lean(sampler))
             generated = self._clock()
             decided = self.sampling_merge.record(
                 merge, (generated - started) / max(episodes.input_ids.shape[1] - queries.shape[1], 1),
@@ -261,6 +266,18 @@ class PPOTrainer:
         seconds = {"generation": generated - started, "forward": forwarded - generated,
                    "scoring": self._clock() - forwarded}
         return episodes, logprobs, ref_logprobs, values, scores, seconds
+
+    def _decode_lean(self, sampler) -> bool:
+        """Whether this rollout decodes with :mod:`rlhfkit.lean_decode` (``--lean_decode auto``, checked per rollout:
+        the adapter may be merged for one and not the next); counts each way, says once why not."""
+        why = "--lean_decode off" if not self.lean_decode else lean_decode.why_not(sampler, self.gen_config)
+        if why is None and not self.args.batched_gen:
+            why = "--batched_gen False"
+        self.decode_calls["generate" if why else "lean"] += 1
+        if why and self.lean_decode and not self._decode_fallback_logged:
+            logger.info("--lean_decode auto: this rollout samples with transformers' generate (%s)", why)
+            self._decode_fallback_logged = True
+        return why is None
 
     # ------------------------------------------------------------------------------------------- step
     def step(self) -> dict:
@@ -601,6 +618,8 @@ class PPOTrainer:
                "sampling_merged": self.sampling_merge.choice, "rollout_logprobs": self.rollout_source,
                # LoRA layer calls of the update computed folded into the weight or in PEFT's form (--fuse_lora)
                "fuse_lora": self.fuse_lora, "lora_update_calls": dict(self.lora_calls),
+               # rollouts sampled by the lean Llama decoding loop or by transformers' generate (--lean_decode)
+               "lean_decode": self.args.lean_decode, "rollout_decoding": dict(self.decode_calls),
                "sampling_merge_seconds_per_step": {("merged" if k else "unmerged"): v
                                                    for k, v in self.sampling_merge.timed.items()}}
         if history:

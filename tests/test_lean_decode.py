@@ -1,0 +1,111 @@
+"""The lean Llama decoding loop (``rlhfkit.lean_decode``, ``ppo.py --lean_decode``): the tokens transformers'
+``generate`` gives, greedy and sampled with the same seed, the same logits to float rounding, stop tokens handled
+the same way, and only for the models it applies to."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import fixture_path
+
+from rlhfkit import lean_decode, sampling
+
+
+def _llama(seed: int = 0, **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    settings = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=128)
+    settings.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**settings)).eval()
+
+
+def _prompts(rows: int = 6, width: int = 9, seed: int = 1):
+    """Left-padded prompts of different lengths (every row but the first padded)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows_ = [torch.randint(3, 60, (width - i % 4,), generator=generator).tolist() for i in range(rows)]
+    return sampling.left_pad(rows_, 0)
+
+
+def _both(model, config, seed: int = 5, trace: bool = False):
+    """(transformers' tokens, lean tokens[, their traces]) for the same prompts and the same seed."""
+    queries, mask = _prompts()
+    out = []
+    for lean in (False, True):
+        calls: list = []
+        torch.manual_seed(seed)
+        with sampling.tracing(model, calls) if trace else torch.no_grad():
+            out.append((sampling.generate(model, queries, mask, config, lean=lean), calls))
+    return out
+
+
+@pytest.mark.parametrize("stop", [[], [7, 11]])
+def test_greedy_tokens_and_logits_match_generate(stop):
+    model = _llama()
+    config = sampling.generation_config(14, stop, 0, do_sample=False)
+    assert lean_decode.why_not(model, config) is None
+    (reference, ref_calls), (lean, lean_calls) = _both(model, config, trace=True)
+    assert torch.equal(lean, reference)
+    assert len(lean_calls) == len(ref_calls) == reference.shape[1]  # one LM-head call per generated token
+    for (h_ref, l_ref), (h, logits) in zip(ref_calls, lean_calls, strict=True):
+        torch.testing.assert_close(logits, l_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_sampled_tokens_match_generate_with_the_same_seed():
+    """Temperature, top-k and top-p as generate applies them, the same random draws: the same tokens; the stop
+    tokens end rows early (padded after) and generation ends once every row has stopped."""
+    model = _llama(seed=3)
+    for temperature, top_k, top_p in ((0.7, 0, 1.0), (1.3, 8, 0.9)):
+        config = sampling.generation_config(20, [5, 9, 13], 0, temperature=temperature, top_k=top_k, top_p=top_p)
+        (reference, _), (lean, _) = _both(model, config, seed=11)
+        assert torch.equal(lean, reference), (temperature, top_k, top_p)
+    config = sampling.generation_config(20, [5, 9, 13], 0, temperature=1.0)
+    (reference, _), (lean, _) = _both(model, config)
+    _, mask, stopped = sampling.truncate(lean, [5, 9, 13], 0)
+    assert stopped.any() and (mask == 0).any()  # some rows stopped early: the padding after them is checked too
+    assert torch.equal(lean, reference)
+    different = sampling.generation_config(20, [5, 9, 13], 0, temperature=0.5)
+    torch.manual_seed(5)
+    assert not torch.equal(sampling.generate(model, *_prompts(), different, lean=True), reference)
+
+
+def test_merged_adapter_qualifies_an_unmerged_one_does_not():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_llama(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    config = sampling.generation_config(10, [], 0, do_sample=False)
+    assert "unmerged adapter" in lean_decode.why_not(model, config)
+    with torch.no_grad():
+        unmerged = sampling.generate(model, *_prompts(), config)
+    model.merge_adapter()
+    assert lean_decode.why_not(model, config) is None
+    assert torch.equal(sampling.generate(model, *_prompts(), config, lean=True), unmerged)
+
+
+def test_models_it_does_not_apply_to_say_why():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = sampling.generation_config(10, [], 0, do_sample=False)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4))
+    assert "not a LlamaForCausalLM" in lean_decode.why_not(gpt2, config)
+    assert "biases" in lean_decode.why_not(_llama(attention_bias=True), config)
+    assert "bfloat16" in lean_decode.why_not(_llama().to(torch.bfloat16), config)
+    static = sampling.generation_config(10, [], 0, do_sample=False, static_cache=True)
+    assert "cache" in lean_decode.why_not(_llama(), static)
+
+
+def test_real_llama_weights_decode_the_same():
+    """stories260K (a real Llama checkpoint, 8 heads over 4 key/value heads): greedy decoding gives the same text."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(fixture_path("models", "stories260K"))).eval()
+    config = sampling.generation_config(24, [2], 0, do_sample=False)
+    queries, mask = _prompts(rows=8, width=12)
+    with torch.no_grad():
+        reference = sampling.generate(model, queries, mask, config)
+    assert torch.equal(sampling.generate(model, queries, mask, config, lean=True), reference)
