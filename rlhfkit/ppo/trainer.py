@@ -165,7 +165,12 @@ class PPOTrainer:
             self.fuse_lora = "off"
         self.lora_calls = {"folded": 0, "peft": 0}  # LoRA layer calls in the update, each way
         # rollouts sampled by rlhfkit.lean_decode or by transformers' generate (and why, once)
-        self.lean_decode = args.lean_decode == "auto" and self.device.type == "cpu" and generator is None
+        # (not with sharded parameters: FSDP's and ZeRO-3's hooks gather and release them around module calls)
+        self.lean_decode = (args.lean_decode == "auto" and self.device.type == "cpu" and generator is None
+                            and not sharding.is_sharded(accelerator))
+        if args.lean_decode == "auto" and not self.lean_decode:
+            logger.info("--lean_decode auto: off (%s)", "sharded parameters" if sharding.is_sharded(accelerator)
+                        else f"{self.device.type}, not CPU" if generator is None else "an HPU graph samples")
         self.decode_calls = {"lean": 0, "generate": 0}
         self._decode_fallback_logged = False
         self.rollout_shapes: set[tuple[int, int]] = set()  # distinct (episodes, tokens) shapes seen
@@ -270,7 +275,7 @@ class PPOTrainer:
     def _decode_lean(self, sampler) -> bool:
         """Whether this rollout decodes with :mod:`rlhfkit.lean_decode` (``--lean_decode auto``, checked per rollout:
         the adapter may be merged for one and not the next); counts each way, says once why not."""
-        why = "--lean_decode off" if not self.lean_decode else lean_decode.why_not(sampler, self.gen_config)
+        why = "not used here" if not self.lean_decode else lean_decode.why_not(sampler, self.gen_config)
         if why is None and not self.args.batched_gen:
             why = "--batched_gen False"
         self.decode_calls["generate" if why else "lean"] += 1
