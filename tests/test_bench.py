@@ -262,3 +262,22 @@ def test_ppo_benchmark_refuses_to_skip_a_side_it_never_ran(tmp_path):
     (tmp_path / "trl.log.process.json").write_text("{}")
     args, settings = ppo_vs_trl.parse_args(["--setting", "small", "--out", str(tmp_path), "--skip", "trl"])
     assert args.skip == "trl" and settings["batch_size"] == 32
+
+
+def test_decode_step_times_both_ways_and_refuses_other_models(tmp_path):
+    """bench/decode_step.py on a tiny random Llama: both ways timed and their ratio printed; a model the lean loop
+    does not apply to is refused in one line."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path / "llama")
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4)).save_pretrained(tmp_path / "gpt2")
+    script = os.path.join(REPO, "bench", "decode_step.py")
+    done = subprocess.run([sys.executable, script, "--model", str(tmp_path / "llama"), "--rows", "4", "--prompt",
+                           "8", "--tokens", "6", "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "generate" in done.stdout and "lean / generate:" in done.stdout
+    refused = subprocess.run([sys.executable, script, "--model", str(tmp_path / "gpt2"), "--repeats", "1"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "not a LlamaForCausalLM" in refused.stderr
+    assert "Traceback" not in refused.stderr

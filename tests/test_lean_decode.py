@@ -109,3 +109,20 @@ def test_real_llama_weights_decode_the_same():
     with torch.no_grad():
         reference = sampling.generate(model, queries, mask, config)
     assert torch.equal(sampling.generate(model, queries, mask, config, lean=True), reference)
+
+
+def test_auto_keeps_generate_for_wide_models():
+    """``auto`` decodes lean only up to MAX_HIDDEN_SIZE, where it was measured faster; wider, generate."""
+    config = sampling.generation_config(10, [], 0, do_sample=False)
+    narrow = _llama(hidden_size=lean_decode.MAX_HIDDEN_SIZE, intermediate_size=16, num_hidden_layers=1)
+    wide = _llama(hidden_size=2 * lean_decode.MAX_HIDDEN_SIZE, intermediate_size=16, num_hidden_layers=1)
+    assert lean_decode.why_not_auto(narrow, config) is None
+    assert lean_decode.why_not(wide, config) is None  # it could: the loop decodes it the same
+    assert "hidden size" in lean_decode.why_not_auto(wide, config)
+    assert "not a LlamaForCausalLM" in lean_decode.why_not_auto(_gpt2(), config)
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4))

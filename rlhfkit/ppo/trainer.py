@@ -275,7 +275,7 @@ class PPOTrainer:
     def _decode_lean(self, sampler) -> bool:
         """Whether this rollout decodes with :mod:`rlhfkit.lean_decode` (``--lean_decode auto``, checked per rollout:
         the adapter may be merged for one and not the next); counts each way, says once why not."""
-        why = "not used here" if not self.lean_decode else lean_decode.why_not(sampler, self.gen_config)
+        why = "not used here" if not self.lean_decode else lean_decode.why_not_auto(sampler, self.gen_config)
         if why is None and not self.args.batched_gen:
             why = "--batched_gen False"
         self.decode_calls["generate" if why else "lean"] += 1
