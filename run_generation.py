@@ -107,6 +107,7 @@ def main(args: GenerationArguments, device_args: DeviceArguments, precision: Pre
         do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         num_return_sequences=args.num_return_sequences, use_cache=args.use_kv_cache,
         progress=lambda done: logger.info("%d/%d prompts done", done, len(prompts)), static_shapes=static,
+        lean_decode=args.lean_decode,
     )
     records = [
         {"prompt": prompt, "formatted_prompt": text, "completions": completions}

@@ -167,6 +167,7 @@ def sample_model(loaded: LoadedModel, prompts: list, ids: list[list[int]], setti
                                         do_sample=settings.do_sample, temperature=settings.temperature,
                                         top_k=settings.top_k, top_p=settings.top_p, static_cache=static_shapes)
     width = max(len(row) for row in ids) if static_shapes else None
+    lean = loaded.generator is None and sampling.lean_for(settings.lean_decode, model, config)
     scorer = scorer_for(tokenizer)
     kl_note = kl_unavailable(loaded, reference, settings)
     k = settings.generations_per_prompt
@@ -180,7 +181,7 @@ def sample_model(loaded: LoadedModel, prompts: list, ids: list[list[int]], setti
         batch_prompts = [prompts[i] for i in chunk for _ in range(k)]
         queries, query_mask = sampling.left_pad(rows, tokenizer.pad_token_id, device, width)
         episodes = sampling.sample(loaded.generator or model, tokenizer, batch_prompts, queries, query_mask, config,
-                                  stop_ids)
+                                  stop_ids, lean=lean)
         rewards.append(scorer(episodes.prompts, queries, query_mask, episodes.responses, episodes.response_mask,
                               episodes.stopped, episodes.response_texts).float().cpu())
         if gold is not None:

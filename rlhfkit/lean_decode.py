@@ -95,6 +95,17 @@ def why_not_auto(model: nn.Module, config) -> str | None:
     return why
 
 
+def why_not_here(mode: str, model: nn.Module, config) -> str | None:
+    """The sampling scripts' ``--lean_decode auto|off``: None when ``model`` decodes with the loop here (``auto``, a
+    CPU, :func:`why_not_auto`), else the reason it samples with ``generate``."""
+    if mode == "off":
+        return "--lean_decode off"
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        return f"on {device.type} (measured on CPU only)"
+    return why_not_auto(model, config)
+
+
 def _layer_weights(lm) -> list[dict]:
     """Per decoder layer, what a decoding step needs: the norms, the fused query/key/value and gate/up weights."""
     layers = []

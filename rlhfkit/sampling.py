@@ -337,6 +337,18 @@ def response_logprobs(model, episodes: Episodes, temperature: float) -> torch.Te
     return logprobs_from_logits(logits, episodes.responses, temperature)
 
 
+def lean_for(mode: str, model, config) -> bool:
+    """Whether ``model`` samples with :mod:`rlhfkit.lean_decode` under ``--lean_decode mode`` (logged either way)."""
+    from rlhfkit import lean_decode
+
+    why = lean_decode.why_not_here(mode, model, config)
+    if why is None:
+        logger.info("sampling with the lean Llama decoding loop (--lean_decode %s)", mode)
+    elif mode != "off":
+        logger.info("sampling with transformers' generate (--lean_decode %s: %s)", mode, why)
+    return why is None
+
+
 # ---------------------------------------------------------------------------------------- text in, text out
 @dataclass
 class GenerationResult:
@@ -353,14 +365,14 @@ class GenerationResult:
 def generate_text(model, tokenizer, prompts: list, prompt_format: str = "auto", max_new_tokens: int = 64,
                   batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                   top_k: int = 0, num_return_sequences: int = 1, use_cache: bool = True, progress=None,
-                  static_shapes: bool = False) -> GenerationResult:
+                  static_shapes: bool = False, lean_decode: str = "off") -> GenerationResult:
     """Completions of ``prompts`` (questions, texts or message lists, formatted by ``prompt_format``) in batches.
 
     Stops at the model's EOS (the tokenizer's and the checkpoint's end-of-turn ids); special tokens are dropped
     from the text. ``progress`` is called with the number of prompts done after each batch. ``static_shapes``
     (HPU graphs): every batch is left-padded to the longest prompt of the run and decodes with a static KV cache,
     so each step of each batch has the same shapes (one graph for the prompt, one for the decoding steps; a last,
-    smaller batch adds a pair)."""
+    smaller batch adds a pair). ``lean_decode`` (``auto|off``): :func:`lean_for`."""
     from rlhfkit.models import ensure_pad_token, stop_token_ids
 
     ensure_pad_token(tokenizer)  # batches need one; masks make EOS as pad harmless here
@@ -371,6 +383,7 @@ def generate_text(model, tokenizer, prompts: list, prompt_format: str = "auto", 
                                temperature=temperature, top_k=top_k, top_p=top_p, static_cache=static_shapes,
                                use_cache=use_cache)
     width = max(len(row) for row in ids) if static_shapes else None
+    lean = lean_for(lean_decode, model, config)
     completions: list[list[str]] = []
     new_tokens = 0
     start = time.perf_counter()
@@ -379,7 +392,7 @@ def generate_text(model, tokenizer, prompts: list, prompt_format: str = "auto", 
     for first in range(0, len(ids), per_batch):
         rows = [row for row in ids[first: first + per_batch] for _ in range(num_return_sequences)]
         queries, query_mask = left_pad(rows, tokenizer.pad_token_id, device, width)
-        episodes = sample(model, tokenizer, rows, queries, query_mask, config, stop_ids)
+        episodes = sample(model, tokenizer, rows, queries, query_mask, config, stop_ids, lean=lean)
         new_tokens += int(episodes.response_mask.sum())
         for i, text in enumerate(episodes.response_texts):
             if i % num_return_sequences == 0:

@@ -27,6 +27,16 @@ class SamplingArguments:
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature."})
     top_k: int = field(default=0, metadata={"help": "Sample among the k likeliest tokens; 0: no limit."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass; 1.0: no limit."})
+    lean_decode: str = field(
+        default="auto",
+        metadata={"help": "On CPU, decode each token with a lean Llama step (fused query/key/value and gate/up "
+                  "products, a KV cache written in place, one-operation norms: the same logits to float rounding "
+                  "and generate's token selection, so the same tokens) instead of transformers' generate, where a "
+                  "small model's step is bound by the operations it dispatches (1.47x generated tokens/s on a "
+                  "260K-parameter model, 1.06x at hidden size 512, 0.90-0.96x at 768). 'auto': on CPU, for a Llama "
+                  "of hidden size 512 or less whose linear layers are plain float32 weights when it samples (an "
+                  "adapter merged); else generate. 'off': always generate.", "choices": ("auto", "off")},
+    )
 
     def check_sampling(self, sampling: bool = True, fix: str = "") -> None:
         """Refuse values that cannot sample; ``fix`` names the way out when ``sampling`` is optional."""

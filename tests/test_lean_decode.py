@@ -126,3 +126,26 @@ def _gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4))
+
+
+def test_generate_text_samples_the_same_texts_either_way(embedded_root, caplog):
+    """run_generation.py's and compare_base_vs_ppo.py's sampling (``--lean_decode auto``, the default) on the
+    embedded default model: the lean loop runs, and sampled texts equal ``--lean_decode off``'s with the same seed."""
+    import logging
+
+    from rlhfkit import models
+
+    model = models.load_causal_lm(str(embedded_root / "model"))
+    tokenizer = models.load_tokenizer(str(embedded_root / "model"))
+    prompts = ["What is 2 + 3?", "Name a colour.", "Count to three.", "Say hello."]
+    texts = {}
+    for mode in ("auto", "off"):
+        torch.manual_seed(0)
+        with caplog.at_level(logging.INFO, logger="rlhfkit.sampling"):
+            caplog.clear()
+            result = sampling.generate_text(model, tokenizer, prompts, max_new_tokens=16, batch_size=4,
+                                            do_sample=True, temperature=0.9, lean_decode=mode)
+        texts[mode] = result.completions
+        assert ("lean Llama decoding loop" in caplog.text) == (mode == "auto")
+    assert texts["auto"] == texts["off"]
+    assert len({c[0] for c in texts["auto"]}) > 1

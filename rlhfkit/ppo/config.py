@@ -112,17 +112,6 @@ class PPOArguments(RunArguments, SamplingArguments, PadMaxArguments, HPUGraphArg
                   "also the reference: about 2.7e-6 relative after 1,000 steps.",
                   "choices": ("auto", "on", "off")},
     )
-    lean_decode: str = field(
-        default="auto",
-        metadata={"help": "Sampling on CPU: decode each token with a lean Llama step (fused query/key/value and "
-                  "gate/up products, a KV cache written in place, one-operation norms: the same logits to float "
-                  "rounding, the same token selection) instead of transformers' generate, where a small model's step "
-                  "is bound by the operations it dispatches (1.47x generated tokens/s on a 260K-parameter model, "
-                  "1.06x at hidden size 512, 0.90-0.96x at 768). 'auto': on CPU, for a Llama of hidden size 512 or "
-                  "less whose linear layers are plain float32 weights at sampling time (the adapter merged, see "
-                  "--merge_adapter_for_generation); else generate. 'off': always generate.",
-                  "choices": ("auto", "off")},
-    )
     rollout_logprobs: str = field(
         default="auto",
         metadata={"help": "Where the rollout's log-probs (and the value head's values) come from. 'generation': "
