@@ -15,6 +15,8 @@ ppo.py (its rollouts), compare_base_vs_ppo.py and run_generation.py all sample t
   with the same settings sample the same way.
 * **Stop tokens**: generation stops at ``stop_ids`` and nowhere else (none: every response runs to
   ``max_new_tokens``); each response is cut after its first stop token (kept) and masked after it.
+* **Decoding**: transformers' ``generate``, or on CPU for a narrow Llama (``--lean_decode auto``) the lean loop of
+  :mod:`rlhfkit.lean_decode`, which gives the same tokens with a fifth of the operations per step.
 * **Log-probs** of the sampled tokens at the sampling temperature. Top-k / top-p truncation is not part of
   them: callers that need log-probs (PPO, the KL of the comparison) refuse or report it instead. They come
   from a forward pass over prompt and response (:func:`response_logprobs`), or from what generation computed

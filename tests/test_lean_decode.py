@@ -149,3 +149,20 @@ def test_generate_text_samples_the_same_texts_either_way(embedded_root, caplog):
         assert ("lean Llama decoding loop" in caplog.text) == (mode == "auto")
     assert texts["auto"] == texts["off"]
     assert len({c[0] for c in texts["auto"]}) > 1
+
+
+def test_under_bf16_autocast_the_same_tokens_and_logits():
+    """ppo.py samples under autocast when the run computes in bf16 over float32 weights: the loop casts as
+    transformers' step does (the norms in float32, the products in bf16), so the tokens and logits are the same."""
+    model = _llama(hidden_size=64, intermediate_size=96)
+    config = sampling.generation_config(16, [], 0, do_sample=False)
+    queries, mask = _prompts()
+    out = {}
+    for lean in (False, True):
+        calls: list = []
+        with torch.autocast("cpu", dtype=torch.bfloat16), sampling.tracing(model, calls):
+            out[lean] = (sampling.generate(model, queries, mask, config, lean=lean), calls)
+    assert torch.equal(out[True][0], out[False][0])
+    assert out[True][1][1][1].dtype == torch.bfloat16
+    for (_, reference), (_, logits) in zip(out[False][1], out[True][1], strict=True):
+        torch.testing.assert_close(logits.float(), reference.float(), atol=2e-2, rtol=2e-2)
