@@ -47,8 +47,10 @@ def _lora_linear_class():
     return Linear
 
 
-def foldable(layer: nn.Module) -> bool:
-    """Whether ``layer`` is a plain LoRA linear layer :func:`fused` can compute folded (whatever the cost)."""
+def foldable(layer: nn.Module, inference: bool = False) -> bool:
+    """Whether ``layer`` is a plain LoRA linear layer :func:`fused` can compute folded (whatever the cost).
+    ``inference``: for a caller that computes without dropout (eval mode, no gradients), where the adapter's input
+    dropout does nothing and so does not stand in the way."""
     try:
         lora_linear = _lora_linear_class()
     except ImportError:
@@ -63,7 +65,7 @@ def foldable(layer: nn.Module) -> bool:
     if getattr(layer, "lora_bias", {}).get(name, False):
         return False
     dropout = layer.lora_dropout[name]
-    if isinstance(dropout, nn.Dropout) and dropout.p > 0:
+    if isinstance(dropout, nn.Dropout) and dropout.p > 0 and not inference:
         return False
     weight = layer.base_layer.weight
     return (type(weight) in (torch.Tensor, nn.Parameter) and weight.dim() == 2 and weight.numel() > 0

@@ -71,20 +71,53 @@ def test_sampled_tokens_match_generate_with_the_same_seed():
     assert not torch.equal(sampling.generate(model, *_prompts(), different, lean=True), reference)
 
 
-def test_merged_adapter_qualifies_an_unmerged_one_does_not():
+def _lora(model, **overrides):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(_llama(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    settings = dict(r=4, lora_alpha=8, target_modules="all-linear")
+    settings.update(overrides)
+    model = get_peft_model(model, LoraConfig(**settings)).eval()
     for name, param in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.1)
+    return model
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_adapters_unmerged_merged_or_disabled_decode_as_peft_computes_them(large, monkeypatch):
+    """A LoRA policy decodes lean as PEFT computes it: unmerged (folded into a per-call weight, or, for large
+    weights, the adapter's thin products added to the base product), merged, and disabled (the base alone, as
+    the reference policy). ``large``: every weight on the large-weight path (through oneDNN on this CPU)."""
+    if large:
+        monkeypatch.setattr(lean_decode, "MIN_ONEDNN_ELEMENTS", 1)
+    model = _lora(_llama(), lora_dropout=0.1)  # dropout does nothing in eval mode: no reason to refuse
     config = sampling.generation_config(10, [], 0, do_sample=False)
-    assert "unmerged adapter" in lean_decode.why_not(model, config)
-    with torch.no_grad():
-        unmerged = sampling.generate(model, *_prompts(), config)
+    assert lean_decode.why_not(model, config) is None
+    (reference, ref_calls), (lean, lean_calls) = _both(model, config, trace=True)
+    assert torch.equal(lean, reference)
+    for (_, l_ref), (_, logits) in zip(ref_calls, lean_calls, strict=True):
+        torch.testing.assert_close(logits, l_ref, atol=1e-5, rtol=1e-5)
+    with model.disable_adapter():
+        assert lean_decode.why_not(model, config) is None
+        (base, _), (lean_base, _) = _both(model, config)
+        assert torch.equal(lean_base, base) and not torch.equal(base, reference)
     model.merge_adapter()
     assert lean_decode.why_not(model, config) is None
-    assert torch.equal(sampling.generate(model, *_prompts(), config, lean=True), unmerged)
+    (_, _), (lean_merged, _) = _both(model, config)
+    assert torch.equal(lean_merged, reference)
+
+
+def test_large_weights_are_read_in_place_and_small_ones_fused():
+    """Small weights: one product with the query/key/value (gate/up) weights concatenated; large ones: each read
+    where it lies (no copy of a large model's weights while it decodes), the LM head too."""
+    model = _llama(hidden_size=32, intermediate_size=lean_decode.MIN_ONEDNN_ELEMENTS // 32 + 1)
+    products = lean_decode._layer_products(model)[0]
+    assert products["qkv"].weight is not None and not products["qkv"].pieces  # small: concatenated
+    gate_up = products["gate_up"]
+    assert gate_up.weight is None and len(gate_up.pieces) == 2
+    mlp = model.model.layers[0].mlp
+    assert gate_up.pieces[0][0] is mlp.gate_proj.weight and gate_up.pieces[1][0] is mlp.up_proj.weight
+    assert (gate_up.pieces[0][1] is lean_decode._onednn_linear) == lean_decode._onednn(torch.device("cpu"))
 
 
 def test_models_it_does_not_apply_to_say_why():
@@ -97,6 +130,9 @@ def test_models_it_does_not_apply_to_say_why():
     assert "bfloat16" in lean_decode.why_not(_llama().to(torch.bfloat16), config)
     static = sampling.generation_config(10, [], 0, do_sample=False, static_cache=True)
     assert "cache" in lean_decode.why_not(_llama(), static)
+    assert "DoRA" in lean_decode.why_not(_lora(_llama(), use_dora=True), config)
+    dropout = _lora(_llama(), lora_dropout=0.1).train()  # dropout at work: PEFT's own forward only
+    assert "plain LoRA" in lean_decode.why_not(dropout, config)
 
 
 def test_real_llama_weights_decode_the_same():
@@ -111,15 +147,21 @@ def test_real_llama_weights_decode_the_same():
     assert torch.equal(sampling.generate(model, queries, mask, config, lean=True), reference)
 
 
-def test_auto_keeps_generate_for_wide_models():
-    """``auto`` decodes lean only up to MAX_HIDDEN_SIZE, where it was measured faster; wider, generate."""
+def test_auto_keeps_generate_for_wide_models_without_onednn(monkeypatch):
+    """``auto`` decodes lean at any width where the large products go through oneDNN (a CPU without autocast);
+    without it only up to MAX_HIDDEN_SIZE, where the loop was measured faster; wider, generate."""
     config = sampling.generation_config(10, [], 0, do_sample=False)
     narrow = _llama(hidden_size=lean_decode.MAX_HIDDEN_SIZE, intermediate_size=16, num_hidden_layers=1)
     wide = _llama(hidden_size=2 * lean_decode.MAX_HIDDEN_SIZE, intermediate_size=16, num_hidden_layers=1)
-    assert lean_decode.why_not_auto(narrow, config) is None
     assert lean_decode.why_not(wide, config) is None  # it could: the loop decodes it the same
-    assert "hidden size" in lean_decode.why_not_auto(wide, config)
     assert "not a LlamaForCausalLM" in lean_decode.why_not_auto(_gpt2(), config)
+    if lean_decode._onednn(torch.device("cpu")):
+        assert lean_decode.why_not_auto(wide, config) is None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert "without oneDNN" in lean_decode.why_not_auto(wide, config)
+    monkeypatch.setattr(lean_decode, "_onednn", lambda device: False)
+    assert lean_decode.why_not_auto(narrow, config) is None
+    assert "hidden size" in lean_decode.why_not_auto(wide, config)
 
 
 def _gpt2():
