@@ -1,25 +1,30 @@
-"""A lean decoding loop for Llama models: the same tokens as ``generate``, with a fifth of its operations per step.
+"""A lean decoding loop for Llama models: the same tokens as ``generate``, with a fifth of its operations per step
+and, on a CPU, its large products through oneDNN.
 
 Sampling a small model on a CPU is bound by how many operations a decoding step dispatches, not by their
 arithmetic: transformers' Llama runs about 70 per layer (its RMSNorm in five, the query, key and value products
 apart, a KV cache grown by concatenation, the mask rebuilt every step), each costing microseconds of Python and
 dispatch. :func:`generate` runs the prompt through the model itself (transformers' forward pass, its KV cache),
-then decodes each token with one product for query, key and value and one for gate and up (the weights
-concatenated once per call), ``torch.nn.functional.rms_norm``, the model's own rotary embedding, scaled dot-product
-attention over a preallocated KV cache that is written in place, and the LM head called as the module (so its
-hooks, e.g. :func:`rlhfkit.sampling.tracing`, see every step). The logits match transformers' to float rounding
-(``tests/test_lean_decode.py``).
+then decodes each token with ``torch.nn.functional.rms_norm``, the model's own rotary embedding, scaled dot-product
+attention over a preallocated KV cache that is written in place, the products of :class:`_Product` and the LM head
+called as the module (so its hooks, e.g. :func:`rlhfkit.sampling.tracing`, see every step). The logits match
+transformers' to float rounding (``tests/test_lean_decode.py``).
+
+The products: small weights as one product for query, key and value and one for gate and up (the weights
+concatenated once per call, a LoRA adapter folded in); large weights read where they lie (nothing copied), each
+through oneDNN on a CPU, whose product of a few rows by a large float32 weight takes 0.3-0.85x the time of MKL's
+(``F.linear``), plus an unmerged adapter's two thin products. So a policy decodes lean with its adapter merged,
+unmerged (as PPO's reference: disabled) or without one.
 
 Token selection is ``generate``'s, step for step: its temperature, top-k and top-p warpers in its order, a softmax
 and ``torch.multinomial`` (greedy: ``argmax``), finished rows padded, a stop when every row has produced a stop
 token or the length is reached. With the same seed and the same logits the same tokens come out.
 
-The saving is per operation, so it shrinks as the products grow. Measured on CPU (AMD EPYC, 2 cores, float32,
-``python bench/decode_step.py``, tokens/s of the loop over ``generate``'s, 45-token prompts and 32 new tokens):
-1.47x on stories260K (hidden 64, 32 rows), 1.55x on the embedded default (hidden 192, 8 rows), 1.20x at hidden
-384, 1.06x at 512, 0.90-0.96x on a 100M Llama (hidden 768, 8 rows). Hence :data:`MAX_HIDDEN_SIZE` for ``auto``.
-Used by ``ppo.py --lean_decode``; :func:`why_not` says when a model cannot be decoded this way, :func:`why_not_auto`
-also when it would not be faster (then ``generate`` runs).
+Measured on CPU (AMD EPYC, 2 cores, float32, ``python bench/decode_step.py``: tokens/s of the loop over
+``generate``'s, 45-token prompts, 32 new tokens, 8 rows; ``bench/results/cpu-2026-12-05-decode-step-onednn.md``):
+see :data:`MAX_HIDDEN_SIZE` for where ``auto`` uses it. Used by ``ppo.py``, ``run_generation.py`` and
+``compare_base_vs_ppo.py`` (``--lean_decode``); :func:`why_not` says when a model cannot be decoded this way,
+:func:`why_not_auto` also when it would not be faster (then ``generate`` runs).
 """
 
 from __future__ import annotations

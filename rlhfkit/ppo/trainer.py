@@ -164,13 +164,12 @@ class PPOTrainer:
             logger.info("--fuse_lora auto: off (the parameters are sharded)")
             self.fuse_lora = "off"
         self.lora_calls = {"folded": 0, "peft": 0}  # LoRA layer calls in the update, each way
-        # rollouts sampled by rlhfkit.lean_decode or by transformers' generate (and why, once)
-        # (not with sharded parameters: FSDP's and ZeRO-3's hooks gather and release them around module calls)
-        self.lean_decode = (args.lean_decode == "auto" and self.device.type == "cpu" and generator is None
-                            and not sharding.is_sharded(accelerator))
-        if args.lean_decode == "auto" and not self.lean_decode:
-            logger.info("--lean_decode auto: off (%s)", "sharded parameters" if sharding.is_sharded(accelerator)
-                        else f"{self.device.type}, not CPU" if generator is None else "an HPU graph samples")
+        # rollouts sampled by rlhfkit.lean_decode or by transformers' generate (and why, once); never with sharded
+        # parameters (FSDP's and ZeRO-3's hooks gather and release them around module calls) or an HPU graph
+        self.lean_blocker = ("sharded parameters" if sharding.is_sharded(accelerator)
+                             else "an HPU graph samples" if generator is not None else None)
+        if args.lean_decode == "auto" and self.lean_blocker:
+            logger.info("--lean_decode auto: off (%s)", self.lean_blocker)
         self.decode_calls = {"lean": 0, "generate": 0}
         self._decode_fallback_logged = False
         self.rollout_shapes: set[tuple[int, int]] = set()  # distinct (episodes, tokens) shapes seen
@@ -274,12 +273,13 @@ class PPOTrainer:
 
     def _decode_lean(self, sampler) -> bool:
         """Whether this rollout decodes with :mod:`rlhfkit.lean_decode` (``--lean_decode auto``, checked per rollout:
-        the adapter may be merged for one and not the next); counts each way, says once why not."""
-        why = "not used here" if not self.lean_decode else lean_decode.why_not_auto(sampler, self.gen_config)
-        if why is None and not self.args.batched_gen:
+        :func:`rlhfkit.lean_decode.why_not_here` on the policy as it samples); counts each way, says once why not."""
+        args = self.args
+        why = self.lean_blocker or lean_decode.why_not_here(args.lean_decode, sampler, self.gen_config)
+        if why is None and not args.batched_gen:
             why = "--batched_gen False"
         self.decode_calls["generate" if why else "lean"] += 1
-        if why and self.lean_decode and not self._decode_fallback_logged:
+        if why and args.lean_decode == "auto" and not self.lean_blocker and not self._decode_fallback_logged:
             logger.info("--lean_decode auto: this rollout samples with transformers' generate (%s)", why)
             self._decode_fallback_logged = True
         return why is None
