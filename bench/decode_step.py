@@ -3,10 +3,13 @@
 by side on the same model, prompts and settings; interleaved repeats, so both ways see the same machine state.
 
     python bench/decode_step.py --model PATH [--rows 32] [--prompt 45] [--tokens 32] [--repeats 5] [--threads N]
+                                [--lora R]
 
 Prompts are random token ids, left-padded (a quarter of the rows 5 tokens shorter); every response runs the full
 ``--tokens`` (no stop token), sampled at temperature 0.7. Prints per way the milliseconds per generated token (the
-prompt's pass included) and tokens/s, each the median (min-max) over the repeats, and the ratio.
+prompt's pass included) and tokens/s, each the median (min-max) over the repeats, and the ratio. ``--lora R``: the
+model with a LoRA adapter of rank R on every linear layer, unmerged (as PPO's policy samples without
+``--merge_adapter_for_generation``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32, help="tokens generated per row")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--lora", type=int, default=0, help="an unmerged LoRA adapter of this rank (0: none)")
     args = parser.parse_args(argv)
     import torch
     from transformers import AutoModelForCausalLM
@@ -37,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    if args.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=args.lora, lora_alpha=2 * args.lora, lora_dropout=0.0,
+                                                 target_modules="all-linear")).eval()
     config = sampling.generation_config(args.tokens, [], 0, temperature=0.7)
     why = lean_decode.why_not(model, config)
     if why:
@@ -54,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             assert out.shape == (args.rows, args.tokens)
             if repeat:
                 seconds[way].append(elapsed)
-    print(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {args.rows} rows x "
+    adapter = f", LoRA rank {args.lora} unmerged" if args.lora else ""
+    print(f"{args.model}{adapter}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {args.rows} rows x "
           f"{args.prompt} prompt + {args.tokens} generated tokens, {torch.get_num_threads()} threads, "
           f"{args.repeats} repeats")
     medians = {}
