@@ -161,11 +161,13 @@ def markdown(results: dict) -> str:
         lines += [f"### PPO, GRPO and RLOO on the toy task ({block['episodes']} episodes each, seeds "
                   f"{', '.join(map(str, block['seeds']))})", "", table(block["results"]), ""]
     if "generation" in stages:
-        lines += ["### Generation (KV cache, sampling, 64 new tokens)", "", "| dtype, batch size | tokens/s | memory |",
-                  "|---|---|---|"]
-        for key, x in stages["generation"]["summary"].items():
+        lines += ["### Generation (KV cache, sampling, 64 new tokens)", "",
+                  "| dtype, batch size | decoding | tokens/s | memory |", "|---|---|---|---|"]
+        block = stages["generation"]
+        for key, x in block["summary"].items():
             dtype, batch = key.rsplit("_bs", 1)
-            lines.append(f"| {dtype}, {batch} | {cell(x.get('tokens_per_second'))} | "
+            ways = sorted({run.get("decoding") or "generate" for run in block["runs"].get(key, [])})
+            lines.append(f"| {dtype}, {batch} | {', '.join(ways) or '-'} | {cell(x.get('tokens_per_second'))} | "
                          f"{cell(x.get('peak_memory_bytes'), 'MiB')} |")
         lines.append("")
     if results["targets"]:

@@ -359,7 +359,7 @@ class Suite:
                     run(cmd, self.path(f"gen_{key}_{repeat}.log"), f"generation {key} #{repeat + 1}")
                     record = load(result)
                     runs[key].append({"tokens_per_second": record["tokens_per_second"],
-                                      "new_tokens": record["new_tokens"],
+                                      "new_tokens": record["new_tokens"], "decoding": record.get("decoding"),
                                       "peak_memory_bytes": peak_memory(record, self.cuda)})
                     self.commands[f"generation_{key}"] = shlex.join(cmd)
         return {"model": inp["model"]["path"], "runs": runs, "summary": self.summarise(runs)}

@@ -163,7 +163,7 @@ class _Product:
     plus the adapter's two thin products when one is unmerged. A decoding step multiplies a few rows by every weight,
     and MKL's float32 product (``F.linear`` on CPU) is slow in that shape: measured on CPU (AMD EPYC, 2 cores, 8 rows,
     cache-warm), oneDNN took 0.75-0.86x MKL's time for weights of 768 x 768 to 2,560 x 768, 0.45x at 5,120 x 768 and
-    0.29-0.42x for LM heads of 32,000 x 768 to 2,048; 1.06-1.47x for weights of 442k elements or fewer (the call's
+    0.29-0.42x for LM heads of 32,000 x 768 to 2,048; 1.06-2.9x for weights of 442k elements or fewer (the call's
     fixed cost). oneDNN's products round differently from MKL's (the same sums in another order)."""
 
     def __init__(self, layers: list[nn.Module], onednn: bool):

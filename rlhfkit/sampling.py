@@ -15,7 +15,7 @@ ppo.py (its rollouts), compare_base_vs_ppo.py and run_generation.py all sample t
   with the same settings sample the same way.
 * **Stop tokens**: generation stops at ``stop_ids`` and nowhere else (none: every response runs to
   ``max_new_tokens``); each response is cut after its first stop token (kept) and masked after it.
-* **Decoding**: transformers' ``generate``, or on CPU for a narrow Llama (``--lean_decode auto``) the lean loop of
+* **Decoding**: transformers' ``generate``, or on CPU for a Llama (``--lean_decode auto``) the lean loop of
   :mod:`rlhfkit.lean_decode`, which gives the same tokens with a fifth of the operations per step.
 * **Log-probs** of the sampled tokens at the sampling temperature. Top-k / top-p truncation is not part of
   them: callers that need log-probs (PPO, the KL of the comparison) refuse or report it instead. They come
@@ -358,6 +358,7 @@ class GenerationResult:
     completions: list[list[str]]  # completions[i] holds num_return_sequences texts for prompts[i]
     new_tokens: int
     seconds: float
+    decoding: str = "generate"  # "lean" (rlhfkit.lean_decode) or "generate"
 
     @property
     def tokens_per_second(self) -> float:
@@ -402,4 +403,5 @@ def generate_text(model, tokenizer, prompts: list, prompt_format: str = "auto", 
             completions[-1].append(text.strip())
         if progress is not None:
             progress(min(first + per_batch, len(ids)))
-    return GenerationResult(texts, completions, new_tokens, time.perf_counter() - start)
+    return GenerationResult(texts, completions, new_tokens, time.perf_counter() - start,
+                            "lean" if lean else "generate")

@@ -176,7 +176,10 @@ def test_suite_smoke_run_writes_valid_json_and_markdown(tmp_path):
     ppo = results["stages"]["ppo"]["alone"]["runs"]["ours"][0]
     assert positive(ppo["episodes_per_second"]) and positive(ppo["generated_tokens_per_second"])
     assert sum(ppo["time_shares"].values()) == pytest.approx(1.0, abs=0.1)
-    assert {"float32_bs1", "float32_bs4", "bfloat16_bs1", "bfloat16_bs4"} <= set(results["stages"]["generation"]["runs"])
+    generation = results["stages"]["generation"]["runs"]
+    assert {"float32_bs1", "float32_bs4", "bfloat16_bs1", "bfloat16_bs4"} <= set(generation)
+    # run_generation.py's default path: the lean loop for the float32 Llama, generate for bfloat16 weights
+    assert generation["float32_bs4"][0]["decoding"] == "lean" and generation["bfloat16_bs4"][0]["decoding"] == "generate"
     assert [t["what"].split(",")[0] for t in results["targets"]][:2] == ["SFT non-padding tokens/s", "SFT tokens/s"]
     markdown = (out / files[1]).read_text()
     assert "torch.compile (`--torch_compile`, all_results.json): auto: off after step 3" in markdown
