@@ -293,12 +293,15 @@ def _decode(lm: nn.Module, queries: torch.Tensor, query_mask: torch.Tensor, conf
     del out
 
     # 2. the KV cache, preallocated for every step and written in place; the mask over it (True: attend)
+    # (each prompt layer released once copied: the two caches never coexist whole)
     keys, values = [], []
-    for layer_cache in cache.layers:
+    while cache.layers:
+        layer_cache = cache.layers.pop(0)
         k, v = layer_cache.keys, layer_cache.values  # (B, KV heads, Q, D)
         keys.append(k.new_empty(rows, k.shape[1], width + steps, k.shape[3]))
         values.append(v.new_empty(rows, v.shape[1], width + steps, v.shape[3]))
         keys[-1][:, :, :width], values[-1][:, :, :width] = k, v
+        del layer_cache, k, v
     del cache
     allowed = torch.ones((rows, 1, 1, width + steps), dtype=torch.bool, device=queries.device)
     allowed[:, 0, 0, :width] = query_mask.bool()

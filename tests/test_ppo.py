@@ -144,8 +144,10 @@ def test_ppo_outputs_metrics_and_logs(toy):
                 "val/ratio", "val/clipfrac", "eps", "lr"):
         assert key in history[0], key
     assert history[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout is the reference itself
+    # learning: the policy rises within its first few steps, then holds (each step's mean score moves by about
+    # 0.3 from step to step), so the first two steps (before much learning) against the last ten
     scores = [h["objective/scores"] for h in history]
-    assert sum(scores[-5:]) / 5 > sum(scores[:5]) / 5 + 0.5, scores
+    assert sum(scores[-10:]) / 10 > sum(scores[:2]) / 2 + 0.5, scores
     summary = read_json(out / "all_results.json")
     assert summary["train_episodes"] == TOY_STEPS * TOY_BATCH and summary["episodes_per_second"] > 0
     assert summary["generated_tokens_per_second"] > 0 and summary["num_processes"] == 1
