@@ -218,8 +218,9 @@ def _lm_head_through_onednn(lm):
     """While inside, a large plain LM head computes through oneDNN (:class:`_Product`), still called as the module,
     so its hooks see every step."""
     head = lm.lm_head
-    big = (type(head) is nn.Linear and head.bias is None and type(head.weight) in (torch.Tensor, nn.Parameter)
-           and head.weight.dtype == torch.float32 and head.weight.numel() >= MIN_ONEDNN_ELEMENTS)
+    source = _linear_source(head)  # a plain nn.Linear without bias is its own base, with no adapter
+    big = (source is not None and source[0] is head and head.weight.dtype == torch.float32
+           and head.weight.numel() >= MIN_ONEDNN_ELEMENTS)
     if not big or not _onednn(head.weight.device) or "forward" in head.__dict__:
         yield
         return
