@@ -1,5 +1,6 @@
-"""LoRA layers computed with the adapter folded into the weight (``rlhfkit.fused_lora``, ``ppo.py --fuse_lora``):
-the same outputs and the same gradients as PEFT's form, chosen by the cost rule, and only where it applies."""
+"""LoRA layers computed folded into the weight or as PEFT's products in one autograd function
+(``rlhfkit.fused_lora``, ``ppo.py --fuse_lora``): the same outputs and the same gradients as PEFT's form, chosen by
+the cost rule, less kept for the backward pass, and only where it applies."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_folded_layers_give_peft_outputs_and_gradients():
     logits, grads = _loss_and_grads(model, ids)
     with fused_lora.fused(model, "on") as calls:
         folded_logits, folded_grads = _loss_and_grads(model, ids)
-    assert calls == {"folded": 7, "peft": 0}  # q, k, v, o, gate, up, down
+    assert calls == {"folded": 7, "products": 0, "peft": 0}  # q, k, v, o, gate, up, down
     torch.testing.assert_close(folded_logits, logits, rtol=1e-5, atol=1e-6)
     assert grads.keys() == folded_grads.keys() and any("lora_A" in n for n in grads)
     for name in grads:
@@ -81,14 +82,14 @@ def test_the_cost_rule_folds_narrow_layers_and_keeps_wide_ones():
     narrow = _lora_llama(32, 64)
     with fused_lora.fused(narrow, "auto") as calls:
         _loss_and_grads(narrow, ids)
-    assert calls == {"folded": 7, "peft": 0}
+    assert calls == {"folded": 7, "products": 0, "peft": 0}
     wide = _lora_llama(256, 512, r=4)
     with fused_lora.fused(wide, "auto") as calls:
         _loss_and_grads(wide, ids)
-    assert calls == {"folded": 0, "peft": 7}
+    assert calls == {"folded": 0, "products": 7, "peft": 0}
     with fused_lora.fused(wide, "off") as calls:
         _loss_and_grads(wide, ids)
-    assert calls == {"folded": 0, "peft": 0} and all("forward" not in vars(m) for m in _lora_layers(wide))
+    assert calls == {"folded": 0, "products": 0, "peft": 0} and all("forward" not in vars(m) for m in _lora_layers(wide))
 
 
 def test_only_plain_lora_at_work_is_folded():
@@ -101,4 +102,79 @@ def test_only_plain_lora_at_work_is_folded():
         base = model(input_ids=ids).logits
     with torch.no_grad(), fused_lora.fused(model, "on") as calls, model.disable_adapter():
         disabled = model(input_ids=ids).logits
-    assert torch.equal(disabled, base) and calls == {"folded": 0, "peft": 0}  # the reference pass: PEFT's own
+    assert torch.equal(disabled, base) and calls == {"folded": 0, "products": 0, "peft": 0}  # the reference: PEFT's own
+
+
+def _kept_for_backward(model, ids) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of one forward, parameters left out."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=ids).logits.sum()
+    return sum(kept.values())
+
+
+@pytest.mark.parametrize("bias", ["none", "all"])
+def test_the_products_form_gives_peft_outputs_and_gradients_and_keeps_less(bias):
+    """Wide layers (the cost rule keeps them unfolded) as one autograd function: PEFT's result and gradients (the
+    base layers' biases trainable with ``bias="all"`` too), less kept for the backward pass. (What a run gains is
+    mostly the three (tokens x outputs) temporaries per layer the in-place add saves: bench/results.)"""
+    model = _lora_llama(128, 256, r=4, bias=bias)
+    if bias == "all":
+        for layer in _lora_layers(model):
+            layer.base_layer.bias = torch.nn.Parameter(torch.randn(layer.base_layer.out_features) * 0.1)
+    ids = torch.randint(0, 64, (3, 40))
+    logits, grads = _loss_and_grads(model, ids)
+    peft_kept = _kept_for_backward(model, ids)
+    with fused_lora.fused(model, "auto") as calls:
+        products_logits, products_grads = _loss_and_grads(model, ids)
+        products_kept = _kept_for_backward(model, ids)
+    assert calls["products"] == 14 and calls["folded"] == calls["peft"] == 0  # 7 layers, twice
+    torch.testing.assert_close(products_logits, logits, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == products_grads.keys()
+    assert any("lora_A" in n for n in grads) and (bias == "none" or any("base_layer.bias" in n for n in grads))
+    for name in grads:
+        torch.testing.assert_close(products_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    # PEFT keeps x A^T (tokens x rank, float32) of every layer as well; the products form recomputes it
+    assert peft_kept - products_kept == 7 * ids.numel() * 4 * 4, (peft_kept, products_kept)
+
+
+def test_a_wrong_products_backward_would_be_caught():
+    """The gradient comparison above can fail: a products form that forgets the scale in A's gradient differs."""
+    model = _lora_llama(128, 256, r=4)
+    ids = torch.randint(0, 64, (2, 20))
+    _, grads = _loss_and_grads(model, ids)
+    original = fused_lora.LoRAProducts.backward
+
+    def unscaled(ctx, grad_out):
+        grad_x, none, grad_bias, grad_a, grad_b, _ = original(ctx, grad_out)
+        return grad_x, none, grad_bias, grad_a / ctx.scale, grad_b, None
+
+    fused_lora.LoRAProducts.backward = staticmethod(unscaled)
+    try:
+        with fused_lora.fused(model, "auto"):
+            _, wrong = _loss_and_grads(model, ids)
+    finally:
+        fused_lora.LoRAProducts.backward = staticmethod(original)
+    name = next(n for n in grads if "lora_A" in n)
+    assert not torch.allclose(wrong[name], grads[name], rtol=1e-3, atol=1e-6)
+
+
+def test_the_products_form_leaves_autocast_and_trainable_weights_to_peft():
+    model = _lora_llama(128, 256, r=4)
+    ids = torch.randint(0, 64, (2, 12))
+    with fused_lora.fused(model, "auto") as calls, torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids)
+    assert calls == {"folded": 0, "products": 0, "peft": 7}
+    for layer in _lora_layers(model):
+        layer.base_layer.weight.requires_grad_(True)
+    with fused_lora.fused(model, "auto") as calls:
+        _loss_and_grads(model, ids)
+    assert calls == {"folded": 0, "products": 0, "peft": 7}

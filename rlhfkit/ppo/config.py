@@ -83,13 +83,14 @@ class PPOArguments(RunArguments, SamplingArguments, PadMaxArguments, HPUGraphArg
     target_kl: float = field(default=0.1, metadata={"help": "Approximate-KL bound for --early_stopping."})
     fuse_lora: str = field(
         default="auto",
-        metadata={"help": "LoRA layers in the update (and in the rollout's forward passes): computed as one matrix "
-                  "product with the adapter folded into the weight, x (W + s B A)^T, instead of PEFT's base "
-                  "product plus two thin ones (the same result up to float rounding; W stays frozen). 'auto': "
-                  "each layer whose folded form costs at most 1.2x PEFT's multiply-adds, i.e. where the rank is "
-                  "wide for the layer (every layer of a 260K-parameter model at r=16: +8%% episodes/s there; none "
-                  "of a 100M one); 'on': every plain LoRA linear layer; 'off': PEFT's form. Not with sharded "
-                  "parameters (FSDP, DeepSpeed).", "choices": ("auto", "on", "off")},
+        metadata={"help": "LoRA layers in the update (and in the rollout's forward passes) in fewer operations than "
+                  "PEFT's form, the same result up to float rounding, W frozen: folded, one matrix product "
+                  "x (W + s B A)^T, or PEFT's three products in one autograd function that adds the adapter in "
+                  "place and keeps only the layer's input for the backward pass (less memory). 'auto': folded "
+                  "where that costs at most 1.2x PEFT's multiply-adds, i.e. where the rank is wide for the layer "
+                  "(every layer of a 260K-parameter model at r=16: +8%% episodes/s there), the products form "
+                  "elsewhere (every layer of a 100M one: -6%% peak memory there); 'on': every plain LoRA linear "
+                  "layer folded; 'off': PEFT's own forward. Not with sharded parameters (FSDP, DeepSpeed).", "choices": ("auto", "on", "off")},
     )
     # -------------------------------------------------------------------------------------------- rollout
     batched_gen: bool = field(

@@ -163,7 +163,7 @@ class PPOTrainer:
                                 "--fuse_lora auto or off")
             logger.info("--fuse_lora auto: off (the parameters are sharded)")
             self.fuse_lora = "off"
-        self.lora_calls = {"folded": 0, "peft": 0}  # LoRA layer calls in the update, each way
+        self.lora_calls = {"folded": 0, "products": 0, "peft": 0}  # LoRA layer calls in the update, each way
         # rollouts sampled by rlhfkit.lean_decode or by transformers' generate (and why, once); never with sharded
         # parameters (FSDP's and ZeRO-3's hooks gather and release them around module calls) or an HPU graph
         self.lean_blocker = ("sharded parameters" if sharding.is_sharded(accelerator)
@@ -380,8 +380,9 @@ class PPOTrainer:
                     early_stopped = True
                     break
         if not any(self.lora_calls.values()) and any(calls.values()):  # the run's first update: say what it did
-            logger.info("update: %d of %d LoRA layer calls computed with the adapter folded into the weight "
-                        "(--fuse_lora %s)", calls["folded"], sum(calls.values()), self.fuse_lora)
+            logger.info("update: of %d LoRA layer calls, %d computed with the adapter folded into the weight, %d as "
+                        "PEFT's products in one autograd function, %d in PEFT's own forward (--fuse_lora %s)",
+                        sum(calls.values()), calls["folded"], calls["products"], calls["peft"], self.fuse_lora)
         for way, n in calls.items():
             self.lora_calls[way] += n
         return {k: v / count for k, v in sums.items()}, early_stopped
@@ -621,7 +622,7 @@ class PPOTrainer:
                # whether rollouts sampled with the adapter merged (None: not decided, the run was too short) and,
                # when "auto" timed it, the seconds per decoding step of each way
                "sampling_merged": self.sampling_merge.choice, "rollout_logprobs": self.rollout_source,
-               # LoRA layer calls of the update computed folded into the weight or in PEFT's form (--fuse_lora)
+               # LoRA layer calls of the update computed folded, as one products function or in PEFT's forward (--fuse_lora)
                "fuse_lora": self.fuse_lora, "lora_update_calls": dict(self.lora_calls),
                # rollouts sampled by the lean Llama decoding loop or by transformers' generate (--lean_decode)
                "lean_decode": self.args.lean_decode, "rollout_decoding": dict(self.decode_calls),
