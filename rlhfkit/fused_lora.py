@@ -29,9 +29,11 @@ on a 99.5M-parameter Llama (hidden 768) no layer qualifies (every one takes the 
 (hidden 64) every one does.
 
 Used for the PPO update (``ppo.py --fuse_lora``). Only plain LoRA on an ``nn.Linear`` qualifies: one active
-adapter, no dropout at work, no DoRA or other variant, no LoRA bias, the adapter in the weight's dtype, and not
-merged or disabled at the time of the call (then PEFT's own forward runs). The products form also needs a frozen
-base weight and no autocast (under autocast PEFT's own forward runs, which autocast casts op by op).
+adapter, no dropout at work, no DoRA or other variant, no LoRA bias, and not merged or disabled at the time of the
+call (then PEFT's own forward runs). Folding needs the adapter in the weight's dtype; the products form also takes
+PEFT's float32 adapters over a bfloat16 or float16 model (where PEFT keeps a float32 copy of every LoRA layer's
+input for the backward pass, and the products form does not), and needs a frozen base weight and no autocast
+(under autocast PEFT's own forward runs, which autocast casts op by op).
 """
 
 from __future__ import annotations
@@ -61,10 +63,12 @@ def _lora_linear_class():
     return Linear
 
 
-def foldable(layer: nn.Module, inference: bool = False) -> bool:
-    """Whether ``layer`` is a plain LoRA linear layer :func:`fused` can compute folded (whatever the cost).
-    ``inference``: for a caller that computes without dropout (eval mode, no gradients), where the adapter's input
-    dropout does nothing and so does not stand in the way."""
+def plain(layer: nn.Module, inference: bool = False) -> bool:
+    """Whether ``layer`` is a plain LoRA linear layer :func:`fused` can compute as :class:`LoRAProducts`: one active
+    adapter, no variant (DoRA, ...), no LoRA bias, no dropout at work. ``inference``: for a caller that computes
+    without dropout (eval mode, no gradients), where the adapter's input dropout does nothing and so does not stand
+    in the way. The adapter may be in another dtype than the weight (PEFT keeps adapters in float32 over a
+    bfloat16 model)."""
     try:
         lora_linear = _lora_linear_class()
     except ImportError:
@@ -82,41 +86,52 @@ def foldable(layer: nn.Module, inference: bool = False) -> bool:
     if isinstance(dropout, nn.Dropout) and dropout.p > 0 and not inference:
         return False
     weight = layer.base_layer.weight
-    return (type(weight) in (torch.Tensor, nn.Parameter) and weight.dim() == 2 and weight.numel() > 0
-            and layer.lora_A[name].weight.dtype == weight.dtype)
+    return type(weight) in (torch.Tensor, nn.Parameter) and weight.dim() == 2 and weight.numel() > 0
 
 
-def _forward(layer, original, always: bool, counts: dict, x, *args, **kwargs):
+def foldable(layer: nn.Module, inference: bool = False) -> bool:
+    """Whether ``layer`` is a plain LoRA linear layer (:func:`plain`) whose adapter can be folded into its weight:
+    the adapter in the weight's dtype."""
+    return plain(layer, inference) and layer.lora_A[layer.active_adapters[0]].weight.dtype == layer.base_layer.weight.dtype
+
+
+def _forward(layer, original, mode: str, counts: dict, x, *args, **kwargs):
     if args or kwargs or layer.disable_adapters or layer.merged:
         return original(x, *args, **kwargs)
     name = layer.active_adapters[0]
     base = layer.base_layer
     n, m = base.in_features, base.out_features
-    if not always and cost_ratio(n, m, layer.r[name], x.numel() // n) > MAX_COST_RATIO:
-        if base.weight.requires_grad or torch.is_autocast_enabled(x.device.type):
-            counts["peft"] += 1
-            return original(x)
-        counts["products"] += 1
-        return LoRAProducts.apply(x, base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight,
-                                  layer.scaling[name])
-    counts["folded"] += 1
-    # (m, n) = (m, n) + s * (m, r) @ (r, n): the adapter folded in; autograd takes A's and B's gradients through it
-    weight = torch.addmm(base.weight, layer.lora_B[name].weight, layer.lora_A[name].weight,
-                         alpha=layer.scaling[name])
-    return F.linear(x, weight, base.bias)
+    lora_a, lora_b = layer.lora_A[name].weight, layer.lora_B[name].weight
+    if lora_a.dtype == base.weight.dtype and (
+            mode == "on" or cost_ratio(n, m, layer.r[name], x.numel() // n) <= MAX_COST_RATIO):
+        counts["folded"] += 1
+        # (m, n) = (m, n) + s * (m, r) @ (r, n): the adapter folded in; autograd takes A's and B's gradients through it
+        weight = torch.addmm(base.weight, lora_b, lora_a, alpha=layer.scaling[name])
+        return F.linear(x, weight, base.bias)
+    if base.weight.requires_grad or torch.is_autocast_enabled(x.device.type):
+        counts["peft"] += 1
+        return original(x)
+    counts["products"] += 1
+    return LoRAProducts.apply(x, base.weight, base.bias, lora_a, lora_b, layer.scaling[name])
 
 
 class LoRAProducts(torch.autograd.Function):
     """``y = x W^T + b + s (x A^T) B^T`` (PEFT's LoRA linear layer) with one output allocated and only ``x`` kept
     for the backward pass. ``W`` is frozen; ``b`` (the base layer's bias, trainable with ``LoraConfig(bias="all")``),
-    ``A`` and ``B`` get gradients where they need them."""
+    ``A`` and ``B`` get gradients where they need them. Adapters in float32 over a half-precision model (PEFT's
+    default there): the adapter's products in float32 as PEFT computes them, the sum rounded once to the model's
+    dtype; PEFT keeps a float32 copy of every LoRA layer's input for the backward pass, this keeps the input as it
+    came and casts it again there."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scale: float):
         inputs = x.reshape(-1, x.shape[-1])  # (T, n): every leading dimension flattened
-        down = inputs @ lora_a.t()  # (T, r)
+        down = inputs.to(lora_a.dtype) @ lora_a.t()  # (T, r), in the adapter's dtype
         out = F.linear(inputs, weight, bias)  # (T, m)
-        out.addmm_(down, lora_b.t(), alpha=scale)  # + s (x A^T) B^T, in place: no (T, m) temporaries
+        if down.dtype == out.dtype:
+            out.addmm_(down, lora_b.t(), alpha=scale)  # + s (x A^T) B^T, in place: no (T, m) temporaries
+        else:  # float32 adapter: its (T, m) product in float32, added and rounded once
+            out.add_(down @ lora_b.t(), alpha=scale)
         ctx.save_for_backward(inputs, weight, lora_a, lora_b)
         ctx.scale = scale
         return out.view(*x.shape[:-1], out.shape[-1])
@@ -125,34 +140,40 @@ class LoRAProducts(torch.autograd.Function):
     def backward(ctx, grad_out):
         inputs, weight, lora_a, lora_b = ctx.saved_tensors
         scale = ctx.scale
-        grad = grad_out.reshape(-1, grad_out.shape[-1])  # (T, m)
-        grad_down = grad @ lora_b  # (T, r): the gradient reaching x A^T, before the scale
+        grad = grad_out.reshape(-1, grad_out.shape[-1])  # (T, m), the model's dtype
+        adapter_grad = grad.to(lora_b.dtype)  # (T, m) in the adapter's dtype (no copy when they agree)
+        grad_down = adapter_grad @ lora_b  # (T, r): the gradient reaching x A^T, before the scale
         grad_x = grad_bias = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = grad @ weight  # (T, n)
-            grad_x.addmm_(grad_down, lora_a, alpha=scale)
+            if grad_down.dtype == grad_x.dtype:
+                grad_x.addmm_(grad_down, lora_a, alpha=scale)
+            else:
+                grad_x.add_(grad_down @ lora_a, alpha=scale)
             grad_x = grad_x.view(*grad_out.shape[:-1], grad_x.shape[-1])
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
-        if ctx.needs_input_grad[3]:
-            grad_a = (grad_down.t() @ inputs).mul_(scale)  # (r, n)
-        if ctx.needs_input_grad[4]:
-            grad_b = (grad.t() @ (inputs @ lora_a.t())).mul_(scale)  # (m, r); x A^T recomputed, not kept
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            adapter_inputs = inputs.to(lora_a.dtype)  # (T, n): PEFT's float32 copy, made again only here
+            if ctx.needs_input_grad[3]:
+                grad_a = (grad_down.t() @ adapter_inputs).mul_(scale)  # (r, n)
+            if ctx.needs_input_grad[4]:
+                grad_b = (adapter_grad.t() @ (adapter_inputs @ lora_a.t())).mul_(scale)  # (m, r); x A^T recomputed
         return grad_x, None, grad_bias, grad_a, grad_b, None
 
 
 @contextlib.contextmanager
 def fused(model: nn.Module, mode: str = "auto"):
-    """While inside, every foldable LoRA layer of ``model`` computes folded when that costs at most
-    :data:`MAX_COST_RATIO` times PEFT's form at the call's number of tokens and with :class:`LoRAProducts`
-    otherwise (``mode`` "auto"), folded always ("on"), or in PEFT's own forward ("off"). Yields a dict counting
-    the calls computed each way ("folded", "products", "peft": PEFT's own forward, where the products form does
-    not apply)."""
+    """While inside, every plain LoRA layer of ``model`` (:func:`plain`) computes folded when its adapter shares
+    the weight's dtype and that costs at most :data:`MAX_COST_RATIO` times PEFT's form at the call's number of
+    tokens, and with :class:`LoRAProducts` otherwise (``mode`` "auto"); folded wherever the dtypes agree, else
+    with :class:`LoRAProducts` ("on"); or in PEFT's own forward ("off"). Yields a dict counting the calls computed
+    each way ("folded", "products", "peft": PEFT's own forward, where the products form does not apply)."""
     counts = {"folded": 0, "products": 0, "peft": 0}
-    layers = [] if mode == "off" else [layer for layer in model.modules() if foldable(layer)]
+    layers = [] if mode == "off" else [layer for layer in model.modules() if plain(layer)]
     own = [layer.__dict__.get("forward") for layer in layers]  # a forward set on the instance by someone else
     for layer in layers:
-        layer.forward = functools.partial(_forward, layer, layer.forward, mode == "on", counts)
+        layer.forward = functools.partial(_forward, layer, layer.forward, mode, counts)
     try:
         yield counts
     finally:

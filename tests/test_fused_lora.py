@@ -178,3 +178,38 @@ def test_the_products_form_leaves_autocast_and_trainable_weights_to_peft():
     with fused_lora.fused(model, "auto") as calls:
         _loss_and_grads(model, ids)
     assert calls == {"folded": 0, "products": 0, "peft": 7}
+
+
+def test_float32_adapters_over_a_bfloat16_model_take_the_products_form_without_peft_s_float32_copies():
+    """PEFT keeps its adapters in float32 over a bfloat16 model and casts each LoRA layer's input to float32, a copy
+    autograd keeps for the backward pass; the products form computes the adapter in float32 the same way (the same
+    logits: the sum is rounded once, as PEFT rounds it) but keeps the bfloat16 input and casts it again there."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = get_peft_model(LlamaForCausalLM(config).to(torch.bfloat16),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    layers = [m for m in model.modules() if fused_lora.plain(m)]
+    assert len(layers) == 7 and not _lora_layers(model)  # plain, but not foldable: the dtypes differ
+    assert {layer.lora_A["default"].weight.dtype for layer in layers} == {torch.float32}
+    ids = torch.randint(0, 64, (3, 40))
+    logits, grads = _loss_and_grads(model, ids)
+    peft_kept = _kept_for_backward(model, ids)
+    for mode in ("auto", "on"):  # "on" folds what it can: nothing here
+        with fused_lora.fused(model, mode) as calls:
+            products_logits, products_grads = _loss_and_grads(model, ids)
+            products_kept = _kept_for_backward(model, ids)
+        assert calls == {"folded": 0, "products": 14, "peft": 0}
+        assert torch.equal(products_logits, logits)
+        for name in grads:  # float32 gradients through bfloat16 activations: rounded at other places than PEFT's
+            assert products_grads[name].dtype == grads[name].dtype
+            error = (products_grads[name] - grads[name]).abs().max()
+            assert error <= 2e-2 * grads[name].abs().max(), name
+        # at least the float32 copies of the inputs of q, k, v, o, gate and up (tokens x 128 x 4 bytes each)
+        assert peft_kept - products_kept >= 6 * ids.numel() * 128 * 4, (peft_kept, products_kept)

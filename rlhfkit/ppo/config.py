@@ -86,10 +86,11 @@ class PPOArguments(RunArguments, SamplingArguments, PadMaxArguments, HPUGraphArg
         metadata={"help": "LoRA layers in the update (and in the rollout's forward passes) in fewer operations than "
                   "PEFT's form, the same result up to float rounding, W frozen: folded, one matrix product "
                   "x (W + s B A)^T, or PEFT's three products in one autograd function that adds the adapter in "
-                  "place and keeps only the layer's input for the backward pass (less memory). 'auto': folded "
+                  "place and keeps only the layer's input for the backward pass (less memory; with PEFT's float32 "
+                  "adapters over a bfloat16 model, no float32 copy of each input). 'auto': folded "
                   "where that costs at most 1.2x PEFT's multiply-adds, i.e. where the rank is wide for the layer "
-                  "(every layer of a 260K-parameter model at r=16: +8%% episodes/s there), the products form "
-                  "elsewhere (every layer of a 100M one: -6%% peak memory there); 'on': every plain LoRA linear "
+                  "(every layer of a 260K-parameter model at r=16: +8% episodes/s there), the products form "
+                  "elsewhere (every layer of a 100M one: -6% peak memory there); 'on': every plain LoRA linear "
                   "layer folded; 'off': PEFT's own forward. Not with sharded parameters (FSDP, DeepSpeed).", "choices": ("auto", "on", "off")},
     )
     # -------------------------------------------------------------------------------------------- rollout
@@ -108,7 +109,7 @@ class PPOArguments(RunArguments, SamplingArguments, PadMaxArguments, HPUGraphArg
         metadata={"help": "LoRA with float32 weights, unsharded: fold the adapter into the base weights while "
                   "sampling and take it back out after (one matrix product per layer and token instead of five "
                   "operations, against two passes over the weights per rollout). 'auto': in runs of 8 steps or more, "
-                  "rollouts 2 and 3 are sampled each way and the faster is kept (+29%% generation on a 260K-parameter model, -22%% on "
+                  "rollouts 2 and 3 are sampled each way and the faster is kept (+29% generation on a 260K-parameter model, -22% on "
                   "an 86M one with short rollouts); 'on', 'off'. Each merge rounds the base weights, which are "
                   "also the reference: about 2.7e-6 relative after 1,000 steps.",
                   "choices": ("auto", "on", "off")},
