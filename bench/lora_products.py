@@ -98,7 +98,7 @@ def main() -> None:
         r = results[way]
         print(json.dumps({"way": way, "model": args.model, "dtype": args.dtype, "adapter_dtype": str(adapter_dtype),
                           "rows": args.rows, "tokens": args.tokens, "rank": args.rank,
-                          "kept_mib": round(r["kept_bytes"] / 2**20, 1), "calls": r["calls"],
+                          "kept_mib": round(r["kept_bytes"] / 2**20, 1), "kept_bytes": r["kept_bytes"], "calls": r["calls"],
                           "seconds_median": round(statistics.median(r["seconds"]), 4),
                           "torch_threads": torch.get_num_threads()}), flush=True)
 

@@ -284,3 +284,25 @@ def test_decode_step_times_both_ways_and_refuses_other_models(tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "not a LlamaForCausalLM" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_lora_products_reports_what_each_way_keeps(tmp_path):
+    """bench/lora_products.py on a tiny random Llama: one JSON line per way with its calls and kept bytes; over a
+    bfloat16 model (float32 adapters) nothing folds and the products form keeps less than PEFT's forward."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path / "llama")
+    script = os.path.join(REPO, "bench", "lora_products.py")
+    rows = {}
+    for dtype in ("float32", "bfloat16"):
+        done = subprocess.run([sys.executable, script, "--model", str(tmp_path / "llama"), "--dtype", dtype,
+                               "--rows", "2", "--tokens", "24", "--rank", "4", "--repeats", "1"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        rows[dtype] = {row["way"]: row for row in map(json.loads, done.stdout.strip().splitlines())}
+    assert set(rows["float32"]) == {"peft", "products", "folded"} and set(rows["bfloat16"]) == {"peft", "products"}
+    assert rows["float32"]["products"]["calls"]["products"] == 14 and rows["float32"]["folded"]["calls"]["folded"] == 14
+    assert rows["bfloat16"]["products"]["calls"]["products"] == 14
+    assert rows["bfloat16"]["products"]["kept_bytes"] < 0.8 * rows["bfloat16"]["peft"]["kept_bytes"]
+    assert rows["float32"]["products"]["kept_bytes"] < rows["float32"]["peft"]["kept_bytes"]
