@@ -3,7 +3,7 @@
 the bytes autograd keeps for the backward pass and the time of the pass.
 
     python bench/lora_products.py --model DIR [--dtype float32|bfloat16] [--rows 4] [--tokens 75] [--rank 16]
-                                  [--repeats 5] [--ways peft,products,folded]
+                                  [--repeats 5] [--ways peft,products,folded] [--device cpu|cuda]
 
 ``peft``: PEFT's own forward (``--fuse_lora off``); ``products``: :class:`rlhfkit.fused_lora.LoRAProducts`;
 ``folded``: the adapter folded into the weight (``--fuse_lora on``; only where the adapter shares the weight's
@@ -11,7 +11,8 @@ dtype). The model is loaded in ``--dtype`` with a LoRA adapter of rank ``--rank`
 it in float32 over a bfloat16 model), ``B`` random so the adapter is at work. Kept bytes are the storages autograd's
 saved-tensor hooks see during the forward pass, the model's parameters left out (what a training step holds
 between its forward and its backward pass, per micro-batch). Times are medians over ``--repeats`` passes, the ways
-interleaved. Prints one JSON line per way.
+interleaved. On CUDA also the pass's peak allocated memory (``max_memory_allocated`` over the model's own). Prints
+one JSON line per way.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ways", default="peft,products,folded")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
 
     import torch
@@ -51,9 +53,10 @@ def main() -> None:
     for name, param in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.02)
-    model.train()
+    model.to(args.device).train()
+    cuda = args.device == "cuda"
     vocab = model.config.vocab_size
-    ids = torch.randint(3, vocab, (args.rows, args.tokens))
+    ids = torch.randint(3, vocab, (args.rows, args.tokens)).to(args.device)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     modes = {"peft": "off", "products": "auto", "folded": "on"}
     ways = [w for w in args.ways.split(",") if w]
@@ -87,20 +90,28 @@ def main() -> None:
     results = {}
     for way in ways:
         kept: dict = {}
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
         calls = one_pass(way, kept)
-        results[way] = {"kept_bytes": sum(kept.values()), "calls": calls, "seconds": []}
+        results[way] = {"kept_bytes": sum(kept.values()), "calls": calls, "seconds": [],
+                        "peak_mib": (torch.cuda.max_memory_allocated() - before) / 2**20 if cuda else None}
     for _ in range(args.repeats):
         for way in ways:
             started = time.perf_counter()
             one_pass(way)
+            if cuda:
+                torch.cuda.synchronize()
             results[way]["seconds"].append(time.perf_counter() - started)
     for way in ways:
         r = results[way]
         print(json.dumps({"way": way, "model": args.model, "dtype": args.dtype, "adapter_dtype": str(adapter_dtype),
                           "rows": args.rows, "tokens": args.tokens, "rank": args.rank,
-                          "kept_mib": round(r["kept_bytes"] / 2**20, 1), "kept_bytes": r["kept_bytes"], "calls": r["calls"],
+                          "kept_mib": round(r["kept_bytes"] / 2**20, 1), "kept_bytes": r["kept_bytes"],
+                          "pass_peak_mib": None if r["peak_mib"] is None else round(r["peak_mib"], 1), "calls": r["calls"],
                           "seconds_median": round(statistics.median(r["seconds"]), 4),
-                          "torch_threads": torch.get_num_threads()}), flush=True)
+                          "device": args.device, "torch_threads": torch.get_num_threads()}), flush=True)
 
 
 if __name__ == "__main__":
