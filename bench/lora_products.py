@@ -109,7 +109,8 @@ def main() -> None:
         print(json.dumps({"way": way, "model": args.model, "dtype": args.dtype, "adapter_dtype": str(adapter_dtype),
                           "rows": args.rows, "tokens": args.tokens, "rank": args.rank,
                           "kept_mib": round(r["kept_bytes"] / 2**20, 1), "kept_bytes": r["kept_bytes"],
-                          "pass_peak_mib": None if r["peak_mib"] is None else round(r["peak_mib"], 1), "calls": r["calls"],
+                          "pass_peak_mib": None if r["peak_mib"] is None else round(r["peak_mib"], 1),
+                          "calls": r["calls"],
                           "seconds_median": round(statistics.median(r["seconds"]), 4),
                           "device": args.device, "torch_threads": torch.get_num_threads()}), flush=True)
 

@@ -92,7 +92,9 @@ def plain(layer: nn.Module, inference: bool = False) -> bool:
 def foldable(layer: nn.Module, inference: bool = False) -> bool:
     """Whether ``layer`` is a plain LoRA linear layer (:func:`plain`) whose adapter can be folded into its weight:
     the adapter in the weight's dtype."""
-    return plain(layer, inference) and layer.lora_A[layer.active_adapters[0]].weight.dtype == layer.base_layer.weight.dtype
+    if not plain(layer, inference):
+        return False
+    return layer.lora_A[layer.active_adapters[0]].weight.dtype == layer.base_layer.weight.dtype
 
 
 def _forward(layer, original, mode: str, counts: dict, x, *args, **kwargs):

@@ -89,7 +89,8 @@ def test_the_cost_rule_folds_narrow_layers_and_keeps_wide_ones():
     assert calls == {"folded": 0, "products": 7, "peft": 0}
     with fused_lora.fused(wide, "off") as calls:
         _loss_and_grads(wide, ids)
-    assert calls == {"folded": 0, "products": 0, "peft": 0} and all("forward" not in vars(m) for m in _lora_layers(wide))
+    assert calls == {"folded": 0, "products": 0, "peft": 0}
+    assert all("forward" not in vars(m) for m in _lora_layers(wide))
 
 
 def test_only_plain_lora_at_work_is_folded():

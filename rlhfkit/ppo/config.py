@@ -91,7 +91,8 @@ class PPOArguments(RunArguments, SamplingArguments, PadMaxArguments, HPUGraphArg
                   "where that costs at most 1.2x PEFT's multiply-adds, i.e. where the rank is wide for the layer "
                   "(every layer of a 260K-parameter model at r=16: +8% episodes/s there), the products form "
                   "elsewhere (every layer of a 100M one: -6% peak memory there); 'on': every plain LoRA linear "
-                  "layer folded; 'off': PEFT's own forward. Not with sharded parameters (FSDP, DeepSpeed).", "choices": ("auto", "on", "off")},
+                  "layer folded; 'off': PEFT's own forward. Not with sharded parameters (FSDP, DeepSpeed).",
+                  "choices": ("auto", "on", "off")},
     )
     # -------------------------------------------------------------------------------------------- rollout
     batched_gen: bool = field(
@@ -109,7 +110,8 @@ class PPOArguments(RunArguments, SamplingArguments, PadMaxArguments, HPUGraphArg
         metadata={"help": "LoRA with float32 weights, unsharded: fold the adapter into the base weights while "
                   "sampling and take it back out after (one matrix product per layer and token instead of five "
                   "operations, against two passes over the weights per rollout). 'auto': in runs of 8 steps or more, "
-                  "rollouts 2 and 3 are sampled each way and the faster is kept (+29% generation on a 260K-parameter model, -22% on "
+                  "rollouts 2 and 3 are sampled each way and the faster is kept (+29% generation on a 260K-parameter "
+                  "model, -22% on "
                   "an 86M one with short rollouts); 'on', 'off'. Each merge rounds the base weights, which are "
                   "also the reference: about 2.7e-6 relative after 1,000 steps.",
                   "choices": ("auto", "on", "off")},

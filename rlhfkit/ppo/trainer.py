@@ -622,7 +622,8 @@ class PPOTrainer:
                # whether rollouts sampled with the adapter merged (None: not decided, the run was too short) and,
                # when "auto" timed it, the seconds per decoding step of each way
                "sampling_merged": self.sampling_merge.choice, "rollout_logprobs": self.rollout_source,
-               # LoRA layer calls of the update computed folded, as one products function or in PEFT's forward (--fuse_lora)
+               # LoRA layer calls of the update computed folded, as one products function, or in PEFT's forward
+               # (--fuse_lora)
                "fuse_lora": self.fuse_lora, "lora_update_calls": dict(self.lora_calls),
                # rollouts sampled by the lean Llama decoding loop or by transformers' generate (--lean_decode)
                "lean_decode": self.args.lean_decode, "rollout_decoding": dict(self.decode_calls),
