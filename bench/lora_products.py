@@ -39,6 +39,13 @@ def main() -> None:
     parser.add_argument("--ways", default="peft,products,folded")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
+    modes = {"peft": "off", "products": "auto", "folded": "on"}
+    ways = [w for w in args.ways.split(",") if w]
+    if not ways or not all(w in modes for w in ways):
+        parser.error(f"--ways takes a comma-separated list of {', '.join(modes)}")
+
+    import contextlib
+    from unittest import mock
 
     import torch
     from peft import LoraConfig, get_peft_model
@@ -58,10 +65,6 @@ def main() -> None:
     vocab = model.config.vocab_size
     ids = torch.randint(3, vocab, (args.rows, args.tokens)).to(args.device)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    modes = {"peft": "off", "products": "auto", "folded": "on"}
-    ways = [w for w in args.ways.split(",") if w]
-    if not all(w in modes for w in ways):
-        parser.error(f"--ways takes {', '.join(modes)}")
     adapter_dtype = next(p.dtype for n, p in model.named_parameters() if "lora_A" in n)
     if "folded" in ways and adapter_dtype != getattr(torch, args.dtype):
         ways.remove("folded")  # the adapter's dtype differs from the weight's: nothing folds
@@ -75,16 +78,13 @@ def main() -> None:
             return tensor
 
         model.zero_grad(set_to_none=True)
-        with fused_lora.fused(model, modes[way]) as calls:
-            if way == "products":  # every layer in the products form, whatever the cost rule would fold
-                saved_ratio, fused_lora.MAX_COST_RATIO = fused_lora.MAX_COST_RATIO, 0.0
-            try:
-                with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-                    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-                logits.float().logsumexp(-1).mean().backward()
-            finally:
-                if way == "products":
-                    fused_lora.MAX_COST_RATIO = saved_ratio
+        # "products": every layer in the products form, whatever the cost rule would fold
+        no_folding = (mock.patch.object(fused_lora, "MAX_COST_RATIO", 0.0) if way == "products"
+                      else contextlib.nullcontext())
+        with no_folding, fused_lora.fused(model, modes[way]) as calls:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            logits.float().logsumexp(-1).mean().backward()
         return dict(calls)
 
     results = {}
