@@ -237,7 +237,8 @@ def main(args: PPOArguments, model_args: ModelArguments, data_args: DatasetArgum
         os.makedirs(args.output_dir, exist_ok=True)
     accelerator.wait_for_everyone()
     trainer = PPOTrainer(args, accelerator, module, ref_model, scorer, tokenizer, prompts, queries, stop_ids,
-                         total_steps, generator, autocast_dtype=dtype if trained_dtype != dtype else None)
+                         total_steps, generator, autocast_dtype=dtype if trained_dtype != dtype else None,
+                         fuse_lora=model_args.fuse_lora)
     if resume:
         trainer.load_checkpoint(resume)
     describe_run(trainer, args, model_args, info, shared, why)

@@ -72,9 +72,10 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
                                             pad_token_id=tokenizer.pad_token_id)
     models.check_vocabulary(model, tokenizer, model_name, tokenizer_name)
     peft_config = model_args.lora_config("SEQ_CLS")
-    trainer, shapes = make_trainer("reward", info, training_args, script_args, model=model, train_dataset=train,
-                                       eval_dataset=evaluation if training_args.eval_strategy != "no" else None,
-                                       processing_class=tokenizer, peft_config=peft_config)
+    trainer, shapes = make_trainer("reward", info, training_args, script_args, fuse_lora=model_args.fuse_lora,
+                                   model=model, train_dataset=train,
+                                   eval_dataset=evaluation if training_args.eval_strategy != "no" else None,
+                                   processing_class=tokenizer, peft_config=peft_config)
     logger.info("model %s: %d parameters, %d trainable (%s)", model_name, models.count_parameters(trainer.model),
                 models.count_parameters(trainer.model, trainable_only=True), "LoRA" if peft_config else "full")
 

@@ -144,9 +144,9 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: 
                                   allow_pickle=model_args.allow_pickle, merge_adapter=True)
     models.check_vocabulary(model, tokenizer, model_name, tokenizer_name)
     peft_config = model_args.lora_config("CAUSAL_LM")
-    trainer, shapes = make_trainer("sft", info, training_args, script_args, model=model,
-                                       train_dataset=train_dataset, eval_dataset=eval_dataset,
-                                       processing_class=tokenizer, peft_config=peft_config)
+    trainer, shapes = make_trainer("sft", info, training_args, script_args, fuse_lora=model_args.fuse_lora,
+                                   model=model, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                   processing_class=tokenizer, peft_config=peft_config)
     batches = attention.enable(trainer, model, padding_free) or "padded"
     compiled = compiling.auto_compile(trainer, training_args, info, compile_setting)
     trainable = models.count_parameters(trainer.model, trainable_only=True)

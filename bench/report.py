@@ -52,8 +52,8 @@ def _machine(results: dict) -> list[str]:
     return lines
 
 
-def _extra(sft: dict) -> str:
-    return f" + `{sft['ours_args']}`" if sft.get("ours_args") else ""
+def _extra(sft: dict, side: str = "ours") -> str:
+    return f" + `{sft[side + '_args']}`" if sft.get(side + "_args") else ""
 
 
 def _sft(sft: dict, memory: str) -> list[str]:
@@ -67,10 +67,11 @@ def _sft(sft: dict, memory: str) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     if lora:
         names = {"ours": "ours (`sft.py` defaults: LoRA r16 on every linear layer)" + _extra(sft),
-                 "trl": "`trl sft --use_peft True` (its defaults: LoRA r16 on peft's default modules)"}
+                 "trl": "`trl sft --use_peft True` (its defaults: LoRA r16 on peft's default modules)"
+                        + _extra(sft, "trl")}
     else:
-        names = {"ours": "ours (`sft.py` defaults, full fine-tuning)" + _extra(sft), "trl": "`trl sft` (its defaults)",
-                 "bare": "bare PyTorch loop (ceiling)"}
+        names = {"ours": "ours (`sft.py` defaults, full fine-tuning)" + _extra(sft),
+                 "trl": "`trl sft` (its defaults)" + _extra(sft, "trl"), "bare": "bare PyTorch loop (ceiling)"}
     for side, label in names.items():
         runs = sft["runs"][side]
         precision = runs[0]["precision"] + (" + grad. checkpointing" if runs[0].get("gradient_checkpointing") else "")

@@ -172,7 +172,8 @@ class Suite:
                      *shlex.split(self.args.ours_sft_args)],
             "trl": [*probe, self.path(f"{tag}_trl_{repeat}.json"), "--", trl_script, *common,
                     "--dataset_name", inp["data"]["trl"], "--output_dir", self.path(f"{tag}_trl_{repeat}"),
-                    *(["--use_cpu", "True"] if device == "cpu" else []), *(["--use_peft", "True"] if lora else [])],
+                    *(["--use_cpu", "True"] if device == "cpu" else []), *(["--use_peft", "True"] if lora else []),
+                    *shlex.split(self.args.trl_sft_args)],
         }
 
     def bare_command(self, inp: dict, repeat: int, precision: str) -> list[str]:
@@ -215,6 +216,7 @@ class Suite:
             self.commands.update({f"{tag}_{k}": shlex.join(v) for k, v in cmds.items()})
         pairs = [("ours", "trl")] if lora else [("ours", "trl"), ("ours", "bare")]
         return {"model": inp["model"], "lora": lora, "ours_args": self.args.ours_sft_args,
+                "trl_args": self.args.trl_sft_args,
                 "rows": s["batch_size"] * s["steps"],
                 "batch_size": s["batch_size"], "steps": s["steps"], "warmup_steps_excluded": s["warmup"],
                 "runs": runs, "summary": self.summarise(runs),
@@ -453,6 +455,9 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--no_peers", action="store_true", help="PPO without TRL 1.12 (no venv to build)")
     parser.add_argument("--ours_sft_args", default="", help="more sft.py flags for our side of the sft and sft_lora "
                         "stages, to measure an option against the peer (e.g. '--torch_compile True')")
+    parser.add_argument("--trl_sft_args", default="", help="more flags for trl sft's side of the same stages, where "
+                        "a default of TRL's does not suit the machine (e.g. '--bf16 False' on a CPU without native "
+                        "bfloat16, where TRL's bf16 default is emulated)")
     parser.add_argument("--threads", type=int, default=0, help="OMP/MKL threads of every run (0: torch's default)")
     parser.add_argument("--out", default=os.path.join(BENCH, "results"), help="where the JSON and Markdown go")
     parser.add_argument("--work", default=os.path.join(REPO, ".bench", "suite"), help="scratch folder")

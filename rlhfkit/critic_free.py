@@ -166,7 +166,8 @@ def run(kind: str, script_args: ScriptArguments, model_args, device_args, traini
         raise UserError(f"--reward_weights has {len(weights)} values for {len(functions)} rewards "
                         f"({rewards.describe(functions, None)}): give one per reward, the reward model first")
     peft_config = model_args.lora_config("CAUSAL_LM")
-    trainer, shapes = make_trainer(kind, info, training_args, script_args, model=model, reward_funcs=functions,
+    trainer, shapes = make_trainer(kind, info, training_args, script_args, fuse_lora=model_args.fuse_lora,
+                                   model=model, reward_funcs=functions,
                                    train_dataset=prompts, processing_class=tokenizer, peft_config=peft_config)
     logger.info("%s on %s: %d prompts x %d completions each, %s trainable of %s parameters (%s), loss %s, beta %g, "
                 "learning rate %g; rewards: %s", kind.upper(), info.type, len(prompts), training_args.num_generations,

@@ -57,6 +57,19 @@ def cost_ratio(n: int, m: int, r: int, tokens: int) -> float:
     return folded / peft
 
 
+def resolve_mode(mode: str, sharded: bool) -> tuple[str, str | None]:
+    """(the mode a run uses for ``--fuse_lora mode``, why it changed or None). Folding and the products form need
+    whole weights: with sharded parameters (FSDP, DeepSpeed) "auto" becomes "off" and "on" is an error."""
+    from rlhfkit.errors import UserError
+
+    if not sharded or mode == "off":
+        return mode, None
+    if mode == "on":
+        raise UserError("--fuse_lora on needs whole weights; this run shards them (FSDP / DeepSpeed): use "
+                        "--fuse_lora auto or off")
+    return "off", "--fuse_lora auto: off (the parameters are sharded)"
+
+
 def _lora_linear_class():
     from peft.tuners.lora.layer import Linear
 
@@ -97,6 +110,11 @@ def foldable(layer: nn.Module, inference: bool = False) -> bool:
     return layer.lora_A[layer.active_adapters[0]].weight.dtype == layer.base_layer.weight.dtype
 
 
+def _count(counts: dict, way: str) -> None:
+    if not torch.compiler.is_compiling():  # a compiled graph would guard on the count and recompile at every call
+        counts[way] += 1
+
+
 def _forward(layer, original, mode: str, counts: dict, x, *args, **kwargs):
     if args or kwargs or layer.disable_adapters or layer.merged:
         return original(x, *args, **kwargs)
@@ -106,14 +124,27 @@ def _forward(layer, original, mode: str, counts: dict, x, *args, **kwargs):
     lora_a, lora_b = layer.lora_A[name].weight, layer.lora_B[name].weight
     if lora_a.dtype == base.weight.dtype and (
             mode == "on" or cost_ratio(n, m, layer.r[name], x.numel() // n) <= MAX_COST_RATIO):
-        counts["folded"] += 1
+        _count(counts, "folded")
         # (m, n) = (m, n) + s * (m, r) @ (r, n): the adapter folded in; autograd takes A's and B's gradients through it
         weight = torch.addmm(base.weight, lora_b, lora_a, alpha=layer.scaling[name])
         return F.linear(x, weight, base.bias)
-    if base.weight.requires_grad or torch.is_autocast_enabled(x.device.type):
-        counts["peft"] += 1
+    if base.weight.requires_grad:
+        _count(counts, "peft")
         return original(x)
-    counts["products"] += 1
+    _count(counts, "products")
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        # what autocast does to PEFT's three linear layers: every operand cast to its dtype (float32 adapters
+        # too); the casts are recorded by autograd (the adapters' gradients come back in float32), the function
+        # itself runs with autocast off
+        dtype = torch.get_autocast_dtype(device_type)
+
+        def cast(t):
+            return t if t is None or t.dtype == dtype else t.to(dtype)
+
+        with torch.autocast(device_type, enabled=False):
+            return LoRAProducts.apply(cast(x), cast(base.weight), cast(base.bias), cast(lora_a), cast(lora_b),
+                                      layer.scaling[name])
     return LoRAProducts.apply(x, base.weight, base.bias, lora_a, lora_b, layer.scaling[name])
 
 
@@ -134,17 +165,22 @@ class LoRAProducts(torch.autograd.Function):
             out.addmm_(down, lora_b.t(), alpha=scale)  # + s (x A^T) B^T, in place: no (T, m) temporaries
         else:  # float32 adapter: its (T, m) product in float32, added and rounded once
             out.add_(down @ lora_b.t(), alpha=scale)
-        ctx.save_for_backward(inputs, weight, lora_a, lora_b)
-        ctx.scale = scale
+        # only what the gradients asked for need (a layer whose input needs none, e.g. the first layer's q, k, v
+        # over frozen embeddings, keeps no weight: it matters where they are autocast's copies)
+        need_x, need_a, need_b = (ctx.needs_input_grad[i] for i in (0, 3, 4))
+        ctx.save_for_backward(inputs if need_a or need_b else None, weight if need_x else None,
+                              lora_a if need_x or need_b else None, lora_b if need_x or need_a else None)
+        ctx.scale, ctx.adapter_dtype = scale, lora_a.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
         inputs, weight, lora_a, lora_b = ctx.saved_tensors
-        scale = ctx.scale
+        scale, adapter_dtype = ctx.scale, ctx.adapter_dtype
         grad = grad_out.reshape(-1, grad_out.shape[-1])  # (T, m), the model's dtype
-        adapter_grad = grad.to(lora_b.dtype)  # (T, m) in the adapter's dtype (no copy when they agree)
-        grad_down = adapter_grad @ lora_b  # (T, r): the gradient reaching x A^T, before the scale
+        adapter_grad = grad.to(adapter_dtype)  # (T, m) in the adapter's dtype (no copy when they agree)
+        # (T, r): the gradient reaching x A^T, before the scale (for x's and A's gradients)
+        grad_down = adapter_grad @ lora_b if lora_b is not None else None
         grad_x = grad_bias = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = grad @ weight  # (T, n)
@@ -156,12 +192,29 @@ class LoRAProducts(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            adapter_inputs = inputs.to(lora_a.dtype)  # (T, n): PEFT's float32 copy, made again only here
+            adapter_inputs = inputs.to(adapter_dtype)  # (T, n): PEFT's float32 copy, made again only here
             if ctx.needs_input_grad[3]:
                 grad_a = (grad_down.t() @ adapter_inputs).mul_(scale)  # (r, n)
             if ctx.needs_input_grad[4]:
                 grad_b = (adapter_grad.t() @ (adapter_inputs @ lora_a.t())).mul_(scale)  # (m, r); x A^T recomputed
         return grad_x, None, grad_bias, grad_a, grad_b, None
+
+
+# While a fused() context is open, PEFT's LoRA linear class computes through _dispatch: one function for every
+# layer, which reads the layer's own setting from STATE_ATTRIBUTE. (A forward set on each instance instead would be a
+# different object per layer, and torch.compile guards on it: a compiled model recompiled its attention for every
+# layer, up to the recompile limit, then ran eager.)
+STATE_ATTRIBUTE = "_fused_lora"  # (mode, counts) on the layers of a model inside fused()
+_peft_forward = None  # PEFT's own Linear.forward while the class is patched
+_open_contexts = 0
+
+
+def _dispatch(layer, x, *args, **kwargs):
+    state = getattr(layer, STATE_ATTRIBUTE, None)
+    if state is None or state[0] == "off":  # another model's layer, not plain LoRA, or inside fused(..., "off")
+        return _peft_forward(layer, x, *args, **kwargs)
+    mode, counts = state
+    return _forward(layer, functools.partial(_peft_forward, layer), mode, counts, x, *args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -170,17 +223,31 @@ def fused(model: nn.Module, mode: str = "auto"):
     the weight's dtype and that costs at most :data:`MAX_COST_RATIO` times PEFT's form at the call's number of
     tokens, and with :class:`LoRAProducts` otherwise (``mode`` "auto"); folded wherever the dtypes agree, else
     with :class:`LoRAProducts` ("on"); or in PEFT's own forward ("off"). Yields a dict counting the calls computed
-    each way ("folded", "products", "peft": PEFT's own forward, where the products form does not apply)."""
+    each way ("folded", "products", "peft": PEFT's own forward, where the products form does not apply), calls
+    inside a torch.compile'd graph not counted. Other
+    models' layers compute as PEFT does; contexts may nest (the inner one's setting applies inside it)."""
+    global _peft_forward, _open_contexts
     counts = {"folded": 0, "products": 0, "peft": 0}
-    layers = [] if mode == "off" else [layer for layer in model.modules() if plain(layer)]
-    own = [layer.__dict__.get("forward") for layer in layers]  # a forward set on the instance by someone else
+    layers = [layer for layer in model.modules() if plain(layer)]
+    if not layers or (mode == "off" and not _open_contexts):  # nothing to change
+        yield counts
+        return
+    lora_linear = _lora_linear_class()
+    before = [layer.__dict__.get(STATE_ATTRIBUTE) for layer in layers]
     for layer in layers:
-        layer.forward = functools.partial(_forward, layer, layer.forward, mode, counts)
+        setattr(layer, STATE_ATTRIBUTE, (mode, counts))
+    if _open_contexts == 0:
+        _peft_forward = lora_linear.forward
+        lora_linear.forward = _dispatch
+    _open_contexts += 1
     try:
         yield counts
     finally:
-        for layer, forward in zip(layers, own, strict=True):
-            if forward is None:
-                del layer.forward  # the class's forward again
+        _open_contexts -= 1
+        if _open_contexts == 0:
+            lora_linear.forward = _peft_forward
+        for layer, state in zip(layers, before, strict=True):
+            if state is None:
+                delattr(layer, STATE_ATTRIBUTE)
             else:
-                layer.forward = forward
+                setattr(layer, STATE_ATTRIBUTE, state)

@@ -35,6 +35,18 @@ class ModelArguments:
         default=None,
         metadata={"help": "Modules to adapt, e.g. q_proj k_proj v_proj o_proj; default: all linear layers."},
     )
+    fuse_lora: str = field(
+        default="auto",
+        metadata={"help": "How the LoRA layers compute while training (the same result as PEFT's form up to float "
+                  "rounding; the base weight frozen): 'auto': folded, one matrix product x (W + s B A)^T, where "
+                  "that costs at most 1.2x PEFT's multiply-adds (a rank wide for its layer: every layer of a "
+                  "260K-parameter model at r=16), elsewhere PEFT's three products in one autograd function that "
+                  "adds the adapter in place and keeps only the layer's input for the backward pass (fewer "
+                  "element-wise passes and less memory; under autocast, on autocast's copies); 'on': every plain "
+                  "LoRA linear layer folded where the adapter shares the weight's dtype; 'off': PEFT's own "
+                  "forward. Plain LoRA only (no DoRA, no dropout at work); off with sharded parameters (FSDP, "
+                  "DeepSpeed).", "choices": ("auto", "on", "off")},
+    )
 
     def lora_config(self, task_type: str):
         """The ``peft.LoraConfig`` these flags describe, or None without ``--use_peft``."""

@@ -118,9 +118,9 @@ def run(kind: str, script_args, model_args, device_args, training_args) -> dict:
     models.check_vocabulary(model, tokenizer, model_name, tokenizer_name)
     peft_config = model_args.lora_config("CAUSAL_LM")
     ref_model = reference_model(model_name, model_args, training_args, peft_config, script_args.use_hpu_graphs)
-    trainer, shapes = make_trainer(kind, info, training_args, script_args, model=model, ref_model=ref_model,
-                                       train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
-                                       peft_config=peft_config)
+    trainer, shapes = make_trainer(kind, info, training_args, script_args, fuse_lora=model_args.fuse_lora,
+                                   model=model, ref_model=ref_model, train_dataset=train, eval_dataset=evaluation,
+                                   processing_class=tokenizer, peft_config=peft_config)
     check_reference(trainer, peft_config)
     held = models.count_parameters(trainer.model)
     reference = "adapter disabled (no copy)" if trainer.ref_model is None and peft_config else (

@@ -89,13 +89,22 @@ def open_run(training_args, device_args, script_args, model_args, what: str):
 
 
 @dataclass
-class BatchShapes:
-    """The distinct (rows, tokens) shapes of a run's training batches (static shapes keep them few)."""
+class TrainingRecord:
+    """What a run's training steps ran: the distinct (rows, tokens) shapes of its batches (static shapes keep them
+    few) and, with LoRA, how its LoRA layers computed (``--fuse_lora``: calls folded, as products, in PEFT's
+    forward)."""
 
     shapes: set = field(default_factory=set)
+    fuse_lora: str | None = None  # the --fuse_lora a model with plain LoRA layers trained with
+    lora_calls: dict | None = None  # its LoRA layer calls each way, outside torch.compile'd graphs
 
     def results(self) -> dict:
-        return {"train_batch_shapes": sorted([list(s) for s in self.shapes])}
+        figures = {"train_batch_shapes": sorted([list(s) for s in self.shapes])}
+        if self.fuse_lora:
+            figures["fuse_lora"] = self.fuse_lora
+        if self.lora_calls is not None:
+            figures["lora_train_calls"] = dict(self.lora_calls)
+        return figures
 
 
 def fsdp_on_cpu(info) -> None:
@@ -111,9 +120,10 @@ def fsdp_on_cpu(info) -> None:
         logger.info("FSDP launch on CPU: sharding over gloo (accelerate would otherwise fall back to DDP)")
 
 
-def make_trainer(kind: str, info, training_args, script_args, **kwargs):
-    """(trainer, :class:`BatchShapes` it fills): TRL's trainer for ``kind`` built with ``kwargs`` (model, datasets,
-    processing_class, peft_config ...); on Gaudi, the one :func:`rlhfkit.hpu.gaudi_trainer` picks, with its hooks."""
+def make_trainer(kind: str, info, training_args, script_args, fuse_lora: str = "off", **kwargs):
+    """(trainer, :class:`TrainingRecord` it fills): TRL's trainer for ``kind`` built with ``kwargs`` (model,
+    datasets, processing_class, peft_config ...); on Gaudi, the one :func:`rlhfkit.hpu.gaudi_trainer` picks, with
+    its hooks. Its training computes the LoRA layers as ``fuse_lora`` says (:func:`fuse_lora_in_training`)."""
     from rlhfkit import hpu
 
     fsdp_on_cpu(info)
@@ -124,7 +134,8 @@ def make_trainer(kind: str, info, training_args, script_args, **kwargs):
 
         hpu.warn_graphs_off_gaudi(info, script_args.use_hpu_graphs)
         trainer = getattr(trl, TRL_TRAINERS[kind])(args=training_args, **kwargs)
-    shapes = BatchShapes()
+    shapes = TrainingRecord()
+    fuse_lora_in_training(trainer, fuse_lora, shapes)
     if hasattr(trainer, "_generate_and_score_completions"):  # GRPO / RLOO: the batch exists once generated
         prepare_inputs = trainer._prepare_inputs
 
@@ -147,6 +158,35 @@ def make_trainer(kind: str, info, training_args, script_args, **kwargs):
 
     trainer.training_step = recording_step
     return trainer, shapes
+
+
+def fuse_lora_in_training(trainer, mode: str, record: TrainingRecord) -> None:
+    """Make ``trainer.train`` compute the model's plain LoRA layers as ``mode`` says
+    (:func:`rlhfkit.fused_lora.fused`: folded or as one products function, instead of PEFT's forward), for the
+    whole of training (the evaluations during it too), counting the calls into ``record``. Installed once per
+    ``train`` call, so that a compiled model sees the same layer functions at every step."""
+    from rlhfkit import fused_lora, sharding
+
+    if not any(fused_lora.plain(m) for m in trainer.model.modules()):
+        return
+    record.fuse_lora, why = fused_lora.resolve_mode(mode, sharding.is_sharded(trainer.accelerator))
+    if why:
+        logger.info(why)
+    if record.fuse_lora == "off":
+        return
+    train = trainer.train
+
+    def fused_train(*args, **kwargs):
+        with fused_lora.fused(trainer.model, record.fuse_lora) as calls:
+            try:
+                return train(*args, **kwargs)
+            finally:
+                record.lora_calls = dict(calls)
+                logger.info("LoRA layer calls in training (outside torch.compile'd graphs): %d folded into the "
+                            "weight, %d as PEFT's products in one autograd function, %d in PEFT's own forward "
+                            "(--fuse_lora %s)", calls["folded"], calls["products"], calls["peft"], record.fuse_lora)
+
+    trainer.train = fused_train
 
 
 def prepare_output(training_args, run_args) -> str | None:

@@ -51,7 +51,7 @@ def test_folded_layers_give_peft_outputs_and_gradients():
     for name in grads:
         torch.testing.assert_close(folded_grads[name], grads[name], rtol=1e-4, atol=1e-7, msg=name)
     # and the layers are PEFT's again afterwards
-    assert all("forward" not in vars(layer) for layer in _lora_layers(model))
+    assert _all_peft_s_again(model)
     again, _ = _loss_and_grads(model, ids)
     assert torch.equal(again, logits)
 
@@ -90,7 +90,38 @@ def test_the_cost_rule_folds_narrow_layers_and_keeps_wide_ones():
     with fused_lora.fused(wide, "off") as calls:
         _loss_and_grads(wide, ids)
     assert calls == {"folded": 0, "products": 0, "peft": 0}
-    assert all("forward" not in vars(m) for m in _lora_layers(wide))
+    assert _all_peft_s_again(wide)
+
+
+def _all_peft_s_again(model) -> bool:
+    """PEFT's own class forward, no instance forward, no fused setting left on any layer."""
+    from peft.tuners.lora.layer import Linear
+
+    layers = _lora_layers(model)
+    return bool(layers) and Linear.forward is fused_lora._peft_forward and all(
+        "forward" not in vars(m) and fused_lora.STATE_ATTRIBUTE not in vars(m) for m in layers)
+
+
+def test_contexts_nest_and_leave_other_models_to_peft():
+    """Two models, one inside fused(): the other's layers compute as PEFT does (the class is patched for both);
+    an inner context over the same model applies its own mode and the outer one's comes back after it."""
+    ids = torch.randint(0, 64, (2, 16))
+    inside, outside = _lora_llama(32, 64), _lora_llama(32, 64, seed=1)
+    reference, _ = _loss_and_grads(outside, ids)
+    with fused_lora.fused(inside, "auto") as outer:
+        other, _ = _loss_and_grads(outside, ids)
+        with fused_lora.fused(inside, "off") as inner:
+            _loss_and_grads(inside, ids)
+        _loss_and_grads(inside, ids)
+    assert torch.equal(other, reference)
+    assert outer == {"folded": 7, "products": 0, "peft": 0}  # not the outside model's 7 calls nor the inner ones
+    assert inner == {"folded": 0, "products": 0, "peft": 0}
+    with fused_lora.fused(inside, "auto") as outer:
+        with fused_lora.fused(inside, "on") as inner:
+            _loss_and_grads(inside, ids)
+        _loss_and_grads(inside, ids)
+    assert outer == inner == {"folded": 7, "products": 0, "peft": 0}
+    assert _all_peft_s_again(inside) and _all_peft_s_again(outside)
 
 
 def test_only_plain_lora_at_work_is_folded():
@@ -168,12 +199,33 @@ def test_a_wrong_products_backward_would_be_caught():
     assert not torch.allclose(wrong[name], grads[name], rtol=1e-3, atol=1e-6)
 
 
-def test_the_products_form_leaves_autocast_and_trainable_weights_to_peft():
+def test_the_products_form_under_autocast_computes_what_autocast_makes_of_peft_s_form():
+    """Under bfloat16 autocast (a float32 model, as the Trainer scripts run it) autocast runs PEFT's three linear
+    layers in bfloat16; the products form casts the same operands once and adds in place: the same logits and
+    gradients up to bfloat16 rounding, float32 gradients for the float32 adapters, and less kept (at least x A^T
+    per layer; a layer whose input needs no gradient keeps no copy of its weight, as autograd does for PEFT's)."""
+    model = _lora_llama(128, 256, r=4)
+    ids = torch.randint(0, 64, (3, 40))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, grads = _loss_and_grads(model, ids)
+        peft_kept = _kept_for_backward(model, ids)
+    with fused_lora.fused(model, "auto") as calls, torch.autocast("cpu", dtype=torch.bfloat16):
+        products_logits, products_grads = _loss_and_grads(model, ids)
+        products_kept = _kept_for_backward(model, ids)
+    assert calls == {"folded": 0, "products": 14, "peft": 0}
+    assert products_logits.dtype == logits.dtype == torch.bfloat16
+    assert (products_logits.float() - logits.float()).abs().max() <= 2e-2 * logits.float().abs().max()
+    assert grads.keys() == products_grads.keys()
+    for name in grads:
+        assert products_grads[name].dtype == grads[name].dtype == torch.float32, name
+        error = (products_grads[name] - grads[name]).abs().max()
+        assert error <= 3e-2 * grads[name].abs().max(), (name, error)
+    assert peft_kept - products_kept >= 7 * ids.numel() * 4 * 2, (peft_kept, products_kept)  # x A^T, bfloat16
+
+
+def test_the_products_form_leaves_trainable_weights_to_peft():
     model = _lora_llama(128, 256, r=4)
     ids = torch.randint(0, 64, (2, 12))
-    with fused_lora.fused(model, "auto") as calls, torch.autocast("cpu", dtype=torch.bfloat16):
-        model(input_ids=ids)
-    assert calls == {"folded": 0, "products": 0, "peft": 7}
     for layer in _lora_layers(model):
         layer.base_layer.weight.requires_grad_(True)
     with fused_lora.fused(model, "auto") as calls:

@@ -81,19 +81,6 @@ class PPOArguments(RunArguments, SamplingArguments, PadMaxArguments, HPUGraphArg
                   "policy exceeds 1.5 x --target_kl (old TRL's rule)."},
     )
     target_kl: float = field(default=0.1, metadata={"help": "Approximate-KL bound for --early_stopping."})
-    fuse_lora: str = field(
-        default="auto",
-        metadata={"help": "LoRA layers in the update (and in the rollout's forward passes) in fewer operations than "
-                  "PEFT's form, the same result up to float rounding, W frozen: folded, one matrix product "
-                  "x (W + s B A)^T, or PEFT's three products in one autograd function that adds the adapter in "
-                  "place and keeps only the layer's input for the backward pass (less memory; with PEFT's float32 "
-                  "adapters over a bfloat16 model, no float32 copy of each input). 'auto': folded "
-                  "where that costs at most 1.2x PEFT's multiply-adds, i.e. where the rank is wide for the layer "
-                  "(every layer of a 260K-parameter model at r=16: +8% episodes/s there), the products form "
-                  "elsewhere (every layer of a 100M one: -6% peak memory there); 'on': every plain LoRA linear "
-                  "layer folded; 'off': PEFT's own forward. Not with sharded parameters (FSDP, DeepSpeed).",
-                  "choices": ("auto", "on", "off")},
-    )
     # -------------------------------------------------------------------------------------------- rollout
     batched_gen: bool = field(
         default=True,

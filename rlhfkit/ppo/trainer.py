@@ -99,7 +99,7 @@ def mean_over_processes(accelerator, figures: dict, device) -> dict[str, float]:
 
 class PPOTrainer:
     def __init__(self, args, accelerator, module: PolicyAndValue, ref_model, scorer, tokenizer, prompts, queries,
-                 stop_ids: list[int], total_steps: int, generator=None, autocast_dtype=None):
+                 stop_ids: list[int], total_steps: int, generator=None, autocast_dtype=None, fuse_lora="auto"):
         self.args, self.accelerator, self.tokenizer = args, accelerator, tokenizer
         # float32 weights with half-precision forward passes (full fine-tuning in bf16: policy.master_dtype)
         self.autocast_dtype = autocast_dtype
@@ -155,14 +155,11 @@ class PPOTrainer:
             args.rollout_logprobs, compute_dtype, args.batched_gen, generator is not None,
             gathered=self.zero != 3 or args.ds3_gather_for_generation)
         logger.info("rollout log-probs from %s (%s)", self.rollout_source, why)
-        # LoRA layers folded into one matrix product each in the update, where that is cheaper (rlhfkit.fused_lora)
-        self.fuse_lora = args.fuse_lora
-        if sharding.is_sharded(accelerator) and self.fuse_lora != "off":
-            if self.fuse_lora == "on":
-                raise UserError("--fuse_lora on needs whole weights; this run shards them (FSDP / DeepSpeed): use "
-                                "--fuse_lora auto or off")
-            logger.info("--fuse_lora auto: off (the parameters are sharded)")
-            self.fuse_lora = "off"
+        # LoRA layers folded into one matrix product each in the update where that is cheaper, elsewhere PEFT's
+        # products in one autograd function (rlhfkit.fused_lora)
+        self.fuse_lora, why = fused_lora.resolve_mode(fuse_lora, sharding.is_sharded(accelerator))
+        if why:
+            logger.info(why)
         self.lora_calls = {"folded": 0, "products": 0, "peft": 0}  # LoRA layer calls in the update, each way
         # rollouts sampled by rlhfkit.lean_decode or by transformers' generate (and why, once); never with sharded
         # parameters (FSDP's and ZeRO-3's hooks gather and release them around module calls) or an HPU graph
