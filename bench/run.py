@@ -3,7 +3,7 @@
 
     python bench/run.py [--device auto|cpu|cuda] [--repeats 3] [--other_repeats 1] [--no_peers]
                         [--stages sft,reward,dpo,ppo,generation,learning,critic_free] [--setup cpu|cuda|quick]
-                        [--out bench/results] [--work .bench/suite]
+                        [--ours_sft_args "..."] [--trl_sft_args "..."] [--out bench/results] [--work .bench/suite]
 
 Writes ``<out>/<device>-<date>.json`` (every run's figures, medians, ratios, the machine, the versions, the
 commands) and ``<out>/<device>-<date>.md`` (the tables docs/benchmarks.md points at). Not a test: nothing here asserts a

@@ -28,12 +28,14 @@ multiply-adds (:func:`cost_ratio`) was at most 1.15 ran faster folded (0.60-0.82
 on a 99.5M-parameter Llama (hidden 768) no layer qualifies (every one takes the products form), on stories260K
 (hidden 64) every one does.
 
-Used for the PPO update (``ppo.py --fuse_lora``). Only plain LoRA on an ``nn.Linear`` qualifies: one active
+Used by every training script (``--fuse_lora``, :class:`rlhfkit.modelargs.ModelArguments`): the PPO update and
+the rollout's forward passes in ``ppo.py``, the whole of ``trainer.train`` in the Trainer scripts
+(:func:`rlhfkit.training.fuse_lora_in_training`). Only plain LoRA on an ``nn.Linear`` qualifies: one active
 adapter, no dropout at work, no DoRA or other variant, no LoRA bias, and not merged or disabled at the time of the
 call (then PEFT's own forward runs). Folding needs the adapter in the weight's dtype; the products form also takes
 PEFT's float32 adapters over a bfloat16 or float16 model (where PEFT keeps a float32 copy of every LoRA layer's
-input for the backward pass, and the products form does not), and needs a frozen base weight and no autocast
-(under autocast PEFT's own forward runs, which autocast casts op by op).
+input for the backward pass, and the products form does not) and autocast (its operands cast as autocast casts
+them for PEFT's three products), and needs a frozen base weight (else PEFT's own forward runs).
 """
 
 from __future__ import annotations

@@ -30,14 +30,15 @@ def test_steady_throughput_skips_the_warmup_steps():
     assert got["warmup_seconds"] == 10.0  # the untimed step, reported (with --torch_compile: the compiling)
 
 
-def test_ours_sft_args_reach_our_side_only():
-    args = bench_run.parse_args(["--device", "cpu", "--setup", "quick", "--ours_sft_args", "--torch_compile True"])
+def test_each_side_s_sft_args_reach_that_side_only():
+    args = bench_run.parse_args(["--device", "cpu", "--setup", "quick", "--ours_sft_args", "--torch_compile True",
+                                 "--trl_sft_args", "--bf16 False"])
     suite = bench_run.Suite(args)
     inp = {"model": {"path": "M"}, "data": {"ours": "D1", "trl": "D2"}}
     for lora in (False, True):
         cmds = suite.sft_commands(inp, 0, lora)
-        assert cmds["ours"][-2:] == ["--torch_compile", "True"]
-        assert "--torch_compile" not in cmds["trl"]
+        assert cmds["ours"][-2:] == ["--torch_compile", "True"] and "--bf16" not in cmds["ours"]
+        assert cmds["trl"][-2:] == ["--bf16", "False"] and "--torch_compile" not in cmds["trl"]
         assert ("--use_peft" in cmds["trl"]) is lora
 
 
