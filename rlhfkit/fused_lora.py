@@ -226,8 +226,8 @@ def fused(model: nn.Module, mode: str = "auto"):
     tokens, and with :class:`LoRAProducts` otherwise (``mode`` "auto"); folded wherever the dtypes agree, else
     with :class:`LoRAProducts` ("on"); or in PEFT's own forward ("off"). Yields a dict counting the calls computed
     each way ("folded", "products", "peft": PEFT's own forward, where the products form does not apply), calls
-    inside a torch.compile'd graph not counted. Other
-    models' layers compute as PEFT does; contexts may nest (the inner one's setting applies inside it)."""
+    inside a torch.compile'd graph not counted. Other models' layers compute as PEFT does; contexts may nest (the
+    inner one's setting applies inside it)."""
     global _peft_forward, _open_contexts
     counts = {"folded": 0, "products": 0, "peft": 0}
     layers = [layer for layer in model.modules() if plain(layer)]

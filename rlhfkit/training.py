@@ -168,6 +168,10 @@ def fuse_lora_in_training(trainer, mode: str, record: TrainingRecord) -> None:
     from rlhfkit import fused_lora, sharding
 
     if not any(fused_lora.plain(m) for m in trainer.model.modules()):
+        if any(hasattr(m, "lora_A") for m in trainer.model.modules()):  # LoRA, but none that qualifies
+            record.fuse_lora = "off: no plain LoRA layer (dropout at work, DoRA or several adapters)"
+            if mode != "off":
+                logger.info("--fuse_lora %s: %s; PEFT's own forward", mode, record.fuse_lora.removeprefix("off: "))
         return
     record.fuse_lora, why = fused_lora.resolve_mode(mode, sharding.is_sharded(trainer.accelerator))
     if why:

@@ -266,3 +266,46 @@ def test_float32_adapters_over_a_bfloat16_model_take_the_products_form_without_p
             assert error <= 2e-2 * grads[name].abs().max(), name
         # at least the float32 copies of the inputs of q, k, v, o, gate and up (tokens x 128 x 4 bytes each)
         assert peft_kept - products_kept >= 6 * ids.numel() * 128 * 4, (peft_kept, products_kept)
+
+
+def _fake_trainer(model, distributed="NO", train=None):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    accelerator = SimpleNamespace(distributed_type=getattr(DistributedType, distributed), num_processes=1,
+                                  is_fsdp2=True)
+    return SimpleNamespace(model=model, accelerator=accelerator, train=train)
+
+
+def test_trainer_scripts_compute_lora_layers_fused_for_the_whole_of_train_and_say_when_none_qualifies():
+    """rlhfkit.training.fuse_lora_in_training, as make_trainer installs it: the layers are fused while
+    trainer.train runs (and PEFT's again after), the calls land in the record; a model whose LoRA layers all have
+    dropout at work is left to PEFT's forward and the record says why; sharded parameters turn auto off."""
+    from rlhfkit import training
+
+    model = _lora_llama(128, 256, r=4)
+    ids = torch.randint(0, 64, (2, 12))
+    inside = {}
+
+    def train():
+        inside["fused"] = all(fused_lora.STATE_ATTRIBUTE in vars(m) for m in _lora_layers(model))
+        _loss_and_grads(model, ids)
+        return "trained"
+
+    trainer = _fake_trainer(model, train=train)
+    record = training.TrainingRecord()
+    training.fuse_lora_in_training(trainer, "auto", record)
+    assert record.lora_calls is None  # nothing ran yet
+    assert trainer.train() == "trained" and inside["fused"] and _all_peft_s_again(model)
+    assert record.results()["fuse_lora"] == "auto"
+    assert record.results()["lora_train_calls"] == {"folded": 0, "products": 7, "peft": 0}
+
+    with_dropout = _lora_llama(128, 256, r=4, dropout=0.05)
+    trainer, record = _fake_trainer(with_dropout, train=lambda: "trained"), training.TrainingRecord()
+    training.fuse_lora_in_training(trainer, "auto", record)
+    assert record.results()["fuse_lora"].startswith("off: no plain LoRA layer") and record.lora_calls is None
+
+    trainer, record = _fake_trainer(model, "FSDP", train=lambda: "trained"), training.TrainingRecord()
+    training.fuse_lora_in_training(trainer, "auto", record)
+    assert record.fuse_lora == "off" and trainer.train() == "trained" and record.lora_calls is None
