@@ -31,8 +31,11 @@ on a 99.5M-parameter Llama (hidden 768) no layer qualifies (every one takes the 
 Used by every training script (``--fuse_lora``, :class:`rlhfkit.modelargs.ModelArguments`): the PPO update and
 the rollout's forward passes in ``ppo.py``, the whole of ``trainer.train`` in the Trainer scripts
 (:func:`rlhfkit.training.fuse_lora_in_training`). Only plain LoRA on an ``nn.Linear`` qualifies: one active
-adapter, no dropout at work, no DoRA or other variant, no LoRA bias, and not merged or disabled at the time of the
-call (then PEFT's own forward runs). Folding needs the adapter in the weight's dtype; the products form also takes
+adapter, no DoRA or other variant, no LoRA bias, and not merged or disabled at the time of the call (then PEFT's
+own forward runs). A layer whose LoRA dropout is at work (training mode, ``p > 0``) is never folded (the base
+product must see the undropped input); the products form applies the dropout to the adapter's input itself, the
+mask drawn as torch's CPU dropout draws it (the same masks as PEFT's forward from the same seed), except under
+autocast, where PEFT drops the float32 input before autocast casts it (PEFT's forward runs there). Folding needs the adapter in the weight's dtype; the products form also takes
 PEFT's float32 adapters over a bfloat16 or float16 model (where PEFT keeps a float32 copy of every LoRA layer's
 input for the backward pass, and the products form does not) and autocast (its operands cast as autocast casts
 them for PEFT's three products), and needs a frozen base weight (else PEFT's own forward runs).
@@ -78,12 +81,12 @@ def _lora_linear_class():
     return Linear
 
 
-def plain(layer: nn.Module, inference: bool = False) -> bool:
+def plain(layer: nn.Module, inference: bool = False, with_dropout: bool = False) -> bool:
     """Whether ``layer`` is a plain LoRA linear layer :func:`fused` can compute as :class:`LoRAProducts`: one active
     adapter, no variant (DoRA, ...), no LoRA bias, no dropout at work. ``inference``: for a caller that computes
     without dropout (eval mode, no gradients), where the adapter's input dropout does nothing and so does not stand
-    in the way. The adapter may be in another dtype than the weight (PEFT keeps adapters in float32 over a
-    bfloat16 model)."""
+    in the way; ``with_dropout``: for a caller that applies PEFT's ``nn.Dropout`` itself (:class:`LoRAProducts`).
+    The adapter may be in another dtype than the weight (PEFT keeps adapters in float32 over a bfloat16 model)."""
     try:
         lora_linear = _lora_linear_class()
     except ImportError:
@@ -98,7 +101,8 @@ def plain(layer: nn.Module, inference: bool = False) -> bool:
     if getattr(layer, "lora_bias", {}).get(name, False):
         return False
     dropout = layer.lora_dropout[name]
-    if isinstance(dropout, nn.Dropout) and dropout.p > 0 and not inference:
+    if isinstance(dropout, nn.Dropout) and dropout.p > 0 and not inference and not (
+            with_dropout and type(dropout) is nn.Dropout):
         return False
     weight = layer.base_layer.weight
     return type(weight) in (torch.Tensor, nn.Parameter) and weight.dim() == 2 and weight.numel() > 0
@@ -124,18 +128,22 @@ def _forward(layer, original, mode: str, counts: dict, x, *args, **kwargs):
     base = layer.base_layer
     n, m = base.in_features, base.out_features
     lora_a, lora_b = layer.lora_A[name].weight, layer.lora_B[name].weight
-    if lora_a.dtype == base.weight.dtype and (
+    dropout = layer.lora_dropout[name]
+    dropout = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0  # at work: on x A^T's input
+    if not dropout and lora_a.dtype == base.weight.dtype and (
             mode == "on" or cost_ratio(n, m, layer.r[name], x.numel() // n) <= MAX_COST_RATIO):
         _count(counts, "folded")
         # (m, n) = (m, n) + s * (m, r) @ (r, n): the adapter folded in; autograd takes A's and B's gradients through it
         weight = torch.addmm(base.weight, lora_b, lora_a, alpha=layer.scaling[name])
         return F.linear(x, weight, base.bias)
-    if base.weight.requires_grad:
+    device_type = x.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    # PEFT's dropout runs on the float32 input before autocast casts it: left to PEFT's forward under autocast
+    if base.weight.requires_grad or (dropout and autocast):
         _count(counts, "peft")
         return original(x)
     _count(counts, "products")
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
+    if autocast:
         # what autocast does to PEFT's three linear layers: every operand cast to its dtype (float32 adapters
         # too); the casts are recorded by autograd (the adapters' gradients come back in float32), the function
         # itself runs with autocast off
@@ -147,7 +155,7 @@ def _forward(layer, original, mode: str, counts: dict, x, *args, **kwargs):
         with torch.autocast(device_type, enabled=False):
             return LoRAProducts.apply(cast(x), cast(base.weight), cast(base.bias), cast(lora_a), cast(lora_b),
                                       layer.scaling[name])
-    return LoRAProducts.apply(x, base.weight, base.bias, lora_a, lora_b, layer.scaling[name])
+    return LoRAProducts.apply(x, base.weight, base.bias, lora_a, lora_b, layer.scaling[name], dropout)
 
 
 class LoRAProducts(torch.autograd.Function):
@@ -159,9 +167,14 @@ class LoRAProducts(torch.autograd.Function):
     came and casts it again there."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scale: float):
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scale: float, dropout: float = 0.0):
         inputs = x.reshape(-1, x.shape[-1])  # (T, n): every leading dimension flattened
-        down = inputs.to(lora_a.dtype) @ lora_a.t()  # (T, r), in the adapter's dtype
+        adapter_in = inputs.to(lora_a.dtype)  # (T, n), the adapter's dtype (no copy when they agree)
+        noise = None
+        if dropout:  # PEFT's nn.Dropout on the adapter's input, drawn as torch's CPU dropout draws it
+            noise = torch.empty_like(adapter_in).bernoulli_(1 - dropout).div_(1 - dropout)  # (T, n): 0 or 1/(1-p)
+            adapter_in = adapter_in * noise
+        down = adapter_in @ lora_a.t()  # (T, r), in the adapter's dtype
         out = F.linear(inputs, weight, bias)  # (T, m)
         if down.dtype == out.dtype:
             out.addmm_(down, lora_b.t(), alpha=scale)  # + s (x A^T) B^T, in place: no (T, m) temporaries
@@ -170,14 +183,16 @@ class LoRAProducts(torch.autograd.Function):
         # only what the gradients asked for need (a layer whose input needs none, e.g. the first layer's q, k, v
         # over frozen embeddings, keeps no weight: it matters where they are autocast's copies)
         need_x, need_a, need_b = (ctx.needs_input_grad[i] for i in (0, 3, 4))
-        ctx.save_for_backward(inputs if need_a or need_b else None, weight if need_x else None,
-                              lora_a if need_x or need_b else None, lora_b if need_x or need_a else None)
+        kept = adapter_in if dropout else inputs  # the dropped input, or the input as it came (cast again there)
+        ctx.save_for_backward(kept if need_a or need_b else None, weight if need_x else None,
+                              lora_a if need_x or need_b else None, lora_b if need_x or need_a else None,
+                              noise if need_x else None)
         ctx.scale, ctx.adapter_dtype = scale, lora_a.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
-        inputs, weight, lora_a, lora_b = ctx.saved_tensors
+        inputs, weight, lora_a, lora_b, noise = ctx.saved_tensors
         scale, adapter_dtype = ctx.scale, ctx.adapter_dtype
         grad = grad_out.reshape(-1, grad_out.shape[-1])  # (T, m), the model's dtype
         adapter_grad = grad.to(adapter_dtype)  # (T, m) in the adapter's dtype (no copy when they agree)
@@ -186,7 +201,9 @@ class LoRAProducts(torch.autograd.Function):
         grad_x = grad_bias = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = grad @ weight  # (T, n)
-            if grad_down.dtype == grad_x.dtype:
+            if noise is not None:  # through the dropout: the kept entries' gradient scaled by 1/(1-p)
+                grad_x.add_((grad_down @ lora_a).mul_(noise), alpha=scale)
+            elif grad_down.dtype == grad_x.dtype:
                 grad_x.addmm_(grad_down, lora_a, alpha=scale)
             else:
                 grad_x.add_(grad_down @ lora_a, alpha=scale)
@@ -199,7 +216,7 @@ class LoRAProducts(torch.autograd.Function):
                 grad_a = (grad_down.t() @ adapter_inputs).mul_(scale)  # (r, n)
             if ctx.needs_input_grad[4]:
                 grad_b = (adapter_grad.t() @ (adapter_inputs @ lora_a.t())).mul_(scale)  # (m, r); x A^T recomputed
-        return grad_x, None, grad_bias, grad_a, grad_b, None
+        return grad_x, None, grad_bias, grad_a, grad_b, None, None
 
 
 # While a fused() context is open, PEFT's LoRA linear class computes through _dispatch: one function for every
@@ -230,7 +247,7 @@ def fused(model: nn.Module, mode: str = "auto"):
     inner one's setting applies inside it)."""
     global _peft_forward, _open_contexts
     counts = {"folded": 0, "products": 0, "peft": 0}
-    layers = [layer for layer in model.modules() if plain(layer)]
+    layers = [layer for layer in model.modules() if plain(layer, with_dropout=True)]
     if not layers or (mode == "off" and not _open_contexts):  # nothing to change
         yield counts
         return

@@ -44,8 +44,9 @@ class ModelArguments:
                   "adds the adapter in place and keeps only the layer's input for the backward pass (fewer "
                   "element-wise passes and less memory; under autocast, on autocast's copies); 'on': every plain "
                   "LoRA linear layer folded where the adapter shares the weight's dtype; 'off': PEFT's own "
-                  "forward. Plain LoRA only (no DoRA, no dropout at work); off with sharded parameters (FSDP, "
-                  "DeepSpeed).", "choices": ("auto", "on", "off")},
+                  "forward. Plain LoRA only (one adapter, no DoRA); LoRA dropout at work is drawn as torch draws it, "
+                  "never folded (under autocast it leaves the layer to PEFT's forward); off with sharded parameters "
+                  "(FSDP, DeepSpeed).", "choices": ("auto", "on", "off")},
     )
 
     def lora_config(self, task_type: str):

@@ -167,9 +167,9 @@ def fuse_lora_in_training(trainer, mode: str, record: TrainingRecord) -> None:
     ``train`` call, so that a compiled model sees the same layer functions at every step."""
     from rlhfkit import fused_lora, sharding
 
-    if not any(fused_lora.plain(m) for m in trainer.model.modules()):
+    if not any(fused_lora.plain(m, with_dropout=True) for m in trainer.model.modules()):
         if any(hasattr(m, "lora_A") for m in trainer.model.modules()):  # LoRA, but none that qualifies
-            record.fuse_lora = "off: no plain LoRA layer (dropout at work, DoRA or several adapters)"
+            record.fuse_lora = "off: no plain LoRA layer (DoRA, a LoRA bias or several adapters)"
             if mode != "off":
                 logger.info("--fuse_lora %s: %s; PEFT's own forward", mode, record.fuse_lora.removeprefix("off: "))
         return

@@ -125,7 +125,7 @@ def test_contexts_nest_and_leave_other_models_to_peft():
 
 
 def test_only_plain_lora_at_work_is_folded():
-    assert not _lora_layers(_lora_llama(32, 64, dropout=0.1))  # dropout at work
+    assert not _lora_layers(_lora_llama(32, 64, dropout=0.1))  # dropout at work: products (below), never folded
     assert not _lora_layers(_lora_llama(32, 64, use_dora=True))
     model = _lora_llama(32, 64)
     assert len(_lora_layers(model)) == 7
@@ -135,6 +135,38 @@ def test_only_plain_lora_at_work_is_folded():
     with torch.no_grad(), fused_lora.fused(model, "on") as calls, model.disable_adapter():
         disabled = model(input_ids=ids).logits
     assert torch.equal(disabled, base) and calls == {"folded": 0, "products": 0, "peft": 0}  # the reference: PEFT's own
+
+
+def test_lora_dropout_at_work_takes_the_products_form_with_peft_s_masks():
+    """LoRA dropout in training (TRL's default 0.05; grpo.py and rloo.py keep it on): never folded (the base product
+    sees the undropped input), computed as products with the mask drawn as torch's CPU dropout draws it, so from
+    the same seed the same masks as PEFT's forward: the same logits and gradients, and x A^T not kept. In eval
+    mode the dropout does nothing and the layers may fold again."""
+    model = _lora_llama(32, 64, dropout=0.2)
+    model.train()
+    ids = torch.randint(0, 64, (3, 40))
+    torch.manual_seed(7)
+    logits, grads = _loss_and_grads(model, ids)
+    torch.manual_seed(7)
+    peft_kept = _kept_for_backward(model, ids)
+    with fused_lora.fused(model, "on") as calls:  # "on" would fold every layer it could: none with dropout
+        torch.manual_seed(7)
+        products_logits, products_grads = _loss_and_grads(model, ids)
+        torch.manual_seed(7)
+        products_kept = _kept_for_backward(model, ids)
+    assert calls == {"folded": 0, "products": 14, "peft": 0}
+    torch.testing.assert_close(products_logits, logits, rtol=1e-5, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(products_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert peft_kept - products_kept >= 7 * ids.numel() * 4 * 16, (peft_kept, products_kept)  # x A^T, r=16
+    with fused_lora.fused(model, "auto") as calls:  # a different draw: the dropout is really at work
+        torch.manual_seed(8)
+        other, _ = _loss_and_grads(model, ids)
+    assert calls["products"] == 7 and not torch.allclose(other, logits, rtol=1e-4, atol=1e-5)
+    model.eval()
+    with torch.no_grad(), fused_lora.fused(model, "on") as calls:
+        model(input_ids=ids)
+    assert calls == {"folded": 7, "products": 0, "peft": 0}
 
 
 def _kept_for_backward(model, ids) -> int:
@@ -186,8 +218,8 @@ def test_a_wrong_products_backward_would_be_caught():
     original = fused_lora.LoRAProducts.backward
 
     def unscaled(ctx, grad_out):
-        grad_x, none, grad_bias, grad_a, grad_b, _ = original(ctx, grad_out)
-        return grad_x, none, grad_bias, grad_a / ctx.scale, grad_b, None
+        grad_x, none, grad_bias, grad_a, *rest = original(ctx, grad_out)
+        return grad_x, none, grad_bias, grad_a / ctx.scale, *rest
 
     fused_lora.LoRAProducts.backward = staticmethod(unscaled)
     try:
@@ -281,7 +313,7 @@ def _fake_trainer(model, distributed="NO", train=None):
 def test_trainer_scripts_compute_lora_layers_fused_for_the_whole_of_train_and_say_when_none_qualifies():
     """rlhfkit.training.fuse_lora_in_training, as make_trainer installs it: the layers are fused while
     trainer.train runs (and PEFT's again after), the calls land in the record; a model whose LoRA layers all have
-    dropout at work is left to PEFT's forward and the record says why; sharded parameters turn auto off."""
+    DoRA is left to PEFT's forward and the record says why; sharded parameters turn auto off."""
     from rlhfkit import training
 
     model = _lora_llama(128, 256, r=4)
@@ -301,8 +333,8 @@ def test_trainer_scripts_compute_lora_layers_fused_for_the_whole_of_train_and_sa
     assert record.results()["fuse_lora"] == "auto"
     assert record.results()["lora_train_calls"] == {"folded": 0, "products": 7, "peft": 0}
 
-    with_dropout = _lora_llama(128, 256, r=4, dropout=0.05)
-    trainer, record = _fake_trainer(with_dropout, train=lambda: "trained"), training.TrainingRecord()
+    dora = _lora_llama(128, 256, r=4, use_dora=True)
+    trainer, record = _fake_trainer(dora, train=lambda: "trained"), training.TrainingRecord()
     training.fuse_lora_in_training(trainer, "auto", record)
     assert record.results()["fuse_lora"].startswith("off: no plain LoRA layer") and record.lora_calls is None
 
