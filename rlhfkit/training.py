@@ -165,10 +165,15 @@ def fuse_lora_in_training(trainer, mode: str, record: TrainingRecord) -> None:
     (:func:`rlhfkit.fused_lora.fused`: folded or as one products function, instead of PEFT's forward), for the
     whole of training (the evaluations during it too), counting the calls into ``record``. Installed once per
     ``train`` call, so that a compiled model sees the same layer functions at every step."""
+    from torch import nn
+
     from rlhfkit import fused_lora, sharding
 
-    if not any(fused_lora.plain(m, with_dropout=True) for m in trainer.model.modules()):
-        if any(hasattr(m, "lora_A") for m in trainer.model.modules()):  # LoRA, but none that qualifies
+    model = getattr(trainer, "model", None)
+    if not isinstance(model, nn.Module):  # a trainer without a model: nothing to compute
+        return
+    if not any(fused_lora.plain(m, with_dropout=True) for m in model.modules()):
+        if any(hasattr(m, "lora_A") for m in model.modules()):  # LoRA, but none that qualifies
             record.fuse_lora = "off: no plain LoRA layer (DoRA, a LoRA bias or several adapters)"
             if mode != "off":
                 logger.info("--fuse_lora %s: %s; PEFT's own forward", mode, record.fuse_lora.removeprefix("off: "))
