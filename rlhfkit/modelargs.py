@@ -44,7 +44,7 @@ class ModelArguments:
                   "adds the adapter in place and keeps only the layer's input for the backward pass (fewer "
                   "element-wise passes and less memory; under autocast, on autocast's copies); 'on': every plain "
                   "LoRA linear layer folded where the adapter shares the weight's dtype; 'off': PEFT's own "
-                  "forward. Plain LoRA only (one adapter, no DoRA); LoRA dropout at work is drawn as torch draws it, "
+                  "forward. Default: auto in ppo.py, off (opt-in) in the Trainer scripts. Plain LoRA only (one adapter, no DoRA); LoRA dropout at work is drawn as torch draws it, "
                   "never folded (under autocast it leaves the layer to PEFT's forward); off with sharded parameters "
                   "(FSDP, DeepSpeed).", "choices": ("auto", "on", "off")},
     )
