@@ -168,8 +168,7 @@ def make_trainer(kind: str, info, training_args, script_args, fuse_lora: str = "
 def fuse_lora_in_training(trainer, mode: str, record: TrainingRecord) -> None:
     """Make ``trainer.train`` compute the model's plain LoRA layers as ``mode`` says
     (:func:`rlhfkit.fused_lora.fused`: folded or as one products function, instead of PEFT's forward), for the
-    whole of training (the evaluations during it too), counting the calls into ``record``. Installed once per
-    ``train`` call, so that a compiled model sees the same layer functions at every step."""
+    whole of training (the evaluations during it too), counting the calls into ``record``."""
     from torch import nn
 
     from rlhfkit import fused_lora, sharding
