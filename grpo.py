@@ -4,7 +4,7 @@
 For each prompt the policy samples ``--num_generations`` completions; each completion's advantage is its reward
 against its group's (mean, scaled per ``--scale_rewards``), so no value model is trained. TRL's loss variants
 apply through ``--loss_type`` (``dapo``, TRL's default; ``grpo``, ``dr_grpo``, ``bnpo``, ``cispo``, ``sapo``, ...),
-with ``--beta`` (KL to the reference; TRL's default 0 loads none), ``--epsilon`` / ``--epsilon_high``,
+with ``--beta`` (KL to the reference; 0.04 here, TRL's 0 loads none), ``--epsilon`` / ``--epsilon_high``,
 ``--num_iterations``, ``--max_completion_length``, ``--temperature`` and the rest of ``GRPOConfig``; on CUDA,
 ``--use_vllm --vllm_mode colocate|server`` generates with vLLM (``pip install vllm``).
 
@@ -12,7 +12,7 @@ Rewards: a reward model (``--reward_model_name``, scored as ppo.py scores it; it
 rules (``--reward_function MODULE:FUNC`` or ``FILE.py:FUNC``, several at once), weighted by ``--reward_weights``.
 Prompts come from any prompt schema the toolkit reads, formatted as ppo.py formats them (``--prompt_format``); by
 default the ``data/rl`` split of the embedded toy task. LoRA is the default (the reference, when ``--beta`` > 0,
-is the adapter-disabled policy); writes the adapter or full model to ``--output_dir`` with ``all_results.json``
+is the adapter-disabled policy), at 3e-4 with ``--beta 0.04`` (TRL: 1e-6 and 0); writes the adapter or full model to ``--output_dir`` with ``all_results.json``
 (episodes/s, peak memory) and TensorBoard logs (``reward``, ``rewards/<name>/mean``, ``kl``, ``clip_ratio``, ...).
 
     python grpo.py --model_name_or_path ./sft_sanity_merged --reward_model_name ./rm_sanity_merged \\
@@ -31,9 +31,9 @@ from rlhfkit.modelargs import ModelArguments
 def make_grpo_parser():
     from trl import GRPOConfig
 
-    from rlhfkit.critic_free import make_parser
+    from rlhfkit.critic_free import GRPO_BETA, make_parser
 
-    return make_parser(GRPOConfig, __doc__)
+    return make_parser(GRPOConfig, __doc__, defaults={"beta": GRPO_BETA})
 
 
 def main(script_args: ScriptArguments, model_args: ModelArguments, device_args: DeviceArguments, training_args):

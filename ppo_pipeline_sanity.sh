@@ -164,7 +164,7 @@ if [ "$PROFILE" = toy ]; then
   KTO_ARGS=(--max_steps 150 --per_device_train_batch_size 16 --learning_rate 2e-3 --beta 0.1 --eval_subset 200
             ${RM_PAIRS:+--train_subset "$RM_PAIRS"} ${MAX_LENGTH:+--max_length "$MAX_LENGTH"})
   DPO_ARGS=("${KTO_ARGS[@]}" --loss_type sigmoid sft --loss_weights 1.0 1.0)
-  # grpo.py's defaults (TRL's batch: one prompt x 8 completions per step; LoRA at 3e-4) on PPO's episodes
+  # grpo.py's defaults (TRL's batch: one prompt x 8 completions per step; LoRA at 3e-4, --beta 0.04) on PPO's episodes
   GRPO_ARGS=(--max_steps "${GRPO_STEPS:-$((PPO_STEPS * 4))}" --max_completion_length 48 --logging_steps 10)
   GEN_ARGS=(--max_new_tokens 48 --batch_size 4 --prompt "Describe the red bicycle."
             --prompt "What do you think of the pizza?" --prompt "What is the currency of the USA?")

@@ -10,8 +10,8 @@ against that reward model with its own defaults and the toy task's lengths (48-t
 
 * ``ppo.py``: the pipeline's PPO (batches of 32 episodes, mini-batches of 8, ``--kl_coef 0.2``; LoRA at 3e-4, the
   critic from the reward model);
-* ``grpo.py``: its defaults (TRL's batch: one prompt x 8 completions per step, loss ``dapo``, ``--beta 0``; LoRA
-  at 3e-4);
+* ``grpo.py``: its defaults (TRL's batch: one prompt x 8 completions per step, loss ``dapo``; ``--beta 0.04``,
+  LoRA at 3e-4);
 * ``rloo.py``: its defaults (TRL's RLOO: 4 prompts x 2 completions per step, ``--beta 0.05``; LoRA at 3e-4).
 
 Each engine trains once per seed in ``--seeds`` (the SFT model and the reward model are built once, with the

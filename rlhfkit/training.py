@@ -15,12 +15,7 @@ logger = logging.getLogger(__name__)
 # precision follows the device (bf16 None: rlhfkit.device.auto_precision; TRL's bf16=True fails on a CPU without
 # --use_cpu and is slow on one without native bfloat16), gradient checkpointing is opt-in (it recomputes the
 # forward pass: about a third more compute, worth it only when memory is short), TensorBoard logs are on.
-# --fuse_lora is opt-in here (ppo.py's default is auto): it measured 0.82-0.89x the peak memory of sft.py, dpo.py and
-# reward_modeling.py with LoRA (docs/benchmarks.md), but with it on, the pipeline's GRPO stage drifted to a KL of 133
-# from the base model (the same with PEFT's forward on those SFT and reward models: the rounding-level differences
-# upstream changed the trajectory), which its test bounds at 20; on by default once that is understood.
-TRAINER_DEFAULTS = {"bf16": None, "gradient_checkpointing": False, "report_to": ["tensorboard"], "logging_steps": 10,
-                    "fuse_lora": "off"}
+TRAINER_DEFAULTS = {"bf16": None, "gradient_checkpointing": False, "report_to": ["tensorboard"], "logging_steps": 10}
 # Batches stay random by default. Grouping rows of similar length (--train_sampling_strategy group_by_length)
 # cut SFT's padding and raised its tokens/s 1.45x on CPU, but on the toy task it also correlated each batch's
 # content with its length and halved what SFT gained on the gold judge (docs/benchmarks.md): opt-in only.

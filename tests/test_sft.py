@@ -76,8 +76,8 @@ CONFIG_SETTINGS = {
 
 @pytest.fixture(scope="module")
 def flag_and_config_runs(embedded_root, tmp_path_factory):
-    """The same short LoRA run three times (in parallel): from flags, from a YAML --config file, and from flags
-    with ``--fuse_lora auto`` (the other two take the default, ``off``: PEFT's own forward)."""
+    """The same short LoRA run three times (in parallel): from flags, from a YAML --config file (both with the
+    default ``--fuse_lora auto``), and from flags with ``--fuse_lora off`` (PEFT's own forward)."""
     import yaml
 
     folder = tmp_path_factory.mktemp("sft-config")
@@ -87,13 +87,13 @@ def flag_and_config_runs(embedded_root, tmp_path_factory):
     flags = []
     for key, value in CONFIG_SETTINGS.items():
         flags += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
-    by_flags, by_config, fused = folder / "flags", folder / "config", folder / "fused"
+    by_flags, by_config, unfused = folder / "flags", folder / "config", folder / "unfused"
     with ThreadPoolExecutor(3) as pool:
         flag_future = pool.submit(run_script, SFT, "--output_dir", str(by_flags), *flags)
         config_future = pool.submit(run_script, SFT, "--output_dir", str(by_config), "--config", str(config))
-        fused_future = pool.submit(run_script, SFT, "--output_dir", str(fused), *flags, "--fuse_lora", "auto")
+        unfused_future = pool.submit(run_script, SFT, "--output_dir", str(unfused), *flags, "--fuse_lora", "off")
         return ((flag_future.result(), by_flags), (config_future.result(), by_config),
-                (fused_future.result(), fused))
+                (unfused_future.result(), unfused))
 
 
 # ------------------------------------------------------------------------------------------------- LoRA
@@ -123,8 +123,9 @@ def test_lora_run_writes_adapter_tokenizer_and_results(lora_run, embedded_root):
     assert results["torch_compile"] == "auto: off after step 3", results.get("torch_compile")
     assert 0 < results["torch_compile_projected_seconds"] < 300
     assert list(out.glob("checkpoint-*")) == []  # --save_strategy no
-    # --fuse_lora is opt-in in sft.py: PEFT's own forward, nothing replaced
-    assert results["fuse_lora"] == "off" and "lora_train_calls" not in results
+    # --fuse_lora auto (the default): every LoRA layer call folded or as products, none left to PEFT's forward
+    calls = results["lora_train_calls"]
+    assert results["fuse_lora"] == "auto" and calls["peft"] == 0 and calls["folded"] + calls["products"] > 0, calls
 
 
 def test_lora_training_loss_decreases(lora_run):
@@ -216,12 +217,12 @@ def test_yaml_config_run_equals_flag_run(flag_and_config_runs):
 
 @pytest.mark.slow
 def test_lora_layers_as_one_products_function_train_as_peft_s_form(flag_and_config_runs):
-    """--fuse_lora auto trains the r=4 adapter of a 192-wide model with each LoRA layer as PEFT's products in one
-    autograd function (the cost rule keeps such a narrow rank unfolded): after 5 steps the same adapter, up to float
-    rounding, as PEFT's own forward (the default, --fuse_lora off) trains."""
+    """--fuse_lora auto (the default) trains the r=4 adapter of a 192-wide model with each LoRA layer as PEFT's
+    products in one autograd function (the cost rule keeps such a narrow rank unfolded): after 5 steps the same
+    adapter, up to float rounding, as PEFT's own forward (--fuse_lora off) trains."""
     import torch
 
-    (unfused_result, unfused), _, (fused_result, fused) = flag_and_config_runs
+    (fused_result, fused), _, (unfused_result, unfused) = flag_and_config_runs
     assert_ok(fused_result)
     assert_ok(unfused_result)
     results = read_json(fused / "all_results.json")
