@@ -13,7 +13,8 @@ rules (``--reward_function MODULE:FUNC`` or ``FILE.py:FUNC``, several at once), 
 Prompts come from any prompt schema the toolkit reads, formatted as ppo.py formats them (``--prompt_format``); by
 default the ``data/rl`` split of the embedded toy task. LoRA is the default (the reference, when ``--beta`` > 0,
 is the adapter-disabled policy), at 3e-4 with ``--beta 0.04`` (TRL: 1e-6 and 0); writes the adapter or full model
-to ``--output_dir`` with ``all_results.json`` (episodes/s, peak memory) and TensorBoard logs (``reward``, ``rewards/<name>/mean``, ``kl``, ``clip_ratio``, ...).
+to ``--output_dir`` with ``all_results.json`` (episodes/s, peak memory) and TensorBoard logs (``reward``,
+``rewards/<name>/mean``, ``kl``, ``clip_ratio``, ...).
 
     python grpo.py --model_name_or_path ./sft_sanity_merged --reward_model_name ./rm_sanity_merged \\
         --output_dir ./grpo_sanity --num_generations 8 --per_device_train_batch_size 8 \\

@@ -162,6 +162,22 @@ def reward_model(embedded_root, tmp_path_factory):
     return str(folder)
 
 
+_loaded_scripts: dict[str, object] = {}
+
+
+def load_script(filename: str):
+    """A top-level script (``"grpo.py"``) imported in-process, once per test process, under a name of its own."""
+    if filename not in _loaded_scripts:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(f"script_under_test_{filename[:-3]}", REPO / filename)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+        _loaded_scripts[filename] = module
+    return _loaded_scripts[filename]
+
+
 def run_script(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 1800):
     """Run a repo script or module (``-m name``) in a fresh interpreter; returns CompletedProcess."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -8,13 +8,11 @@ paying an interpreter start per case); ``test_cli.py`` and the per-script tests 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 
 import pytest
-from conftest import REPO
+from conftest import load_script
 
 pytestmark = pytest.mark.slow  # every test here trains a model or runs a script
 
@@ -22,17 +20,6 @@ CRITIC_FREE = ("grpo.py", "rloo.py")
 TRAINERS = ("sft.py", "reward_modeling.py", "dpo.py", "kto.py", "ppo.py", *CRITIC_FREE)
 DATA_SCRIPTS = (*TRAINERS, "compare_base_vs_ppo.py")
 ALL = (*DATA_SCRIPTS, "merge_peft_adapter.py", "run_generation.py")
-_modules: dict[str, object] = {}
-
-
-def _script(name: str):
-    if name not in _modules:
-        spec = importlib.util.spec_from_file_location(f"bad_input_{name[:-3]}", REPO / name)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-        _modules[name] = module
-    return _modules[name]
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +156,7 @@ def test_bad_input(case, script, world, tmp_path, capsys):
         (out / "precious.txt").write_text("keep me")
     before = sorted(os.listdir(out)) if out.is_dir() else None
     with pytest.raises(SystemExit) as stopped:
-        _script(script).cli([*args, _output_flag(script), str(out), *extra])
+        load_script(script).cli([*args, _output_flag(script), str(out), *extra])
     err = capsys.readouterr().err
     assert stopped.value.code == 2, err[-2000:]
     assert "Traceback" not in err

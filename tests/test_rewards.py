@@ -8,6 +8,7 @@ import argparse
 import math
 
 import pytest
+from conftest import load_script
 
 from rlhfkit import critic_free, rewards
 from rlhfkit.errors import UserError
@@ -129,21 +130,10 @@ def test_the_learning_rate_default_follows_lora_or_full_fine_tuning():
     assert given.learning_rate == 1e-6
 
 
-def _script_parser(name: str, function: str):
-    import importlib.util
-
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location(f"{name}_under_test", REPO / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return getattr(script, function)()
-
-
 def test_grpo_s_kl_coefficient_defaults_to_0_04_and_a_config_or_flag_sets_it(tmp_path):
     """grpo.py's --beta is 0.04 unless given (TRL's 0 drifted at the toolkit's learning rate); a --config file and
     the command line set it as any flag; rloo.py keeps TRL's RLOO default."""
-    parser = _script_parser("grpo", "make_grpo_parser")
+    parser = load_script("grpo.py").make_grpo_parser()
     common = ["--output_dir", str(tmp_path / "out"), "--reward_function", "toy"]
     training_args = parser.parse_args_and_config(common)[-1]
     assert training_args.beta == critic_free.GRPO_BETA == 0.04
@@ -151,5 +141,5 @@ def test_grpo_s_kl_coefficient_defaults_to_0_04_and_a_config_or_flag_sets_it(tmp
     config.write_text("beta: 0.0\n", encoding="utf-8")
     assert parser.parse_args_and_config([*common, "--config", str(config)])[-1].beta == 0.0
     assert parser.parse_args_and_config([*common, "--config", str(config), "--beta", "0.1"])[-1].beta == 0.1
-    rloo = _script_parser("rloo", "make_rloo_parser")
+    rloo = load_script("rloo.py").make_rloo_parser()
     assert rloo.parse_args_and_config(common)[-1].beta == 0.05
