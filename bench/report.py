@@ -82,6 +82,8 @@ def _sft(sft: dict, memory: str) -> list[str]:
     bare = f"ours / bare loop {cell(r['ours/bare']['tokens_per_second'], 'x')}; " if "ours/bare" in r else ""
     lines += ["", f"Ratios, run by run: ours / trl sft tokens/s {cell(r['ours/trl']['tokens_per_second'], 'x')}; "
                   f"{bare}peak memory ours / trl sft {cell(sft['memory_ratio']['ours/trl']['peak_memory_bytes'], 'x')}."]
+    if sft.get("trl_note"):
+        lines += ["", f"trl sft's precision: {sft['trl_note']}."]
     compiled = sorted({str(run.get("torch_compile")) for run in sft["runs"]["ours"] if run.get("torch_compile")})
     if compiled:
         lines += ["", f"Our side's torch.compile (`--torch_compile`, all_results.json): {'; '.join(compiled)}."]

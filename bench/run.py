@@ -15,7 +15,8 @@ Stages and what each reports:
   checkpointing; ``--use_peft False`` because TRL's CLI fine-tunes in full) against
   ``trl sft`` (TRL's CLI; it launches ``trl/scripts/sft.py`` through accelerate, which with one process is
   that script: the suite runs it directly) with its defaults (on CPU plus ``--use_cpu True``, which its
-  default ``bf16=True`` demands), and a bare PyTorch loop on the same rows (``bench/bare_loop.py``: the
+  default ``bf16=True`` demands; on a CPU without native bfloat16 plus ``--bf16 False``, as that default would
+  run emulated), and a bare PyTorch loop on the same rows (``bench/bare_loop.py``: the
   ceiling). Same model (a Llama built from a config, random weights), same rows, batch size, learning rate and
   step count. Non-padding tokens/s over the steps after the warm-up, median step time, peak memory (RSS on CPU,
   ``max_memory_allocated`` on a GPU), MFU = 6 x N x tokens/s / the measured peak matrix-product rate in the
@@ -46,6 +47,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -216,7 +218,7 @@ class Suite:
             self.commands.update({f"{tag}_{k}": shlex.join(v) for k, v in cmds.items()})
         pairs = [("ours", "trl")] if lora else [("ours", "trl"), ("ours", "bare")]
         return {"model": inp["model"], "lora": lora, "ours_args": self.args.ours_sft_args,
-                "trl_args": self.args.trl_sft_args,
+                "trl_args": self.args.trl_sft_args, "trl_note": self.args.trl_sft_note,
                 "rows": s["batch_size"] * s["steps"],
                 "batch_size": s["batch_size"], "steps": s["steps"], "warmup_steps_excluded": s["warmup"],
                 "runs": runs, "summary": self.summarise(runs),
@@ -443,6 +445,26 @@ def targets(stages: dict, device: str) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------- main
+def trl_precision_note(args) -> str | None:
+    """On a CPU without native bfloat16, add ``--bf16 False`` to trl sft's side (unless its flags set ``--bf16``):
+    TRL's default ``bf16=True`` runs emulated there (measured on an AMD EPYC with AVX2 only: no first step within
+    3 minutes, against 8.5 s a step in float32), while ``sft.py`` picks float32 itself. Returns what was done, for
+    the results; None when nothing was."""
+    if args.device != "cpu" or re.search(r"--bf16(\s|=|$)", args.trl_sft_args):
+        return None
+    sys.path.insert(0, REPO)
+    from rlhfkit.device import cpu_bf16_feature
+
+    if cpu_bf16_feature():
+        return None
+    args.trl_sft_args = (args.trl_sft_args + " --bf16 False").strip()
+    note = ("this CPU has no native bfloat16 (no AMX-BF16 / AVX512-BF16): trl sft's default bf16=True would run "
+            "emulated, so its side runs with `--bf16 False` (float32, as sft.py picks here); pass --trl_sft_args "
+            "'--bf16 True' to keep TRL's default")
+    say(note)
+    return note
+
+
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -456,8 +478,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--ours_sft_args", default="", help="more sft.py flags for our side of the sft and sft_lora "
                         "stages, to measure an option against the peer (e.g. '--torch_compile True')")
     parser.add_argument("--trl_sft_args", default="", help="more flags for trl sft's side of the same stages, where "
-                        "a default of TRL's does not suit the machine (e.g. '--bf16 False' on a CPU without native "
-                        "bfloat16, where TRL's bf16 default is emulated)")
+                        "a default of TRL's does not suit the machine; on a CPU without native bfloat16, where TRL's "
+                        "bf16 default is emulated, '--bf16 False' is added unless these flags set --bf16")
     parser.add_argument("--threads", type=int, default=0, help="OMP/MKL threads of every run (0: torch's default)")
     parser.add_argument("--out", default=os.path.join(BENCH, "results"), help="where the JSON and Markdown go")
     parser.add_argument("--work", default=os.path.join(REPO, ".bench", "suite"), help="scratch folder")
@@ -467,6 +489,7 @@ def parse_args(argv: list[str] | None):
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.setup = args.setup or args.device
+    args.trl_sft_note = trl_precision_note(args)
     stages = [s.strip() for s in (args.stages or ",".join(DEFAULT_STAGES[args.setup])).split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:

@@ -42,6 +42,29 @@ def test_each_side_s_sft_args_reach_that_side_only():
         assert ("--use_peft" in cmds["trl"]) is lora
 
 
+def test_trl_sft_runs_in_float32_on_a_cpu_without_native_bf16_unless_told(monkeypatch):
+    """TRL's bf16=True default would be emulated (unusably slow) on such a CPU: its side gets --bf16 False, said in
+    the results; a CPU with AMX / AVX512-BF16, a GPU, or a --bf16 the user gave keeps TRL's flags as they are."""
+    from rlhfkit import device
+
+    def trl_args(feature, *argv):
+        monkeypatch.setattr(device, "cpu_bf16_feature", lambda: feature)
+        args = bench_run.parse_args(["--setup", "quick", *argv])
+        return args.trl_sft_args, args.trl_sft_note
+
+    flags, note = trl_args(None, "--device", "cpu")
+    assert flags == "--bf16 False" and "emulated" in note
+    assert trl_args(None, "--device", "cpu", "--trl_sft_args", "--max_length 64")[0] == "--max_length 64 --bf16 False"
+    assert trl_args(None, "--device", "cpu", "--trl_sft_args", "--bf16 True") == ("--bf16 True", None)
+    assert trl_args(None, "--device", "cpu", "--trl_sft_args=--bf16=True") == ("--bf16=True", None)
+    assert trl_args("amx_bf16", "--device", "cpu") == ("", None)
+    assert trl_args(None, "--device", "cuda") == ("", None)
+    monkeypatch.setattr(device, "cpu_bf16_feature", lambda: None)
+    suite = bench_run.Suite(bench_run.parse_args(["--device", "cpu", "--setup", "quick"]))
+    inp = {"model": {"path": "M"}, "data": {"ours": "D1", "trl": "D2"}}
+    assert suite.sft_commands(inp, 0)["trl"][-2:] == ["--bf16", "False"]
+
+
 def test_spread_and_run_by_run_ratios():
     assert bench_run.spread([3.0, None, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
     assert bench_run.spread([None]) is None
