@@ -41,6 +41,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +87,13 @@ def ensure_trl_venv(venv: str, device: str) -> str:
             if json.load(handle) == wanted:
                 say(f"TRL venv {venv} is ready ({torch_spec}, {' '.join(TRL_PINS)})")
                 return python
+    if os.path.isfile(python) and not os.path.isfile(stamp):  # made by hand (bench/cuda_checks.sh: the GPU
+        # machine's own torch, no registry there): used as it is when it holds TRL 1.12.0
+        found = subprocess.run([python, "-c", "import torch, trl; print(trl.__version__, torch.__version__)"],
+                               capture_output=True, text=True)
+        if found.returncode == 0 and found.stdout.split()[:1] == ["1.12.0"]:
+            say(f"TRL venv {venv}: trl 1.12.0 with torch {found.stdout.split()[1]}, made beforehand: used as it is")
+            return python
     if not os.path.isfile(python):
         run([sys.executable, "-m", "venv", venv], "create the TRL venv")
     pip = [python, "-m", "pip", "install", "--quiet"]

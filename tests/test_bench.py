@@ -330,3 +330,30 @@ def test_lora_products_reports_what_each_way_keeps(tmp_path):
     assert rows["bfloat16"]["products"]["calls"]["products"] == 14
     assert rows["bfloat16"]["products"]["kept_bytes"] < 0.8 * rows["bfloat16"]["peft"]["kept_bytes"]
     assert rows["float32"]["products"]["kept_bytes"] < rows["float32"]["peft"]["kept_bytes"]
+
+
+def test_the_gpu_checks_carry_the_versions_the_project_and_the_ppo_peer_ask_for():
+    """bench/cuda_checks.sh installs pinned wheels on the GPU machine (no registry there): the toolkit's set must
+    satisfy requirements.txt, the peer's must be bench/ppo_vs_trl.py's TRL_PINS; and the script must parse."""
+    import re
+
+    import ppo_vs_trl
+    from packaging.requirements import Requirement
+
+    script = os.path.join(REPO, "bench", "cuda_checks.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    with open(script, encoding="utf-8") as handle:
+        text = handle.read()
+
+    def pins(name: str) -> dict[str, str]:
+        specs = re.search(rf"^{name}=\(([^)]*)\)", text, re.M).group(1).split()
+        return dict(spec.split("==") for spec in specs)
+
+    ours, peer = pins("OURS_WHEELS"), pins("PEER_WHEELS")
+    assert peer.items() >= dict(pin.split("==") for pin in ppo_vs_trl.TRL_PINS).items()
+    with open(os.path.join(REPO, "requirements.txt"), encoding="utf-8") as handle:
+        wanted = [Requirement(line.split("#")[0].strip()) for line in handle if line.split("#")[0].strip()]
+    for requirement in wanted:
+        if requirement.name in ours:
+            assert requirement.specifier.contains(ours[requirement.name]), (requirement, ours[requirement.name])
+    assert {"transformers", "trl", "peft", "datasets", "accelerate"} <= ours.keys()

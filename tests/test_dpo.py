@@ -13,13 +13,12 @@ learning rate (5e-3) collapses into repetition, and shorter or gentler runs leav
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO, assert_ok, assert_user_error, fixture_path, read_json, run_script
+from conftest import FIXTURES, REPO, assert_ok, assert_user_error, fixture_path, load_script, read_json, run_script
 
 DPO = str(REPO / "dpo.py")
 QUIET = ["--save_strategy", "no", "--disable_tqdm", "True"]
@@ -170,9 +169,7 @@ class _Built(Exception):
 
 def _built_trainer(monkeypatch, tmp_path: Path, *flags: str):
     """The DPOTrainer exactly as dpo.main builds it (stopped before the first evaluation)."""
-    spec = importlib.util.spec_from_file_location("dpo_script_under_test", DPO)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("dpo.py")
     built = {}
 
     def stop(trainer, prefix):

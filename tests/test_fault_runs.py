@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, load_script
 
 pytestmark = pytest.mark.slow  # every test here trains a model or runs a script
 
@@ -107,16 +107,11 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_end(script, emb
 
 def _poisoned_sft(monkeypatch, nan_on_call: int):
     """sft.py's module, its model made NaN on training forward call ``nan_on_call`` (1-based) from the embeddings on."""
-    import importlib.util
-
     import torch
 
     from rlhfkit import models
 
-    spec = importlib.util.spec_from_file_location("sft_under_fault_test", REPO / "sft.py")
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(script)
+    script = load_script("sft.py")
     real_load = models.load_causal_lm
     calls = {"n": 0}
 
@@ -200,14 +195,9 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path):
 
 def test_trainer_checkpoints_appear_whole_or_not_at_all(monkeypatch, embedded_root, tmp_path):
     """Checkpoints are renamed into place complete, and rotated; a save that fails leaves no checkpoint-N."""
-    import importlib.util
-
     from transformers import Trainer
 
-    spec = importlib.util.spec_from_file_location("sft_under_checkpoint_test", REPO / "sft.py")
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)
-    spec.loader.exec_module(script)
+    script = load_script("sft.py")
     out = tmp_path / "out"
     args = ["--max_steps", "6", "--per_device_train_batch_size", "4", "--max_train_samples", "200",
             "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "2", "--disable_tqdm", "True",

@@ -10,7 +10,6 @@ old TRL's rules where the flags are old TRL's):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, assert_user_error, read_json, run_script
+from conftest import REPO, assert_user_error, load_script, read_json, run_script
 
 PPO = str(REPO / "ppo.py")
 SMALL = ["--reward_function", "toy", "--batch_size", "4", "--mini_batch_size", "4", "--ppo_epochs", "1",
@@ -87,14 +86,6 @@ def test_ratio_starts_at_one_and_lr_is_the_rate_used(source, fuse, embedded_root
     assert [step["lr"] for step in history] == pytest.approx([1e-3, 5e-4])
 
 
-def _ppo_module(monkeypatch, name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "ppo.py")
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, script)
-    spec.loader.exec_module(script)
-    return script
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("large", ["policykl", "approxkl"])
 def test_early_stopping_reads_policykl(monkeypatch, embedded_root, tmp_path, large):
@@ -111,7 +102,7 @@ def test_early_stopping_reads_policykl(monkeypatch, embedded_root, tmp_path, lar
         return loss, stats
 
     monkeypatch.setattr(core, "policy_loss", forced)
-    script = _ppo_module(monkeypatch, f"ppo_early_{large}")
+    script = load_script("ppo.py")
     out = tmp_path / "out"
     summary = script.cli(["--output_dir", str(out), "--steps", "2", "--early_stopping", "True", "--target_kl", "0.1",
                           "--ppo_epochs", "2", *SMALL[:4], "--mini_batch_size", "2", *SMALL[6:]])
