@@ -489,7 +489,6 @@ def parse_args(argv: list[str] | None):
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.setup = args.setup or args.device
-    args.trl_sft_note = trl_precision_note(args)
     stages = [s.strip() for s in (args.stages or ",".join(DEFAULT_STAGES[args.setup])).split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
@@ -497,6 +496,7 @@ def parse_args(argv: list[str] | None):
     if min(args.repeats, args.other_repeats) < 1:
         parser.error("--repeats and --other_repeats must be at least 1")
     args.stages = stages
+    args.trl_sft_note = trl_precision_note(args) if {"sft", "sft_lora"} & set(stages) else None
     return args
 
 

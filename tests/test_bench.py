@@ -59,6 +59,7 @@ def test_trl_sft_runs_in_float32_on_a_cpu_without_native_bf16_unless_told(monkey
     assert trl_args(None, "--device", "cpu", "--trl_sft_args=--bf16=True") == ("--bf16=True", None)
     assert trl_args("amx_bf16", "--device", "cpu") == ("", None)
     assert trl_args(None, "--device", "cuda") == ("", None)
+    assert trl_args(None, "--device", "cpu", "--stages", "ppo") == ("", None)  # no trl sft to run
     monkeypatch.setattr(device, "cpu_bf16_feature", lambda: None)
     suite = bench_run.Suite(bench_run.parse_args(["--device", "cpu", "--setup", "quick"]))
     inp = {"model": {"path": "M"}, "data": {"ours": "D1", "trl": "D2"}}
